@@ -1,0 +1,19 @@
+"""Benchmarks: `python -m cat_tts.tools.bench SUBCOMMAND ...`.
+
+Each subcommand lives in its own module of this package and exposes two functions:
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    run(args: argparse.Namespace) -> dict      # the measured numbers, also printed as a table
+
+Figures are reported as ratios against a baseline measured in the same run, never as absolute
+promises: the machine decides the absolute numbers.
+"""
+
+from __future__ import annotations
+
+# subcommand name -> module (relative to this package) implementing it
+SUBCOMMANDS: dict[str, str] = {
+    "train-step": "train_step",  # issue: model core (forward+backward at p=0 vs p=1)
+    "codec": "codec",  # issue: codec (encode/decode RTF, streaming first-chunk latency)
+    "generate": "generate",  # issue: generation (frames/s vs a naive depth loop)
+    "train": "train",  # issue: training (tokens/s and peak memory, p=0 vs p=1)
+}
