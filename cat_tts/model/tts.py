@@ -223,12 +223,13 @@ class CatTTSModel(nn.Module):
             for c in range(1, self.n_vq + 1):
                 x = x + self.embeddings[c](input_ids[..., c])
             return x
-        for c in range(1, int(depths_t.max()) + 1):
-            keep = depths_t >= c  # [B]
-            if bool(keep.all()):
+        depth_list = depths_t.tolist()  # one device sync, then host-side decisions
+        for c in range(1, max(depth_list) + 1):
+            kept = [b for b, d in enumerate(depth_list) if d >= c]
+            if len(kept) == len(depth_list):
                 x = x + self.embeddings[c](input_ids[..., c])
             else:
-                idx = keep.nonzero().squeeze(1)  # [B']
+                idx = torch.tensor(kept, device=input_ids.device)  # [B']
                 x = x.index_add(0, idx, self.embeddings[c](input_ids[idx, :, c]))
         return x
 

@@ -259,3 +259,45 @@ def test_model_works_with_a_small_config_variant():
     out = model(ids, None, labels, depths=torch.tensor([1, 4]))
     out.loss.backward()
     assert out.channel_counts.tolist() == [10, 10, 5, 5, 5]
+
+
+def test_cached_depth_steps_reproduce_teacher_forced_logits(tiny_model, tiny_config):
+    """The generation building blocks (depth_input, depth + DepthKVCache, channel_embedding, channel_logits) run one
+    channel at a time give the logits of the teacher-forced forward."""
+    ids, mask, labels = make_batch(tiny_config, batch=2, frames=4, seed=15)
+    labels[:] = labels.clamp(min=0) % tiny_config.audio_vocab_size
+    with torch.no_grad():
+        out = tiny_model(ids, mask, labels)
+        h = out.hidden_states.reshape(-1, tiny_config.hidden_size)  # [B*T, D]
+        flat_labels = labels.reshape(-1, tiny_config.num_channels)
+        cache = tiny_model.new_depth_cache(h.shape[0])
+        y = tiny_model.depth(tiny_model.depth_input(h)[:, None], cache)  # [B*T, 1, Dd]
+        for c in range(tiny_config.num_channels):
+            if c > 0:
+                emb = tiny_model.channel_embedding(c - 1, flat_labels[:, c - 1])
+                y = tiny_model.depth(tiny_model.depth_input(emb)[:, None], cache)
+            step_logits = tiny_model.channel_logits(c, y[:, -1]).view(2, 4, -1)
+            torch.testing.assert_close(step_logits, out.dense_logits(c), atol=1e-5, rtol=1e-5)
+        assert cache.length == tiny_config.num_channels
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):
+    ids, mask, labels = make_batch(tiny_config, seed=16)
+    grads = []
+    for checkpointing in (False, True):
+        model = build_tiny_model(seed=16).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(ids, mask, labels, depths=torch.tensor([6, 32])).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_release_preset_has_the_checkpoint_parameter_count():
+    """3,060,606,464 parameters in the official checkpoint, minus the unused Qwen3 token table we do not keep."""
+    with torch.device("meta"):
+        model = CatTTSModel(CatTTSConfig.cat_tts_1_7b())
+    assert sum(p.numel() for p in model.parameters()) == 3_060_606_464 - 318_767_104
+    assert sum(p.numel() for p in model.depth.parameters()) == 202_914_304
