@@ -50,7 +50,7 @@ class TTSOutput:
         channel_counts: `[C]` int64, number of kept labels per channel (for exact token-weighted
             accumulation across micro-batches); None without labels.
         logits: per channel c, `[R_c, V_c]` logits of the R_c frames whose channel-c label is kept
-            (frames without a kept label are never computed); None without labels.
+            (frames without a kept label are never computed); None without labels or with return_logits=False.
         logit_rows: per channel c, `[R_c]` int64 flat frame index `b * T + t` of each row of `logits[c]`.
             Use `dense_logits(c)` for a `[B, T, V_c]` view with the skipped frames filled in.
         hidden_states: `[B, T, D]` final-normed temporal states.
@@ -241,6 +241,7 @@ class CatTTSModel(nn.Module):
         labels: torch.Tensor | None = None,
         depths: int | torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        return_logits: bool = True,
     ) -> TTSOutput:
         """Teacher-forced forward and loss.
 
@@ -252,6 +253,8 @@ class CatTTSModel(nn.Module):
             depths: Progressive Sequence Dropout depths `[B]` (or one int): sample b keeps layers 1..depths[b] in
                 its input sum, its depth sequence and its loss. None = all N layers (the plain model).
             position_ids: optional `[B, T]` temporal positions (default 0..T-1, as in the official training forward).
+            return_logits: keep the per-channel logits in the output. Training loops should pass False: the
+                logits (text vocabulary wide) would otherwise stay alive until the output is dropped.
 
         Returns:
             `TTSOutput`.
@@ -273,7 +276,7 @@ class CatTTSModel(nn.Module):
             raise ValueError(
                 f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
             )
-        return self._depth_forward(hidden, labels.to(hidden.device).long(), depths_t)
+        return self._depth_forward(hidden, labels.to(hidden.device).long(), depths_t, return_logits)
 
     def _kept_labels(self, labels: torch.Tensor, depths: torch.Tensor | None) -> torch.Tensor:
         """Boolean `[B, T, C]`: labels that carry a loss (not -100, not the pad code, within the sample's depth)."""
@@ -292,7 +295,9 @@ class CatTTSModel(nn.Module):
             )
         return keep
 
-    def _depth_forward(self, hidden: torch.Tensor, labels: torch.Tensor, depths: torch.Tensor | None) -> TTSOutput:
+    def _depth_forward(
+        self, hidden: torch.Tensor, labels: torch.Tensor, depths: torch.Tensor | None, return_logits: bool
+    ) -> TTSOutput:
         b, t, n_ch = labels.shape
         keep = self._kept_labels(labels, depths).reshape(b * t, n_ch)  # [B*T, C]
         labels = labels.reshape(b * t, n_ch)  # [B*T, C]
@@ -360,6 +365,8 @@ class CatTTSModel(nn.Module):
             loss = channel_losses[present].mean()
         else:  # nothing supervised: a zero that still backpropagates
             loss = hidden.float().sum() * 0.0
+        if not return_logits:
+            return TTSOutput(loss, channel_losses, count_t, None, None, hidden)
         return TTSOutput(loss, channel_losses, count_t, logits, logit_rows, hidden)
 
     # ------------------------------------------------------------------ weights I/O

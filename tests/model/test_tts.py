@@ -129,6 +129,15 @@ def test_loss_is_uniform_mean_over_present_channels(tiny_model, tiny_config):
     assert counts[2] > counts[10] > 0
 
 
+def test_return_logits_false_gives_the_same_loss(tiny_model, tiny_config):
+    ids, mask, labels = make_batch(tiny_config, seed=17)
+    with torch.no_grad():
+        a = tiny_model(ids, mask, labels, depths=torch.tensor([2, 30]))
+        b = tiny_model(ids, mask, labels, depths=torch.tensor([2, 30]), return_logits=False)
+    assert b.logits is None and b.logit_rows is None
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.channel_counts, b.channel_counts)
+
+
 def test_no_labels_kept_gives_zero_loss_with_gradient(tiny_config):
     model = build_tiny_model(seed=5)
     ids, mask, labels = make_batch(tiny_config, seed=5)
