@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from cat_tts.model.config import CatTTSConfig, TokenIds
@@ -114,6 +115,9 @@ class CatTTSModel(nn.Module):
         self.depth_output = nn.ModuleList(SwiGLU(dd, ffn, d) for _ in range(n_channels))
         self.head_norms = nn.ModuleList(RMSNorm(d, 1e-6, upcast=False) for _ in range(n_channels))
         self.heads = nn.ModuleList(nn.Linear(d, config.channel_vocab_size(c), bias=False) for c in range(n_channels))
+        # With return_logits=False, a channel whose kept rows x vocabulary exceed this many logits computes its loss
+        # in row chunks recomputed in the backward pass (bounded memory for the text head).
+        self.loss_chunk_elements = 2**26
         for name, module in self.named_children():
             if name != "temporal":
                 module.apply(self._init_weights)
@@ -351,12 +355,20 @@ class CatTTSModel(nn.Module):
             col = torch.cat(out_columns[ch], dim=0)  # [longer[ch], Dd]
             r = rows[: longer[ch]]
             sel = keep[r, ch].nonzero().squeeze(1)  # [R_c]
-            lg = self.channel_logits(ch, col[sel])  # [R_c, V_c]
-            target = labels[r[sel], ch]
-            logits.append(lg)
-            logit_rows.append(r[sel])
-            sums.append(F.cross_entropy(lg.float(), target, reduction="sum") if sel.numel() else zero)
+            h, target = col[sel], labels[r[sel], ch]  # [R_c, Dd], [R_c]
             counts.append(int(sel.numel()))
+            vocab = self.config.channel_vocab_size(ch)
+            lg = h.new_zeros((0, vocab))
+            if not sel.numel():
+                sums.append(zero)
+            elif not return_logits and h.shape[0] * vocab > self.loss_chunk_elements:
+                sums.append(self._chunked_loss_sum(ch, h, target))  # the full [R_c, V_c] never exists
+            else:
+                lg = self.channel_logits(ch, h)  # [R_c, V_c]
+                sums.append(F.cross_entropy(lg.float(), target, reduction="sum"))
+            if return_logits:
+                logits.append(lg)
+                logit_rows.append(r[sel])
 
         count_t = torch.tensor(counts, device=hidden.device)
         channel_losses = torch.stack(sums) / count_t.clamp(min=1)  # [C]
@@ -368,6 +380,28 @@ class CatTTSModel(nn.Module):
         if not return_logits:
             return TTSOutput(loss, channel_losses, count_t, None, None, hidden)
         return TTSOutput(loss, channel_losses, count_t, logits, logit_rows, hidden)
+
+    def _channel_loss_sum(self, channel: int, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.channel_logits(channel, h).float(), target, reduction="sum")
+
+    def _chunked_loss_sum(self, channel: int, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of channel `channel` over row chunks, each recomputed in the backward pass.
+
+        Keeps at most `loss_chunk_elements` logits alive at a time (the text head of the release has 155648
+        outputs: all rows at once would hold R x 155648 floats several times over).
+        """
+        chunk = max(1, self.loss_chunk_elements // self.config.channel_vocab_size(channel))
+        total = h.new_zeros((), dtype=torch.float32)
+        for start in range(0, h.shape[0], chunk):
+            part = torch.utils.checkpoint.checkpoint(
+                self._channel_loss_sum,
+                channel,
+                h[start : start + chunk],
+                target[start : start + chunk],
+                use_reentrant=False,
+            )
+            total = total + part
+        return total
 
     # ------------------------------------------------------------------ weights I/O
     @classmethod

@@ -310,3 +310,33 @@ def test_release_preset_has_the_checkpoint_parameter_count():
         model = CatTTSModel(CatTTSConfig.cat_tts_1_7b())
     assert sum(p.numel() for p in model.parameters()) == 3_060_606_464 - 318_767_104
     assert sum(p.numel() for p in model.depth.parameters()) == 202_914_304
+
+
+def test_chunked_loss_gives_the_same_loss_and_gradients(tiny_config):
+    """With return_logits=False, big channels compute their loss in recomputed row chunks: same numbers."""
+    ids, mask, labels = make_batch(tiny_config, batch=2, frames=6, seed=18)
+    results = []
+    for chunk_elements in (2**40, 3 * 1025):  # never chunk / chunks of 3 audio rows (1 text row)
+        model = build_tiny_model(seed=18).train()
+        model.loss_chunk_elements = chunk_elements
+        calls: list[int] = []
+
+        def counting(channel, h, target, _calls=calls, _chunked=model._chunked_loss_sum):
+            _calls.append(channel)
+            return _chunked(channel, h, target)
+
+        model._chunked_loss_sum = counting
+        out = model(ids, mask, labels, depths=torch.tensor([9, 32]), return_logits=False)
+        if chunk_elements == 2**40:
+            assert calls == []
+        else:  # the text channel and the audio channels with more than 3 kept rows go through chunks
+            assert 0 in calls and len(calls) > tiny_config.num_channels // 2
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), out.channel_losses.detach(), grads))
+    (loss_a, ch_a, grads_a), (loss_b, ch_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ch_a, ch_b, atol=1e-5, rtol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5)

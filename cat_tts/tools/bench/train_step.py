@@ -98,7 +98,7 @@ def _setup(options: dict[str, Any]) -> tuple[Any, Any]:
 
     def step(p: float, generator: torch.Generator) -> float:
         depths = sample_depths(b, n, p, generator, device=device)
-        out = model(ids, mask, labels, depths=depths)
+        out = model(ids, mask, labels, depths=depths, return_logits=False)  # as a training loop calls it
         out.loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
