@@ -93,6 +93,8 @@ class CatTTSModel(nn.Module):
         depth_output: C SwiGLU adapters Dd -> D, one per channel.
         head_norms: C RMSNorms (computed in the input dtype, as in the checkpoint).
         heads: C bias-free output heads D -> V_c.
+        loss_chunk_elements: with `return_logits=False`, channels with more kept rows x vocabulary than this
+            compute their loss in row chunks recomputed in the backward pass (bounded memory; same result).
     """
 
     def __init__(self, config: CatTTSConfig, attn_implementation: str | None = None) -> None:
