@@ -251,22 +251,35 @@ class CatCodec(nn.Module):
         """Decode codes of the first k layers (prefix decoding; absent layers contribute nothing).
 
         Args:
-            codes: [B, k, T] integer codes in 0..codebook_size-1, 1 <= k <= 32.
+            codes: [B, k, T] integer codes in 0..codebook_size-1, 1 <= k <= 32 (past `lengths`, any value,
+                e.g. a pad code, is accepted and ignored).
             lengths: [B] valid frames per item; None = all T.
 
         Returns:
-            CodecOutput with `.audio` [B, T * frame_size] float32 and `.lengths` [B] = lengths * frame_size.
+            CodecOutput with `.audio` [B, T * frame_size] float32 (zero past each item's length) and
+            `.lengths` [B] = lengths * frame_size.
         """
+        if lengths is not None and isinstance(codes, torch.Tensor) and codes.dim() == 3:
+            # Frames past an item's length are padding (e.g. the pad code 1024): never looked at.
+            t = codes.shape[2]
+            lengths = torch.as_tensor(lengths, dtype=torch.long).to(codes.device)
+            if lengths.shape != (codes.shape[0],) or (
+                lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > t)
+            ):
+                raise ValueError(f"lengths must be [B]={codes.shape[0]} values in 0..{t}, got {lengths.tolist()}")
+            valid = torch.arange(t, device=codes.device).view(1, 1, t) < lengths.view(-1, 1, 1)
+            codes = torch.where(valid, codes, torch.zeros_like(codes))
         codes = self._check_codes(codes)
         b, _, t = codes.shape
         if lengths is None:
             lengths = torch.full((b,), t, dtype=torch.long)
-        lengths = torch.as_tensor(lengths, dtype=torch.long).to(self.device)
-        if lengths.shape != (b,) or (b and (int(lengths.min()) < 0 or int(lengths.max()) > t)):
-            raise ValueError(f"lengths must be [B]={b} values in 0..{t}, got {lengths.tolist()}")
+        lengths = lengths.to(self.device)
         latent = self.quantizer.decode(codes)  # [B, C, T] float32
         audio = self._decode_latent(latent)  # [B, T * frame_size]
-        return CodecOutput(audio=audio, lengths=lengths * self.frame_size)
+        sample_lengths = lengths * self.frame_size
+        # Zero the samples past each item's length (causality keeps the valid part unaffected by the padding).
+        valid = torch.arange(audio.shape[1], device=audio.device).view(1, -1) < sample_lengths.view(-1, 1)
+        return CodecOutput(audio=audio * valid, lengths=sample_lengths)
 
     # ---- streaming API ----
     def new_stream_state(self, batch_size: int = 1) -> CodecStreamState:

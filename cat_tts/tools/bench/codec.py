@@ -1,7 +1,7 @@
 """codec: CAT codec encode/decode real-time factors and streaming first-chunk latency (random weights).
 
     python -m cat_tts.tools.bench codec [--preset released|tiny] [--seconds S] [--device cpu|cuda]
-                                        [--dtype float32|bfloat16] [--chunk-frames N] [--repeats R]
+                                        [--dtype float32|bfloat16] [--chunk-frames N] [--repeats R] [--threads N]
 
 Measures, for one clip of S seconds (batch 1): one-shot encode and decode times and their real-time factors
 (RTF = compute time / audio duration; < 1 is faster than real time), streaming decode in chunks of N frames
@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-frames", type=int, default=1, help="frames per streaming decode chunk (80 ms each)")
     parser.add_argument("--repeats", type=int, default=2, help="timed repetitions (the best is reported)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's)")
 
 
 def _timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
@@ -73,6 +74,8 @@ def _stream_encode(codec: CatCodec, wav: torch.Tensor, chunk: int, device: torch
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     config = CodecConfig.released() if args.preset == "released" else CodecConfig.tiny()
     t0 = time.perf_counter()
