@@ -259,7 +259,10 @@ class CatTTS:
             InputError: empty text, unusable reference, depth or sampling values out of range.
         """
         chunks, voice, configs = self._prepare(text, reference_audio, reference_text, depth, seed, mode, sampling)
-        audios = [self._generate_chunk(chunk, voice, cfg, max_new_frames, on_frame) for chunk, cfg in zip(chunks, configs)]
+        audios = [
+            self._generate_chunk(chunk, voice, cfg, max_new_frames, on_frame)
+            for chunk, cfg in zip(chunks, configs, strict=True)
+        ]
         return self._join(audios), self.sample_rate
 
     def stream(
@@ -288,11 +291,13 @@ class CatTTS:
             raise InputError("frames_per_chunk and first_chunk_frames must be >= 1")
         chunks, voice, configs = self._prepare(text, reference_audio, reference_text, depth, seed, mode, sampling)
         fader = _Crossfader(self._overlap())
-        for chunk, cfg in zip(chunks, configs):
+        for chunk, cfg in zip(chunks, configs, strict=True):
             out = fader.start_segment()
             if out.size:
                 yield out
-            for piece in self._stream_chunk(chunk, voice, cfg, max_new_frames, frames_per_chunk, first_chunk_frames, on_frame):
+            for piece in self._stream_chunk(
+                chunk, voice, cfg, max_new_frames, frames_per_chunk, first_chunk_frames, on_frame
+            ):
                 out = fader.push(piece)
                 if out.size:
                     yield out
@@ -327,7 +332,13 @@ class CatTTS:
             if not isinstance(item, dict) or "text" not in item or "reference_audio" not in item:
                 raise InputError(f"item {i} must be a dict with 'text' and 'reference_audio'")
             chunks, voice, _ = self._prepare(
-                item["text"], item["reference_audio"], item.get("reference_text"), depth, None, item.get("mode"), sampling
+                item["text"],
+                item["reference_audio"],
+                item.get("reference_text"),
+                depth,
+                None,
+                item.get("mode"),
+                sampling,
             )
             jobs += [(i, chunk, voice) for chunk in chunks]
         results: list[list[np.ndarray]] = [[] for _ in items]
@@ -398,7 +409,7 @@ class CatTTS:
         if mode == "continuation" and reference_text is None:
             raise InputError("continuation mode needs the reference transcript (reference_text)")
         mode = mode or ("continuation" if reference_text else "clone")
-        configs = [self._config(depth, None if seed is None else seed + i, sampling) for i in range(1)]
+        self._config(depth, seed, sampling)  # fail fast, before touching the reference audio
         chunks = split_sentences(cleaned, self.config.max_chunk_chars)
         configs = [self._config(depth, None if seed is None else seed + i, sampling) for i in range(len(chunks))]
         voice = _Voice(self.encode_reference(reference_audio), reference_text, mode)
@@ -537,8 +548,14 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise InputError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
     return names[dtype]
