@@ -210,19 +210,17 @@ class CatTTS:
             if _looks_local(ref) and not Path(ref).is_dir():
                 raise ModelLoadError(f"{what} directory {str(ref)!r} does not exist")
         try:
-            tts = CatTTSModel.from_pretrained(str(model), dtype=dtype)
+            tts = CatTTSModel.from_pretrained(str(model), dtype=dtype, device=device)
             tokenizer = AutoTokenizer.from_pretrained(str(model))
             cat = CatCodec.from_pretrained(str(codec), device=device)
-        except (OSError, ConnectionError) as err:
+        except (OSError, ValueError) as err:  # missing files, hub errors, CheckpointError
             raise ModelLoadError(
                 f"could not load {model!r} / {codec!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
                 "If the Hugging Face hub is unreachable, pass local directories: --model DIR --codec DIR "
                 "(CatTTS.from_pretrained(model=DIR, codec=DIR)); `python -m cat_tts.tools.make_tiny OUT` writes "
                 "tiny random ones (OUT/model, OUT/codec) for offline checks"
             ) from err
-        tts = tts.to(device).eval()
-        cat = cat.to(device).eval() if hasattr(cat, "eval") else cat
-        return cls(tts, cat, tokenizer, config)
+        return cls(tts.eval(), cat.eval(), tokenizer, config)
 
     # ------------------------------------------------------------------ public API
 
