@@ -45,7 +45,12 @@ def test_mode_is_continuation_when_a_transcript_is_given(tiny_tts, ref_wav, monk
     used = []
     for name in ("voice_clone", "continuation"):
         original = getattr(tiny_tts.prompts, name)
-        monkeypatch.setattr(tiny_tts.prompts, name, lambda *a, _n=name, _o=original, **k: used.append(_n) or _o(*a, **k))
+
+        def spy(*a, _n=name, _o=original, **k):
+            used.append(_n)
+            return _o(*a, **k)
+
+        monkeypatch.setattr(tiny_tts.prompts, name, spy)
     tiny_tts.synthesize("Hi.", ref_wav, reference_text="A tone.", depth=2, **FIXED)
     tiny_tts.synthesize("Hi.", ref_wav, depth=2, **FIXED)
     tiny_tts.synthesize("Hi.", ref_wav, reference_text="A tone.", mode="clone", depth=2, **FIXED)
