@@ -27,6 +27,7 @@ import torch
 
 from cat_tts.generation.loop import FRAME_RATE, FrameStep, GenerationConfig, iter_frames
 from cat_tts.generation.mixin import build_generation_config
+from cat_tts.generation.streaming import stream_audio
 from cat_tts.text.normalize import clean_text, split_sentences
 from cat_tts.text.prompt import PromptBuilder, join_transcript
 
@@ -474,30 +475,16 @@ class CatTTS:
         """Generates one text chunk and yields decoded audio as frames arrive (codec streaming decode)."""
         grid = self._grid(chunk, voice)[None].to(self._device())
         cfg = _replace(cfg, max_new_frames=max_new_frames or frame_budget(chunk))
-        k = cfg.depth
-        state = self.codec.new_stream_state(1)
-        if voice.mode == "continuation":  # warm the decoder up on the prefix audio, drop its samples
-            with torch.inference_mode():
-                self.codec.decode_step(voice.codes[:k][None].to(self._codec_device()), state)
-        pending: list[torch.Tensor] = []
-        want = first_chunk_frames
-        for step in iter_frames(self.model, grid, None, cfg):
-            if on_frame is not None:
-                on_frame(step)
-            if bool(step.is_audio[0]):
-                pending.append(step.tokens[:, 1:])  # [1, K]
-            if len(pending) >= want or (pending and not bool(step.is_audio[0])):
-                codes = torch.stack(pending, dim=-1).to(self._codec_device())  # [1, K, f]
-                with torch.inference_mode():
-                    audio = self.codec.decode_step(codes, state)
-                pending = []
-                want = frames_per_chunk
-                yield audio[0].float().cpu().numpy()
-        if pending:
-            codes = torch.stack(pending, dim=-1).to(self._codec_device())
-            with torch.inference_mode():
-                audio = self.codec.decode_step(codes, state)
-            yield audio[0].float().cpu().numpy()
+        prefix = voice.codes[: cfg.depth][None] if voice.mode == "continuation" else None  # [1, K, L]
+
+        def steps():
+            for step in iter_frames(self.model, grid, None, cfg):
+                if on_frame is not None:
+                    on_frame(step)
+                yield step
+
+        for audio in stream_audio(steps(), self.codec, first_chunk_frames, frames_per_chunk, prefix):
+            yield audio.numpy()
 
 
 _SAMPLING_KEYS = {
