@@ -206,7 +206,12 @@ class CatTTS:
         from cat_tts.model import CatTTSModel
         from cat_tts.model.checkpoint import resolve_directory
 
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as err:
+            raise InputError(f"invalid device {device!r}: {err}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
         dtype = _resolve_dtype(dtype, device)
         for what, ref in (("model", model), ("codec", codec)):
             if _looks_local(ref) and not Path(ref).is_dir():
@@ -357,7 +362,8 @@ class CatTTS:
                 on_frame=on_frame,
                 **_config_kwargs(cfg),
             )
-            for b, (i, _, voice) in enumerate(batch):
+            for b, (i, chunk, voice) in enumerate(batch):
+                _warn_unusual(out.lengths[b], out.finished[b], budget, chunk)
                 codes = out.frames[b : b + 1, : int(out.lengths[b]), 1:].transpose(1, 2)  # [1, K, F]
                 results[i].append(self._decode(codes, voice))
         return [(self._join(parts), self.sample_rate) for parts in results]
@@ -448,6 +454,7 @@ class CatTTS:
         grid = self._grid(chunk, voice)[None].to(self._device())  # [1, T, 1+N]
         cfg = _replace(cfg, max_new_frames=max_new_frames or frame_budget(chunk))
         out = self.model.generate(grid, None, on_frame=on_frame, **_config_kwargs(cfg))
+        _warn_unusual(out.lengths[0], out.finished[0], cfg.max_new_frames, chunk)
         codes = out.frames[:, : int(out.lengths[0]), 1:].transpose(1, 2)  # [1, K, F]
         return self._decode(codes, voice)
 
@@ -499,6 +506,14 @@ _SAMPLING_KEYS = {
     "control_tokens",
     "min_new_frames",
 }
+
+
+def _warn_unusual(length: torch.Tensor, finished: torch.Tensor, budget: int | None, chunk: str) -> None:
+    """Logs generations that produced no audio or ran into the frame budget (a runaway)."""
+    if int(length) == 0:
+        logger.warning("the model ended without audio for %r (random tiny weights do this: try min_new_frames)", chunk)
+    elif not bool(finished):
+        logger.warning("generation hit the %s-frame budget for %r; the audio may be cut or rambling", budget, chunk)
 
 
 def _replace(cfg: GenerationConfig, **changes) -> GenerationConfig:
