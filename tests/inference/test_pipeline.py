@@ -160,7 +160,7 @@ def test_bad_in_memory_reference_raises_input_error(tiny_tts):
     wav[10] = np.nan
     with pytest.raises(InputError, match="NaN"):
         tiny_tts.synthesize("Hello.", (wav, SR))
-    with pytest.raises(InputError, match="path or a"):
+    with pytest.raises(InputError, match="file path, a"):
         tiny_tts.synthesize("Hello.", 42)
 
 
