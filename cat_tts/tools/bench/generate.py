@@ -189,13 +189,16 @@ def _ttfa(model, depth: int) -> dict:
     kw = dict(depth=depth, do_sample=False, min_new_frames=2, max_new_frames=2, first_chunk_frames=1)
     text = "Hello there, this is a test."
     next(tts.stream(text, voice, **kw))  # warm-up
-    first_frame: list[float] = []
-    start = time.perf_counter()
-    stream = tts.stream(text, voice, on_frame=lambda s: first_frame.append(time.perf_counter()), **kw)
-    next(stream)
-    first_audio = time.perf_counter() - start
-    stream.close()
-    return {"reference_encode_s": encode, "first_frame_s": first_frame[0] - start, "first_audio_s": first_audio}
+    best = {"first_frame_s": float("inf"), "first_audio_s": float("inf")}
+    for _ in range(3):  # best of 3
+        first_frame: list[float] = []
+        start = time.perf_counter()
+        stream = tts.stream(text, voice, on_frame=lambda s, f=first_frame: f.append(time.perf_counter()), **kw)
+        next(stream)
+        best["first_audio_s"] = min(best["first_audio_s"], time.perf_counter() - start)
+        best["first_frame_s"] = min(best["first_frame_s"], first_frame[0] - start)
+        stream.close()
+    return {"reference_encode_s": encode, **best}
 
 
 def run(args: argparse.Namespace) -> dict:
