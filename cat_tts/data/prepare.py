@@ -181,6 +181,37 @@ def _shard_name(rank: int, world: int, k: int) -> str:
     return f"rank{rank:05d}-of-{world:05d}-{k:05d}"
 
 
+def write_shard(shard_dir: str | Path, name: str, records: dict[str, list[Any]], stats: dict[str, Any]) -> Path:
+    """Writes one shard atomically: the data under a temporary name, renamed, then its stats file (the marker).
+
+    Args:
+        shard_dir: the `shards/` directory.
+        name: shard name (`rank{r}-of-{W}-{k}`).
+        records: column name -> values, with the columns of the prepared format (see the module docstring).
+        stats: `{"rows", "kept", "seconds", "skipped": [...]}` for the summary and the report.
+
+    Returns:
+        The shard directory.
+    """
+    from datasets import Dataset
+
+    shard_dir = Path(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    final = shard_dir / name
+    if final.exists():  # a previous run died between writing the data and its stats file
+        shutil.rmtree(final)
+    if records["id"]:
+        tmp = shard_dir / f".{name}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        Dataset.from_dict(records, features=_features()).save_to_disk(str(tmp))
+        os.replace(tmp, final)
+    tmp_stats = shard_dir / f".{name}.json.tmp"
+    tmp_stats.write_text(json.dumps(stats, ensure_ascii=False))
+    os.replace(tmp_stats, shard_dir / f"{name}.json")  # marks the shard complete
+    return final
+
+
 def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     """Runs codec pre-extraction for this rank (see the module docstring).
 
@@ -191,7 +222,6 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         FileNotFoundError / ManifestError: for a missing or malformed manifest.
     """
     from cat_tts.codec import CatCodec
-    from datasets import Dataset
     from tqdm import tqdm
 
     cfg.validate()
@@ -222,7 +252,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
             num_workers=cfg.num_workers,
             collate_fn=list,
         )
-        records: dict[str, list[Any]] = {name: [] for name in _features()}
+        records: dict[str, list[Any]] = {column: [] for column in _features()}
         skipped: list[dict[str, Any]] = []
         for items in loader:
             good = [it for it in items if it["reason"] is None]
@@ -267,24 +297,13 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
                 records["ref_codes"].append(ref)
                 records["ref_num_frames"].append(ref.shape[1])
             bar.update(len(items))
-        final = shard_dir / name
-        if final.exists():  # a previous run died between writing the data and its stats file
-            shutil.rmtree(final)
-        if records["id"]:
-            tmp = shard_dir / f".{name}.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            Dataset.from_dict(records, features=_features()).save_to_disk(str(tmp))
-            os.replace(tmp, final)
         stats = {
             "rows": len(chunks[k]),
             "kept": len(records["id"]),
             "seconds": float(sum(records["duration"])),
             "skipped": skipped,
         }
-        tmp_stats = shard_dir / f".{name}.json.tmp"
-        tmp_stats.write_text(json.dumps(stats, ensure_ascii=False))
-        os.replace(tmp_stats, shard_dir / f"{name}.json")  # marks the shard complete
+        write_shard(shard_dir, name, records, stats)
     bar.close()
     return summarize(out, cfg.rank, cfg.world_size)
 

@@ -10,12 +10,14 @@ Runs as one process (CPU or one GPU; a single-process gloo/NCCL group is created
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
 import os
 import resource
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,9 +91,9 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     world = int(os.environ["WORLD_SIZE"])
     if not torch.cuda.is_available() and world == 1:
         # The shared-memory all-reduce kernel only speeds up several CPU ranks; skip its one-off C++ build.
-        import deepspeed.comm.torch as ds_torch_comm
-
-        ds_torch_comm.build_shm_op = lambda: None
+        # (`import deepspeed.comm.torch as m` would bind the torch package: deepspeed.comm re-exports it.)
+        importlib.import_module("deepspeed.comm.torch")
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     if torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)

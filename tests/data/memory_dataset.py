@@ -43,3 +43,28 @@ def make_utterances(n: int, seed: int = 0, min_frames: int = 3, max_frames: int 
             )
         )
     return out
+
+
+def write_prepared(out, utterances: list[Utterance]):
+    """Writes utterances (random codes, no audio) as one prepared shard, in the format `prepare` writes."""
+    import json
+    from pathlib import Path
+
+    from cat_tts.data.prepare import write_shard
+
+    records = {
+        "id": [u.id for u in utterances],
+        "text": [u.text for u in utterances],
+        "speaker": [u.speaker for u in utterances],
+        "language": [u.language for u in utterances],
+        "fields": [json.dumps(u.fields) for u in utterances],
+        "manifest_index": list(range(len(utterances))),
+        "codes": [u.codes.numpy().astype(np.int16) for u in utterances],
+        "num_frames": [u.codes.shape[1] for u in utterances],
+        "duration": [u.codes.shape[1] / 12.5 for u in utterances],
+        "ref_codes": [np.zeros((u.codes.shape[0], 0), dtype=np.int16) for u in utterances],
+        "ref_num_frames": [0 for _ in utterances],
+    }
+    stats = {"rows": len(utterances), "kept": len(utterances), "seconds": sum(records["duration"]), "skipped": []}
+    write_shard(Path(out) / "shards", "rank00000-of-00001-00000", records, stats)
+    return Path(out)
