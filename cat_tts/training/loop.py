@@ -115,37 +115,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
-    """The model and tokenizer named by `cfg.model` (fp32 weights; DeepSpeed casts for bf16)."""
+def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """The model named by `cfg.model`, in fp32 on `device` (DeepSpeed makes the bf16 copy on GPU)."""
     from cat_tts.model import CatTTSConfig, CatTTSModel
 
     m = cfg.model
     attn = None if m.attn_implementation == "auto" else m.attn_implementation  # None: FA2 when installed, else sdpa
-    preset = CatTTSConfig.from_preset(m.preset)
-    tokenizer_path = m.tokenizer
     if m.init is None:
-        model = CatTTSModel(preset, attn_implementation=attn)
+        model = CatTTSModel(CatTTSConfig.from_preset(m.preset), attn_implementation=attn)
     elif m.init.startswith("qwen3:"):
         source = m.init[len("qwen3:") :]
+        preset = CatTTSConfig.from_preset(m.preset)
         model = CatTTSModel.from_qwen3(source, preset, dtype=torch.float32, attn_implementation=attn)
-        tokenizer_path = tokenizer_path or source
     else:
         model = CatTTSModel.from_pretrained(m.init, dtype=torch.float32, attn_implementation=attn)
-        tokenizer_path = tokenizer_path or m.init
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    model.to(device=device, dtype=torch.float32)
-    if tokenizer_path is None:
+    return model.to(device=device, dtype=torch.float32)
+
+
+def load_tokenizer(cfg: TrainConfig) -> Any:
+    """`model.tokenizer`, else the tokenizer stored with `model.init`, else (tiny preset) the tiny tokenizer."""
+    m = cfg.model
+    path = m.tokenizer
+    if path is None and m.init is not None:
+        path = m.init[len("qwen3:") :] if m.init.startswith("qwen3:") else m.init
+    if path is None:
         if m.preset != "tiny":
-            raise ValueError("model.tokenizer is required for a random init of the cat_tts_1_7b preset")
+            raise ValueError(f"model.tokenizer is required for a random init of the {m.preset} preset")
         from cat_tts.text.tiny_tokenizer import build_tiny_tokenizer
 
-        tokenizer = build_tiny_tokenizer()
-    else:
-        from transformers import AutoTokenizer
+        return build_tiny_tokenizer()
+    from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    return model, tokenizer
+    return AutoTokenizer.from_pretrained(path)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -281,7 +284,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
         logger.warning("--resume: no complete checkpoint in %s, starting from the beginning", run_dir)
 
     seed_everything(cfg.run.seed)
-    model, tokenizer = build_model(cfg, device)
+    tokenizer = load_tokenizer(cfg)
+    model = build_model(cfg, device)
     stream = build_stream(cfg, model, tokenizer, rank, world)
     optimizer = build_optimizer(model, cfg, device)
     scheduler = warmup_cosine(optimizer, cfg.optim.warmup_steps, cfg.decay_steps, cfg.optim.min_lr_ratio)
