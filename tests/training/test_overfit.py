@@ -12,10 +12,10 @@ FRAMES = 4
 
 
 def test_overfit_two_utterances_then_greedy_generation_reproduces_them(tmp_path):
-    from cat_tts.model import CatTTSModel
     from transformers import AutoTokenizer
 
     from cat_tts.data.samples import SampleBuilder
+    from cat_tts.model import CatTTSModel
     from cat_tts.training.config import TrainConfig
     from cat_tts.training.loop import train
 
