@@ -221,8 +221,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     Raises:
         FileNotFoundError / ManifestError: for a missing or malformed manifest.
     """
-    from cat_tts.codec import CatCodec
     from tqdm import tqdm
+
+    from cat_tts.codec import CatCodec
 
     cfg.validate()
     rows = [r for r in read_manifest(cfg.manifest) if r.index % cfg.world_size == cfg.rank]

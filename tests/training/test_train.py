@@ -25,8 +25,8 @@ def _train_cli():
 def prepared(tmp_path_factory):
     """A tiny prepared dataset: six tones through the tiny codec, via `prepare` itself."""
     import soundfile as sf
-    from cat_tts.codec.tiny import write_tiny_codec
 
+    from cat_tts.codec.tiny import write_tiny_codec
     from cat_tts.data.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("prepared")
@@ -133,7 +133,6 @@ def test_zero2_run_learns_resumes_exactly_and_exports(prepared, tmp_path):
 
 def test_non_finite_loss_stops_naming_step_and_samples_and_saves_nothing(prepared, tmp_path, capsys):
     from cat_tts.model import CatTTSConfig, CatTTSModel
-
     from cat_tts.text.tiny_tokenizer import build_tiny_tokenizer
 
     torch.manual_seed(0)
@@ -148,3 +147,80 @@ def test_non_finite_loss_stops_naming_step_and_samples_and_saves_nothing(prepare
     assert "non-finite loss" in err and "at step 1" in err and "utt" in err
     assert not list((out / "checkpoints").glob("*")) if (out / "checkpoints").exists() else True
     assert not (out / "model").exists()
+
+
+def test_chat_format_run_and_the_export_drives_infer_py(prepared, tmp_path, capsys):
+    """Fine-tuning layout (official chat format with same-speaker references), then infer.py on the export."""
+    cli = _train_cli()
+    out = tmp_path / "chat"
+    assert (
+        _run(cli, prepared, out, "--max-steps", "2", "--set", "data.format=chat", "--set", "data.tokens_per_batch=200")
+        == 0
+    )
+    losses = _losses(out)
+    assert sorted(losses) == [1, 2] and all(np.isfinite(v) for v in losses.values())
+
+    spec = importlib.util.spec_from_file_location("infer_cli", ROOT / "infer.py")
+    infer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(infer)
+    wav = tmp_path / "out.wav"
+    rc = infer.main(
+        [
+            "--text",
+            "hello",
+            "--prompt-audio",
+            str(prepared.parent / "5.wav"),  # 0.9 s
+            "--model",
+            str(out / "model"),
+            "--codec",
+            str(prepared.parent / "codec"),
+            "--greedy",
+            "--max-new-frames",
+            "3",
+            "--depth",
+            "8",
+            "-o",
+            str(wav),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    import soundfile as sf
+
+    audio, sr = sf.read(str(wav))
+    assert sr == SR and 0 < len(audio) <= 3 * 1920
+
+
+def test_init_from_a_qwen3_lm_copies_its_temporal_weights(tmp_path):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from cat_tts.model import CatTTSConfig
+    from cat_tts.text.tiny_tokenizer import build_tiny_tokenizer
+    from cat_tts.training.config import TrainConfig
+    from cat_tts.training.loop import build_model, load_tokenizer
+
+    lc = CatTTSConfig.tiny().language_config
+    fields = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rope_theta",
+        "rms_norm_eps",
+    )
+    qcfg = Qwen3Config(**{f: getattr(lc, f) for f in fields if hasattr(lc, f)}, tie_word_embeddings=False)
+    torch.manual_seed(3)
+    Qwen3ForCausalLM(qcfg).save_pretrained(tmp_path / "qwen3")
+    build_tiny_tokenizer().save_pretrained(tmp_path / "qwen3")
+    qwen = Qwen3ForCausalLM.from_pretrained(tmp_path / "qwen3")
+    cfg = TrainConfig.from_dict({"model": {"preset": "tiny", "init": f"qwen3:{tmp_path / 'qwen3'}"}})
+    model = build_model(cfg, torch.device("cpu"))
+    assert torch.equal(model.temporal.layers[0].self_attn.q_proj.weight, qwen.model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(model.embeddings[0].weight, qwen.model.embed_tokens.weight)
+    assert load_tokenizer(cfg).encode("hello", add_special_tokens=False)
