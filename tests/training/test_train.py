@@ -224,3 +224,13 @@ def test_init_from_a_qwen3_lm_copies_its_temporal_weights(tmp_path):
     assert torch.equal(model.temporal.layers[0].self_attn.q_proj.weight, qwen.model.layers[0].self_attn.q_proj.weight)
     assert torch.equal(model.embeddings[0].weight, qwen.model.embed_tokens.weight)
     assert load_tokenizer(cfg).encode("hello", add_special_tokens=False)
+
+
+def test_resume_is_exact_with_accumulation_and_loader_workers(prepared, tmp_path):
+    cli = _train_cli()
+    extra = ("--set", "deepspeed.grad_accum=2", "--set", "data.num_workers=1", "--set", "psd.p=0.5")
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert _run(cli, prepared, full, "--max-steps", "4", "--save-every", "100", *extra) == 0
+    assert _run(cli, prepared, part, "--max-steps", "2", "--save-every", "100", *extra) == 0
+    assert _run(cli, prepared, part, "--max-steps", "4", "--save-every", "100", "--resume", *extra) == 0
+    assert [_losses(part)[s] for s in range(1, 5)] == [_losses(full)[s] for s in range(1, 5)]
