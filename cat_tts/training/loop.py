@@ -88,9 +88,9 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    world = int(os.environ["WORLD_SIZE"])
-    if not torch.cuda.is_available() and world == 1:
-        # The shared-memory all-reduce kernel only speeds up several CPU ranks; skip its one-off C++ build.
+    if not torch.cuda.is_available():
+        # CPU runs (tests, smoke checks) use plain gloo collectives: skip the one-off C++ build of DeepSpeed's
+        # shared-memory all-reduce kernel, which only speeds up large CPU-only jobs.
         # (`import deepspeed.comm.torch as m` would bind the torch package: deepspeed.comm re-exports it.)
         importlib.import_module("deepspeed.comm.torch")
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
@@ -254,6 +254,33 @@ class _Logger:
 # ----------------------------------------------------------------------------- loop
 
 
+class _GradientGate(torch.autograd.Function):
+    """Identity on all parameters whose backward releases every gradient at once, in parameter order."""
+
+    @staticmethod
+    def forward(ctx: Any, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(p.view_as(p) for p in params)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return grads  # unused parameters arrive as zeros (autograd materialises missing gradients)
+
+
+def gated_forward(model: torch.nn.Module, **inputs: Any) -> Any:
+    """`model(**inputs)` with a graph whose gradient hooks fire identically on every rank.
+
+    Progressive Sequence Dropout makes the graph data-dependent: a rank whose batch keeps at most K layers
+    never touches the heads of layers > K, and the order in which parameters' gradients become ready
+    depends on the batch. ZeRO-1/2 reduce gradients in that order (bucketed by the gradient hooks), so
+    ranks with different graphs would sum mismatched slices. Routing every parameter through one identity
+    function fixes both: its backward runs last and hands out every gradient (zeros for unused ones) in
+    the same parameter order on all ranks.
+    """
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad], strict=True)
+    gated = _GradientGate.apply(*params)
+    return torch.func.functional_call(model, dict(zip(names, gated, strict=True)), args=(), kwargs=inputs)
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
     """Trains according to `cfg` (see the module docstring).
 
@@ -273,6 +300,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
 
     cfg.validate()
     rank, world, device = setup_distributed()
+    if world > 1 and cfg.deepspeed.zero_stage == 3:
+        raise ValueError(
+            "deepspeed.zero_stage = 3 is not supported with several ranks: Progressive Sequence Dropout makes the "
+            "model's graph depend on each batch's depths, which ZeRO-3's parameter gathering cannot follow; use "
+            "zero_stage 2 (add deepspeed.offload_optimizer=true if the optimizer state does not fit)"
+        )
     run_dir = Path(cfg.run.out)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +320,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
     tokenizer = load_tokenizer(cfg)
     model = build_model(cfg, device)
     stream = build_stream(cfg, model, tokenizer, rank, world)
+    n_params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(model, cfg, device)
     scheduler = warmup_cosine(optimizer, cfg.optim.warmup_steps, cfg.decay_steps, cfg.optim.min_lr_ratio)
     ds_config = build_deepspeed_config(cfg, device.type)
@@ -304,7 +338,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
             logger.info("resumed from %s at step %d", ckpt, step)
     if rank == 0:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        n_params = sum(p.numel() for p in model.parameters())
         logger.info(
             "training %.1fM parameters on %d rank(s), %s, ZeRO-%d, %s, PSD p=%.2f, from step %d to %d",
             n_params / 1e6,
@@ -332,12 +365,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
             rows = frames = 0
             for _ in range(grad_accum):
                 batch = next(batches).to(device)
-                out = engine(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    labels=batch.labels,
-                    depths=batch.depths,
-                )
+                inputs = {
+                    "input_ids": batch.input_ids,
+                    "attention_mask": batch.attention_mask,
+                    "labels": batch.labels,
+                    "depths": batch.depths,
+                }
+                if world > 1 and cfg.deepspeed.zero_stage < 3:
+                    out = gated_forward(engine.module, **inputs)  # rank-independent gradient order
+                else:
+                    out = engine(**inputs)
                 loss = out.loss
                 bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0], device=device)
                 if world > 1:
@@ -346,7 +383,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
                     raise NonFiniteLossError(step + 1, batch.ids, float(loss.detach().float().item()))
                 engine.backward(loss)
                 engine.step()
-                losses.append(float(loss.detach().float().item()))
+                logged = loss.detach().float().reshape(1)
+                if world > 1:  # the logged loss is the mean over ranks
+                    torch.distributed.all_reduce(logged)
+                    logged /= world
+                losses.append(float(logged.item()))
                 if getattr(out, "channel_losses", None) is not None:
                     counts = out.channel_counts.detach().float().cpu()  # [1+N]
                     channel_losses.append((out.channel_losses.detach().float().cpu() * counts, counts))
