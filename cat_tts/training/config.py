@@ -132,7 +132,7 @@ class OptimSection:
 class DeepSpeedSection:
     """How the DeepSpeed engine shards and accumulates."""
 
-    # ZeRO stage: 2 shards optimizer state and gradients (default), 3 also the weights (large runs)
+    # ZeRO stage: 2 shards optimizer state and gradients (default); 3 also the weights (single-process runs only)
     zero_stage: int = 2
     # micro-batches accumulated per optimizer step (global batch = tokens_per_batch x grad_accum x ranks)
     grad_accum: int = 1
