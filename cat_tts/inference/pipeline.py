@@ -27,6 +27,7 @@ import torch
 
 from cat_tts.generation.loop import FRAME_RATE, FrameStep, GenerationConfig, iter_frames
 from cat_tts.generation.mixin import build_generation_config
+from cat_tts.generation.streaming import stream_audio
 from cat_tts.text.normalize import clean_text, split_sentences
 from cat_tts.text.prompt import PromptBuilder, join_transcript
 
@@ -205,7 +206,12 @@ class CatTTS:
         from cat_tts.model import CatTTSModel
         from cat_tts.model.checkpoint import resolve_directory
 
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as err:
+            raise InputError(f"invalid device {device!r}: {err}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
         dtype = _resolve_dtype(dtype, device)
         for what, ref in (("model", model), ("codec", codec)):
             if _looks_local(ref) and not Path(ref).is_dir():
@@ -243,7 +249,8 @@ class CatTTS:
 
         Args:
             text: text to speak (any length; split into sentence chunks).
-            reference_audio: a file path, or `(samples, sample_rate)` (mono or [channels, S]).
+            reference_audio: a file path, `(samples, sample_rate)` (mono or [channels, S]), or the `[N, L]` codes
+                returned by `encode_reference` (a voice encoded once and reused).
             reference_text: transcript of the reference; when given, continuation mode is used.
             depth: K in 1..32 (bitrate 0.125 kbps x K).
             seed: seed for reproducible sampling (chunk i uses seed + i).
@@ -329,18 +336,20 @@ class CatTTS:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         jobs = []  # (item index, chunk text, voice)
+        encoded: dict[str, torch.Tensor] = {}  # reference path -> codes, so a shared voice is encoded once
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "text" not in item or "reference_audio" not in item:
                 raise InputError(f"item {i} must be a dict with 'text' and 'reference_audio'")
-            chunks, voice, _ = self._prepare(
-                item["text"],
-                item["reference_audio"],
-                item.get("reference_text"),
-                depth,
-                None,
-                item.get("mode"),
-                sampling,
-            )
+            ref = item["reference_audio"]
+            try:
+                chunks, voice, _ = self._prepare(
+                    item["text"], ref, item.get("reference_text"), depth, None, item.get("mode"), sampling,
+                    codes=encoded.get(str(ref)) if isinstance(ref, (str, Path)) else None,
+                )  # fmt: skip
+            except InputError as err:
+                raise InputError(f"item {i}: {err}") from err
+            if isinstance(ref, (str, Path)):
+                encoded[str(ref)] = voice.codes
             jobs += [(i, chunk, voice) for chunk in chunks]
         results: list[list[np.ndarray]] = [[] for _ in items]
         for start in range(0, len(jobs), batch_size):
@@ -356,10 +365,26 @@ class CatTTS:
                 on_frame=on_frame,
                 **_config_kwargs(cfg),
             )
-            for b, (i, _, voice) in enumerate(batch):
+            for b, (i, chunk, voice) in enumerate(batch):
+                _warn_unusual(out.lengths[b], out.finished[b], budget, chunk)
                 codes = out.frames[b : b + 1, : int(out.lengths[b]), 1:].transpose(1, 2)  # [1, K, F]
                 results[i].append(self._decode(codes, voice))
         return [(self._join(parts), self.sample_rate) for parts in results]
+
+    def _voice_codes(self, reference_audio) -> torch.Tensor:
+        """Codes `[N, L]` of a reference: encoded from audio, or checked if already codes (a saved voice)."""
+        if not isinstance(reference_audio, torch.Tensor):
+            return self.encode_reference(reference_audio)
+        codes = reference_audio
+        vocab = int(self.model.config.audio_vocab_size)
+        if codes.dim() != 2 or codes.shape[0] != self.n_vq or codes.shape[1] < 1 or codes.dtype.is_floating_point:
+            raise InputError(
+                f"reference codes must be an integer tensor [{self.n_vq}, L] (from encode_reference), "
+                f"got {codes.dtype} {tuple(codes.shape)}"
+            )
+        if int(codes.min()) < 0 or int(codes.max()) >= vocab:
+            raise InputError(f"reference codes must be in 0..{vocab - 1}")
+        return codes.long().cpu()
 
     def encode_reference(self, reference_audio: str | Path | tuple[np.ndarray, int]) -> torch.Tensor:
         """Loads, normalises and encodes a reference clip into `[N, L]` codes (all layers)."""
@@ -397,7 +422,7 @@ class CatTTS:
         except (TypeError, ValueError) as err:
             raise InputError(f"invalid sampling setting: {err}") from err
 
-    def _prepare(self, text, reference_audio, reference_text, depth, seed, mode, sampling):
+    def _prepare(self, text, reference_audio, reference_text, depth, seed, mode, sampling, codes=None):
         if not isinstance(text, str):
             raise InputError(f"text must be a string, got {type(text).__name__}")
         cleaned = clean_text(text)
@@ -413,7 +438,9 @@ class CatTTS:
         self._config(depth, seed, sampling)  # fail fast, before touching the reference audio
         chunks = split_sentences(cleaned, self.config.max_chunk_chars)
         configs = [self._config(depth, None if seed is None else seed + i, sampling) for i in range(len(chunks))]
-        voice = _Voice(self.encode_reference(reference_audio), reference_text, mode)
+        if codes is None:
+            codes = self._voice_codes(reference_audio)
+        voice = _Voice(codes, reference_text, mode)
         return chunks, voice, configs
 
     def _load_reference(self, reference_audio) -> np.ndarray:
@@ -426,7 +453,9 @@ class CatTTS:
             elif isinstance(reference_audio, tuple) and len(reference_audio) == 2:
                 wav = _array_reference(reference_audio, self.sample_rate, cfg.max_reference_seconds)
             else:
-                raise InputError("reference_audio must be a file path or a (samples, sample_rate) tuple")
+                raise InputError(
+                    "reference_audio must be a file path, a (samples, sample_rate) tuple or codes from encode_reference"
+                )
         except AudioError as err:
             raise InputError(f"reference audio: {err}") from err
         if wav.size < cfg.min_reference_seconds * self.sample_rate:
@@ -447,6 +476,7 @@ class CatTTS:
         grid = self._grid(chunk, voice)[None].to(self._device())  # [1, T, 1+N]
         cfg = _replace(cfg, max_new_frames=max_new_frames or frame_budget(chunk))
         out = self.model.generate(grid, None, on_frame=on_frame, **_config_kwargs(cfg))
+        _warn_unusual(out.lengths[0], out.finished[0], cfg.max_new_frames, chunk)
         codes = out.frames[:, : int(out.lengths[0]), 1:].transpose(1, 2)  # [1, K, F]
         return self._decode(codes, voice)
 
@@ -474,30 +504,16 @@ class CatTTS:
         """Generates one text chunk and yields decoded audio as frames arrive (codec streaming decode)."""
         grid = self._grid(chunk, voice)[None].to(self._device())
         cfg = _replace(cfg, max_new_frames=max_new_frames or frame_budget(chunk))
-        k = cfg.depth
-        state = self.codec.new_stream_state(1)
-        if voice.mode == "continuation":  # warm the decoder up on the prefix audio, drop its samples
-            with torch.inference_mode():
-                self.codec.decode_step(voice.codes[:k][None].to(self._codec_device()), state)
-        pending: list[torch.Tensor] = []
-        want = first_chunk_frames
-        for step in iter_frames(self.model, grid, None, cfg):
-            if on_frame is not None:
-                on_frame(step)
-            if bool(step.is_audio[0]):
-                pending.append(step.tokens[:, 1:])  # [1, K]
-            if len(pending) >= want or (pending and not bool(step.is_audio[0])):
-                codes = torch.stack(pending, dim=-1).to(self._codec_device())  # [1, K, f]
-                with torch.inference_mode():
-                    audio = self.codec.decode_step(codes, state)
-                pending = []
-                want = frames_per_chunk
-                yield audio[0].float().cpu().numpy()
-        if pending:
-            codes = torch.stack(pending, dim=-1).to(self._codec_device())
-            with torch.inference_mode():
-                audio = self.codec.decode_step(codes, state)
-            yield audio[0].float().cpu().numpy()
+        prefix = voice.codes[: cfg.depth][None] if voice.mode == "continuation" else None  # [1, K, L]
+
+        def steps():
+            for step in iter_frames(self.model, grid, None, cfg):
+                if on_frame is not None:
+                    on_frame(step)
+                yield step
+
+        for audio in stream_audio(steps(), self.codec, first_chunk_frames, frames_per_chunk, prefix):
+            yield audio.numpy()
 
 
 _SAMPLING_KEYS = {
@@ -512,6 +528,14 @@ _SAMPLING_KEYS = {
     "control_tokens",
     "min_new_frames",
 }
+
+
+def _warn_unusual(length: torch.Tensor, finished: torch.Tensor, budget: int | None, chunk: str) -> None:
+    """Logs generations that produced no audio or ran into the frame budget (a runaway)."""
+    if int(length) == 0:
+        logger.warning("the model ended without audio for %r (random tiny weights do this: try min_new_frames)", chunk)
+    elif not bool(finished):
+        logger.warning("generation hit the %s-frame budget for %r; the audio may be cut or rambling", budget, chunk)
 
 
 def _replace(cfg: GenerationConfig, **changes) -> GenerationConfig:
