@@ -234,3 +234,14 @@ def test_resume_is_exact_with_accumulation_and_loader_workers(prepared, tmp_path
     assert _run(cli, prepared, part, "--max-steps", "2", "--save-every", "100", *extra) == 0
     assert _run(cli, prepared, part, "--max-steps", "4", "--save-every", "100", "--resume", *extra) == 0
     assert [_losses(part)[s] for s in range(1, 5)] == [_losses(full)[s] for s in range(1, 5)]
+
+
+def test_missing_or_unprepared_data_is_a_one_line_error(tmp_path, capsys):
+    cli = _train_cli()
+    argv = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert cli.main(argv) == 1
+    assert "no training data: pass --data" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main([*argv, "--data", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no prepared shards" in err and "cat_tts.data.prepare" in err
