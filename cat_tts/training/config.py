@@ -37,7 +37,8 @@ class ModelSection:
     # architecture for a random init or an init from a Qwen3 LM: "tiny" (tests), "small", "cat_tts_1_7b" (the paper)
     preset: str = "tiny"
     # start point: None = random init from `preset`; "qwen3:PATH_OR_ID" = temporal transformer from a Qwen3 causal
-    # LM (the paper's recipe); any other value = a CAT-TTS checkpoint (the official release or a cat-tts export)
+    # LM (the paper's recipe); any other value = a CAT-TTS checkpoint (the official release, a cat-tts export, or a
+    # cat-tts run / training checkpoint directory, whose `model/` export is used)
     init: str | None = None
     # tokenizer directory or hub id; None = the one stored with `init` (the Qwen3 LM or the checkpoint)
     tokenizer: str | None = None

@@ -128,10 +128,21 @@ def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
         preset = CatTTSConfig.from_preset(m.preset)
         model = CatTTSModel.from_qwen3(source, preset, dtype=torch.float32, attn_implementation=attn)
     else:
-        model = CatTTSModel.from_pretrained(m.init, dtype=torch.float32, attn_implementation=attn)
+        model = CatTTSModel.from_pretrained(
+            _checkpoint_model_dir(m.init), dtype=torch.float32, attn_implementation=attn
+        )
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model.to(device=device, dtype=torch.float32)
+
+
+def _checkpoint_model_dir(init: str) -> str:
+    """A cat-tts training checkpoint (`.../step-N`) or run directory stands for its Hugging Face export."""
+    path = Path(init)
+    for candidate in (path / "model", path):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    return init  # a hub id, or a directory from_pretrained will report on
 
 
 def load_tokenizer(cfg: TrainConfig) -> Any:
@@ -139,7 +150,7 @@ def load_tokenizer(cfg: TrainConfig) -> Any:
     m = cfg.model
     path = m.tokenizer
     if path is None and m.init is not None:
-        path = m.init[len("qwen3:") :] if m.init.startswith("qwen3:") else m.init
+        path = m.init[len("qwen3:") :] if m.init.startswith("qwen3:") else _checkpoint_model_dir(m.init)
     if path is None:
         if m.preset != "tiny":
             raise ValueError(f"model.tokenizer is required for a random init of the {m.preset} preset")

@@ -101,11 +101,20 @@ def test_zero2_run_learns_resumes_exactly_and_exports(prepared, tmp_path):
     # without --resume an existing run directory is refused (nothing is overwritten)
     assert _run(cli, prepared, part, "--max-steps", "8") == 1
 
+    # a training checkpoint directory is a valid --init (its model/ export is loaded)
+    from cat_tts.training.config import TrainConfig
+    from cat_tts.training.loop import build_model
+
+    init = TrainConfig.from_dict({"model": {"init": str(full / "checkpoints" / "step-00000008")}})
+    started = build_model(init, torch.device("cpu"))
+
     # the export loads with from_pretrained and equals the final checkpoint's export
     model = CatTTSModel.from_pretrained(full / "model")
     again = CatTTSModel.from_pretrained(full / "checkpoints" / "step-00000008" / "model")
-    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
+    for (name, a), (_, b), (_, c) in zip(
+        model.state_dict().items(), again.state_dict().items(), started.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b) and torch.equal(a, c), name
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(full / "model").encode("hello", add_special_tokens=False)
