@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("train.py: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
+        return 130
     except NonFiniteLossError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 3

@@ -19,6 +19,7 @@ import resource
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,17 @@ def build_stream(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, rank:
     )
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops metrics.jsonl records after `step` (written by an interrupted run past its last checkpoint)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -292,13 +304,19 @@ def gated_forward(model: torch.nn.Module, **inputs: Any) -> Any:
     return torch.func.functional_call(model, dict(zip(names, gated, strict=True)), args=(), kwargs=inputs)
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
     """Trains according to `cfg` (see the module docstring).
 
     Args:
         cfg: the resolved training config.
         resume: continue from the newest complete checkpoint in `cfg.run.out`.
         progress: show a progress bar (rank 0).
+        on_step: called as `on_step(step, loss)` after every optimizer step (and after its checkpoint, if any).
 
     Returns:
         The `TrainResult`.
@@ -346,6 +364,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
         step, tokens_seen = int(state["step"]), int(state.get("tokens_seen", 0))
         stream.load_state_dict(state["data"])
         if rank == 0:
+            _truncate_metrics(run_dir / "metrics.jsonl", step)  # records of steps the resumed run will redo
             logger.info("resumed from %s at step %d", ckpt, step)
     if rank == 0:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -445,6 +464,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
                     keep_last=cfg.run.keep_last,
                 )
                 last_saved = step
+            if on_step is not None:
+                on_step(step, mean_loss)
         if step != last_saved and step > 0:  # resumed at (or past) max_steps: make sure the end is saved
             result.checkpoint = save_checkpoint(
                 engine,

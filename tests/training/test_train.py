@@ -91,12 +91,41 @@ def test_zero2_run_learns_resumes_exactly_and_exports(prepared, tmp_path):
         assert np.isfinite(record[key]), key
     assert list((full / "tensorboard").glob("events.out.tfevents.*"))
 
-    # interrupted after step 4, resumed: the resumed steps reproduce the uninterrupted losses exactly
+    # stopped after step 4, resumed: the resumed steps reproduce the uninterrupted losses exactly
     part = tmp_path / "part"
     assert _run(cli, prepared, part, "--max-steps", "4", "--save-every", "100") == 0
     assert _run(cli, prepared, part, "--max-steps", "8", "--save-every", "100", "--resume") == 0
     resumed = _losses(part)
     assert [resumed[s] for s in range(1, 9)] == [losses[s] for s in range(1, 9)]
+
+    # killed mid-run (after step 6; last checkpoint at step 4), resumed: steps 5..8 are redone identically
+    from cat_tts.training.config import TrainConfig
+    from cat_tts.training.loop import train
+
+    crash = tmp_path / "crash"
+    cfg = TrainConfig.from_yaml(ROOT / "configs" / "tiny.yaml").with_overrides(
+        [
+            f"data.path={prepared}",
+            f"run.out={crash}",
+            "optim.decay_steps=8",
+            "data.tokens_per_batch=64",
+            "run.max_steps=8",
+            "run.save_every=4",
+            "run.tensorboard=false",
+        ]
+    )
+
+    def die_after_6(step, loss):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, on_step=die_after_6)
+    assert sorted(_losses(crash)) == list(range(1, 7))
+    train(cfg, resume=True, progress=False)
+    records = [json.loads(x)["step"] for x in (crash / "metrics.jsonl").read_text().splitlines()]
+    assert records == list(range(1, 9))  # the redone steps replace the crashed run's records
+    assert [_losses(crash)[s] for s in range(1, 9)] == [losses[s] for s in range(1, 9)]
 
     # without --resume an existing run directory is refused (nothing is overwritten)
     assert _run(cli, prepared, part, "--max-steps", "8") == 1
