@@ -400,6 +400,7 @@ def train(
                     "attention_mask": batch.attention_mask,
                     "labels": batch.labels,
                     "depths": batch.depths,
+                    "return_logits": False,  # the loss is all we need: no [R, V] logits kept alive
                 }
                 if world > 1 and cfg.deepspeed.zero_stage < 3:
                     out = gated_forward(engine.module, **inputs)  # rank-independent gradient order

@@ -98,7 +98,11 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         out = engine(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels, depths=batch.depths
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            labels=batch.labels,
+            depths=batch.depths,
+            return_logits=False,  # as train.py calls it
         )
         engine.backward(out.loss)
         engine.step()
