@@ -351,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()  # one progress bar (ours), not one per shard write
+    except ImportError:
+        pass
     cfg = PrepareConfig(
         manifest=args.manifest,
         codec=args.codec,
