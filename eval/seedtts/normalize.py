@@ -32,7 +32,8 @@ _ZHON_CODEPOINTS: tuple[int, ...] = (
     *range(0xFF3B, 0xFF41),  # ［＼］＾＿｀
     *range(0xFF5B, 0xFF61),  # ｛｜｝～｟｠
     0xFF61, 0xFF62, 0xFF63, 0xFF64,  # halfwidth 。「」、
-    # CJK symbols and punctuation: ideographic space, 、。〃, brackets 〈〉《》「」『』【】〔〕〖〗〘〙〚〛, dashes/quotes
+    # CJK symbols and punctuation: ideographic space, 、。〃, brackets 〈〉《》「」『』【】〔〕〖〗〘〙〚〛,
+    # the wave dash and the prime quotation marks
     0x3000, 0x3001, 0x3002, 0x3003,
     *range(0x3008, 0x3012),
     *range(0x3014, 0x3020),

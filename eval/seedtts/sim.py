@@ -73,28 +73,50 @@ class EcapaConfig:
     scale: int = 8  # Res2Net scale (number of channel groups)
 
     def __post_init__(self) -> None:
-        for name in ("feat_dim", "num_features", "channels", "final_channels", "emb_dim", "attention_channels",
-                     "se_bottleneck"):  # fmt: skip
+        for name in (
+            "feat_dim",
+            "num_features",
+            "channels",
+            "final_channels",
+            "emb_dim",
+            "attention_channels",
+            "se_bottleneck",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"EcapaConfig.{name} must be a positive integer, got {value!r}")
         if self.scale < 2 or self.channels % self.scale:
-            raise ValueError(
-                f"EcapaConfig.scale must be >= 2 and divide channels={self.channels}, got {self.scale!r}"
-            )
+            raise ValueError(f"EcapaConfig.scale must be >= 2 and divide channels={self.channels}, got {self.scale!r}")
 
 
 def _wavlm_large_backbone() -> dict[str, Any]:
     """transformers `WavLMConfig` arguments of WavLM-Large (as in the original checkpoint's configuration)."""
     return dict(
-        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-        hidden_act="gelu", layer_norm_eps=1e-5,
-        conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_bias=False,
-        feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=True,
-        num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, num_buckets=320, max_bucket_distance=800,
-        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-        final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.05,
-    )  # fmt: skip
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        conv_dim=(512,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_bias=False,
+        feat_extract_norm="layer",
+        feat_extract_activation="gelu",
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        num_buckets=320,
+        max_bucket_distance=800,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        final_dropout=0.0,
+        layerdrop=0.0,
+        mask_time_prob=0.05,
+    )
 
 
 @dataclass
@@ -116,7 +138,8 @@ class SpeakerEncoderConfig:
             )
         if self.backbone.get("hidden_size") not in (None, self.head.feat_dim):
             raise ValueError(
-                f"head.feat_dim must equal backbone hidden_size={self.backbone['hidden_size']}, got {self.head.feat_dim}"
+                f"head.feat_dim must equal backbone hidden_size={self.backbone['hidden_size']}, "
+                f"got {self.head.feat_dim}"
             )
         if self.sample_rate != SCORING_RATE:
             raise ValueError(f"sample_rate must be {SCORING_RATE} (the checkpoint's rate), got {self.sample_rate}")
@@ -130,23 +153,51 @@ class SpeakerEncoderConfig:
     def tiny(cls) -> SpeakerEncoderConfig:
         """A tiny random model for tests (same structure; also the size of the committed golden checkpoint)."""
         backbone = dict(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, hidden_act="gelu",
-            layer_norm_eps=1e-5, conv_dim=(16, 16, 16), conv_kernel=(10, 3, 2), conv_stride=(5, 2, 2),
-            conv_bias=False, feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=True,
-            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_buckets=32, max_bucket_distance=64,
-            hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-            final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.05,
-        )  # fmt: skip
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
+            conv_dim=(16, 16, 16),
+            conv_kernel=(10, 3, 2),
+            conv_stride=(5, 2, 2),
+            conv_bias=False,
+            feat_extract_norm="layer",
+            feat_extract_activation="gelu",
+            do_stable_layer_norm=True,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+            num_buckets=32,
+            max_bucket_distance=64,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            feat_proj_dropout=0.0,
+            final_dropout=0.0,
+            layerdrop=0.0,
+            mask_time_prob=0.05,
+        )
         head = EcapaConfig(
-            feat_dim=32, num_features=3, channels=16, final_channels=24, emb_dim=8, attention_channels=8,
-            se_bottleneck=128, scale=8,
-        )  # fmt: skip
+            feat_dim=32,
+            num_features=3,
+            channels=16,
+            final_channels=24,
+            emb_dim=8,
+            attention_channels=8,
+            se_bottleneck=128,
+            scale=8,
+        )
         return cls(backbone=backbone, head=head)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored next to converted checkpoints)."""
-        return {"backbone": dict(self.backbone), "head": asdict(self.head), "normalize_waveform": self.normalize_waveform,
-                "sample_rate": self.sample_rate}  # fmt: skip
+        return {
+            "backbone": dict(self.backbone),
+            "head": asdict(self.head),
+            "normalize_waveform": self.normalize_waveform,
+            "sample_rate": self.sample_rate,
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -176,8 +227,9 @@ class Res2Conv(nn.Module):
         self.width = channels // scale
         n = scale - 1
         pad = dilation * (kernel_size - 1) // 2
-        self.convs = nn.ModuleList(nn.Conv1d(self.width, self.width, kernel_size, padding=pad, dilation=dilation)
-                                   for _ in range(n))  # fmt: skip
+        self.convs = nn.ModuleList(
+            nn.Conv1d(self.width, self.width, kernel_size, padding=pad, dilation=dilation) for _ in range(n)
+        )
         self.bns = nn.ModuleList(nn.BatchNorm1d(self.width) for _ in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -320,7 +372,10 @@ class SpeakerEncoder(nn.Module):
 _WAVLM_RENAMES: tuple[tuple[str, str], ...] = (
     # (regex on the original WavLM key, replacement giving the transformers WavLMModel key)
     (r"^feature_extractor\.conv_layers\.(\d+)\.0\.weight$", r"feature_extractor.conv_layers.\1.conv.weight"),
-    (r"^feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
+    (
+        r"^feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)$",
+        r"feature_extractor.conv_layers.\1.layer_norm.\2",
+    ),
     (r"^layer_norm\.(weight|bias)$", r"feature_projection.layer_norm.\1"),
     (r"^post_extract_proj\.(weight|bias)$", r"feature_projection.projection.\1"),
     (r"^mask_emb$", r"masked_spec_embed"),
@@ -328,22 +383,29 @@ _WAVLM_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^encoder\.pos_conv\.0\.weight_g$", r"encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
     (r"^encoder\.pos_conv\.0\.weight_v$", r"encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
     (r"^encoder\.layer_norm\.(weight|bias)$", r"encoder.layer_norm.\1"),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.(q|k|v|out)_proj\.(weight|bias)$", r"encoder.layers.\1.attention.\2_proj.\3"),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.grep_linear\.(weight|bias)$",
-     r"encoder.layers.\1.attention.gru_rel_pos_linear.\2"),
+    (
+        r"^encoder\.layers\.(\d+)\.self_attn\.(q|k|v|out)_proj\.(weight|bias)$",
+        r"encoder.layers.\1.attention.\2_proj.\3",
+    ),
+    (
+        r"^encoder\.layers\.(\d+)\.self_attn\.grep_linear\.(weight|bias)$",
+        r"encoder.layers.\1.attention.gru_rel_pos_linear.\2",
+    ),
     (r"^encoder\.layers\.(\d+)\.self_attn\.grep_a$", r"encoder.layers.\1.attention.gru_rel_pos_const"),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.weight$",
-     r"encoder.layers.\1.attention.rel_attn_embed.weight"),
+    (
+        r"^encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.weight$",
+        r"encoder.layers.\1.attention.rel_attn_embed.weight",
+    ),
     (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)$", r"encoder.layers.\1.layer_norm.\2"),
     (r"^encoder\.layers\.(\d+)\.fc1\.(weight|bias)$", r"encoder.layers.\1.feed_forward.intermediate_dense.\2"),
     (r"^encoder\.layers\.(\d+)\.fc2\.(weight|bias)$", r"encoder.layers.\1.feed_forward.output_dense.\2"),
     (r"^encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)$", r"encoder.layers.\1.final_layer_norm.\2"),
-)  # fmt: skip
+)
 _WAVLM_PATTERNS = tuple((re.compile(p), r) for p, r in _WAVLM_RENAMES)
 
 
 def convert_wavlm_key(key: str) -> str | None:
-    """Rename an original-WavLM key (as stored under `feature_extract.model.`) to transformers' name; None if unknown."""
+    """Rename an original-WavLM key (stored under `feature_extract.model.`) to transformers' name; None if unknown."""
     for pattern, repl in _WAVLM_PATTERNS:
         if pattern.match(key):
             return pattern.sub(repl, key)
@@ -382,8 +444,10 @@ def load_official_state_dict(model: SpeakerEncoder, state: dict[str, torch.Tenso
             head_sd[key] = value
 
     problems: list[str] = []
-    for prefix, module, sd in (("feature_extract.model. (backbone)", model.backbone, backbone_sd),
-                               ("head", model.head, head_sd)):  # fmt: skip
+    for prefix, module, sd in (
+        ("feature_extract.model. (backbone)", model.backbone, backbone_sd),
+        ("head", model.head, head_sd),
+    ):
         own = module.state_dict()
         missing = sorted(set(own) - set(sd))
         extra = sorted(set(sd) - set(own))
@@ -393,8 +457,11 @@ def load_official_state_dict(model: SpeakerEncoder, state: dict[str, torch.Tenso
             unexpected.extend(BACKBONE_PREFIX + k for k in extra)
         if missing:
             problems.append(f"missing {prefix} keys: {_describe(missing)}")
-        shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in sorted(set(own) & set(sd))
-                  if sd[k].shape != own[k].shape]  # fmt: skip
+        shapes = [
+            f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
+            for k in sorted(set(own) & set(sd))
+            if sd[k].shape != own[k].shape
+        ]
         if shapes:
             problems.append(f"shape mismatches ({prefix}): {_describe(shapes)}")
     if unexpected:
@@ -480,7 +547,8 @@ class SpeakerSimilarity:
     Embeddings of files seen before (prompts are shared across depths) are cached by path.
     """
 
-    def __init__(self, model: SpeakerEncoder, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: SpeakerEncoder, device: str | torch.device = "cpu", name: str = "wavlm-ecapa") -> None:
+        self.name = name  # label recorded in the results
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self._cache: dict[Path, torch.Tensor] = {}
@@ -496,7 +564,7 @@ class SpeakerSimilarity:
         """
         model = SpeakerEncoder(config or SpeakerEncoderConfig.wavlm_large())
         load_official_state_dict(model, load_checkpoint_tensors(path))
-        return cls(model, device)
+        return cls(model, device, name=Path(path).name)
 
     def embed_waveform(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Embedding of one mono waveform [S] at any rate (resampled to 16 kHz).  Returns [E] (float32, CPU)."""

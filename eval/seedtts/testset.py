@@ -117,9 +117,13 @@ def read_testset(meta_path: str | Path, check_audio: bool = True, require_ground
         utt = fields[0] or f"line {line_no}"
         if len(fields) not in (4, 5):
             out.bad_lines.append(
-                BadLine(utt, line_no, f"expected 4 or 5 '|'-separated fields "
-                        f"(utt|prompt_text|prompt_wav|target_text[|gt_wav]), got {len(fields)}")
-            )  # fmt: skip
+                BadLine(
+                    utt,
+                    line_no,
+                    f"expected 4 or 5 '|'-separated fields "
+                    f"(utt|prompt_text|prompt_wav|target_text[|gt_wav]), got {len(fields)}",
+                )
+            )
             continue
         utt, prompt_text, prompt_rel, target_text = fields[:4]
         problem = None
