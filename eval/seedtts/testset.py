@@ -125,7 +125,7 @@ def read_testset(meta_path: str | Path, check_audio: bool = True, require_ground
                 )
             )
             continue
-        utt, prompt_text, prompt_rel, target_text = fields[:4]
+        _, prompt_text, prompt_rel, target_text = fields[:4]
         problem = None
         if not fields[0]:
             problem = "empty utterance id"
