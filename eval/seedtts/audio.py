@@ -29,7 +29,11 @@ SCORING_RATE = 16000
 
 
 class AudioReadError(ValueError):
-    """An audio file to score is missing, unreadable or empty."""
+    """An audio file to score is missing, unreadable or empty (`kind`: "missing", "unreadable" or "empty")."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def read_audio(path: str | Path, dtype: str = "float32") -> tuple[np.ndarray, int]:
@@ -49,13 +53,13 @@ def read_audio(path: str | Path, dtype: str = "float32") -> tuple[np.ndarray, in
 
     path = Path(path)
     if not path.is_file():
-        raise AudioReadError(f"audio file not found: {path}")
+        raise AudioReadError(f"audio file not found: {path}", "missing")
     try:
         wav, sr = sf.read(str(path), dtype=dtype, always_2d=True)  # [S, C]
     except Exception as err:  # libsndfile errors are RuntimeError subclasses
-        raise AudioReadError(f"cannot read audio file {path}: {err}") from err
+        raise AudioReadError(f"cannot read audio file {path}: {err}", "unreadable") from err
     if wav.shape[0] == 0:
-        raise AudioReadError(f"audio file is empty: {path}")
+        raise AudioReadError(f"audio file is empty: {path}", "empty")
     return np.ascontiguousarray(wav[:, 0]), int(sr)
 
 

@@ -179,9 +179,9 @@ def generate_testset(
                     rec = {
                         "utt": it.utt,
                         "depth": depth,
-                        "seconds": round(seconds, 6),
-                        "audio_seconds": round(duration, 6),
-                        "rtf": round(seconds / duration, 6),
+                        "seconds": seconds,
+                        "audio_seconds": duration,
+                        "rtf": seconds / duration,
                         "seed": s,
                         "batch_size": len(batch),
                     }

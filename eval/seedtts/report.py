@@ -158,6 +158,7 @@ def _plot(summaries: Sequence[dict[str, Any]], key: str, ylabel: str, title: str
         ax.set_xticklabels([f"{x:g}" for x in xs])
     for s in gt:
         ax.axhline(s[key], linestyle="--", color="gray", label="ground truth")
+    ax.margins(x=0.12)
     ax.set_xlabel("bitrate (kbps)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -149,7 +149,7 @@ def score_testset(
             wav, sr = read_audio(path)
             res.duration = len(wav) / sr
         except AudioReadError as err:
-            res.status = EMPTY if "empty" in str(err) else UNREADABLE
+            res.status = EMPTY if err.kind == "empty" else UNREADABLE
             res.wer, res.error = 1.0, str(err)
             results.append(res)
             continue
