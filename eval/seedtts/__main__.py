@@ -29,6 +29,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="sweep directory; wavs go to OUT/depth_<K>/<utt>.wav")
     p.add_argument("--batch-size", type=int, default=1, help="utterances per synthesis call (default 1)")
     p.add_argument("--seed", type=int, default=0, help="base seed; each utterance gets seed + crc32(utt)")
+    p.add_argument(
+        "--mode",
+        choices=["continuation", "clone"],
+        default="continuation",
+        help="continuation: give the prompt transcript (default); clone: prompt audio only",
+    )
     p.add_argument("--device", default=None, help="torch device (default: the pipeline's choice)")
     p.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 (default: the pipeline's choice)")
     p.add_argument("--max-new-frames", type=int, default=None, help="cap on generated frames (12.5 per second)")
@@ -133,6 +139,7 @@ def _generate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         sampling=sampling,
+        mode=args.mode,
         progress=True,
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,10 @@ timing record to `OUT/depth_<K>/generation.jsonl` (utt, depth, seconds, audio_se
 batch_size) so the scorer can report the real-time factor. With `batch_size > 1`, `seconds` is the
 batch's wall time divided by the batch size.
 
+Prompting: by default the prompt transcript (2nd field) is passed as `reference_text`, which makes
+`CatTTS` continue the prompt audio (the in-context mode Seed-TTS-Eval was designed for); `mode="clone"`
+passes the prompt audio only. The mode is recorded in `generation.jsonl`.
+
 Seeds: utterance u is generated with seed `seed + crc32(u) mod 2**31`, independent of list order and of
 which files already exist, so a resumed run is reproducible with `batch_size = 1` (a batch uses the seed
 of its first utterance).
@@ -35,6 +39,7 @@ from eval.seedtts.testset import TestItem, TestSet
 logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 32
+MODES = ("continuation", "clone")
 
 
 class Synthesizer(Protocol):
@@ -98,19 +103,22 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> float:
     return audio.size / sample_rate
 
 
-def _synthesize(pipeline: Synthesizer, batch: list[TestItem], depth: int, seed: int, sampling: dict[str, Any]):
+def _synthesize(
+    pipeline: Synthesizer, batch: list[TestItem], depth: int, seed: int, mode: str, sampling: dict[str, Any]
+) -> list[tuple[np.ndarray, int]]:
+    def ref_text(it: TestItem) -> str | None:
+        return it.prompt_text if mode == "continuation" else None
+
     if len(batch) == 1:
         it = batch[0]
-        return [
-            pipeline.synthesize(
-                it.target_text, str(it.prompt_wav), reference_text=it.prompt_text, depth=depth, seed=seed, **sampling
-            )
-        ]
+        out = pipeline.synthesize(
+            it.target_text, str(it.prompt_wav), reference_text=ref_text(it), depth=depth, seed=seed, **sampling
+        )
+        return [out]
     items = [
-        {"text": it.target_text, "reference_audio": str(it.prompt_wav), "reference_text": it.prompt_text}
-        for it in batch
+        {"text": it.target_text, "reference_audio": str(it.prompt_wav), "reference_text": ref_text(it)} for it in batch
     ]
-    return pipeline.synthesize_batch(items, depth=depth, seed=seed, **sampling)
+    return pipeline.synthesize_batch(items, depth=depth, seed=seed, batch_size=len(items), **sampling)
 
 
 def generate_testset(
@@ -121,6 +129,7 @@ def generate_testset(
     batch_size: int = 1,
     seed: int = 0,
     sampling: dict[str, Any] | None = None,
+    mode: str = "continuation",
     progress: bool = False,
 ) -> GenerateReport:
     """Synthesise the missing `<utt>.wav` of every usable line at every depth.
@@ -133,17 +142,20 @@ def generate_testset(
         batch_size: utterances per synthesiser call.
         seed: base seed.
         sampling: extra keyword arguments for the synthesiser (temperature, top_p, max_new_frames, ...).
+        mode: "continuation" (pass the prompt transcript) or "clone" (prompt audio only).
         progress: show a progress bar on stderr.
 
     Returns:
         What was written, kept and failed per depth.
 
     Raises:
-        ValueError: bad depths or batch size.
+        ValueError: bad depths, batch size or mode.
     """
     from tqdm import tqdm
 
     depths = check_depths(depths)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sampling = dict(sampling or {})
@@ -162,7 +174,7 @@ def generate_testset(
                 s = utterance_seed(seed, batch[0].utt)
                 t0 = time.perf_counter()
                 try:
-                    outputs = _synthesize(pipeline, batch, depth, s, sampling)
+                    outputs = _synthesize(pipeline, batch, depth, s, mode, sampling)
                 except Exception as err:  # one bad utterance must not stop a 2000-line run
                     for it in batch:
                         report.failed[depth][it.utt] = f"{err.__class__.__name__}: {err}"
@@ -184,6 +196,7 @@ def generate_testset(
                         "rtf": seconds / duration,
                         "seed": s,
                         "batch_size": len(batch),
+                        "mode": mode,
                     }
                     log.write(json.dumps(rec) + "\n")
                     log.flush()

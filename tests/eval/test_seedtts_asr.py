@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tone
+from seedtts_helpers import tone
 
 from eval.seedtts.asr import ParaformerAsr, WhisperAsr, load_asr
 from eval.seedtts.audio import AudioReadError, resample_fft

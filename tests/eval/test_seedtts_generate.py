@@ -34,8 +34,8 @@ class FakeTTS:
         rng = np.random.default_rng(seed)
         return (0.1 * rng.standard_normal(1920 * (2 + len(text) % 4))).astype(np.float32), 24000
 
-    def synthesize_batch(self, items, depth=32, seed=None, **sampling):
-        self.batches.append(len(items))
+    def synthesize_batch(self, items, depth=32, seed=None, batch_size=8, **sampling):
+        self.batches.append((len(items), batch_size))
         return [self.synthesize(depth=depth, seed=seed, **it, **sampling) for it in items]
 
 
@@ -112,10 +112,20 @@ def test_a_failing_utterance_is_reported_and_retried_on_the_next_run(
 def test_batches_go_through_synthesize_batch(tiny_testset: Path, tmp_path: Path):
     fake = FakeTTS()
     report = generate_testset(read_testset(tiny_testset), fake, tmp_path, [16], batch_size=2)
-    assert fake.batches == [2] and len(fake.calls) == 3  # a batch of 2, then a single call
+    assert fake.batches == [(2, 2)] and len(fake.calls) == 3  # a batch of 2, then a single call
     assert sorted(report.written[16]) == ["utt_a-1", "utt_a-2", "utt_b-1"]
     log = [json.loads(x) for x in (tmp_path / "depth_16" / "generation.jsonl").read_text().splitlines()]
     assert [r["batch_size"] for r in log] == [2, 2, 1]
+
+
+def test_clone_mode_does_not_pass_the_prompt_transcript(tiny_testset: Path, tmp_path: Path):
+    fake = FakeTTS()
+    generate_testset(read_testset(tiny_testset), fake, tmp_path, [1], mode="clone")
+    assert [c["reference_text"] for c in fake.calls] == [None, None, None]
+    log = [json.loads(x) for x in (tmp_path / "depth_1" / "generation.jsonl").read_text().splitlines()]
+    assert {r["mode"] for r in log} == {"clone"}
+    with pytest.raises(ValueError, match="mode must be one of"):
+        generate_testset(read_testset(tiny_testset), fake, tmp_path, [1], mode="ICL")
 
 
 @pytest.mark.parametrize("depths", [["0"], ["33"]])

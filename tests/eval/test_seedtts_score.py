@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import TINY_SV, tone
+from seedtts_helpers import TINY_SV, tone
 
 from eval.seedtts.__main__ import main
 from eval.seedtts.asr import WhisperAsr

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from conftest import ASSETS, TINY_SV
 from safetensors.torch import load_file
+from seedtts_helpers import ASSETS, TINY_SV
 
 from eval.seedtts.audio import resample_sinc
 from eval.seedtts.sim import (

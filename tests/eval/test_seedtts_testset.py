@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import tone, write_meta
+from seedtts_helpers import tone, write_meta
 
 from eval.seedtts.testset import MetaError, read_testset
 
