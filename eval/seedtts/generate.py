@@ -3,7 +3,9 @@
 Resumable: an existing `<utt>.wav` is kept and not regenerated (files are written under a temporary
 name and renamed, so an interrupted run never leaves a truncated wav behind). Each synthesis appends a
 timing record to `OUT/depth_<K>/generation.jsonl` (utt, depth, seconds, audio_seconds, rtf, seed,
-batch_size) so the scorer can report the real-time factor. With `batch_size > 1`, `seconds` is the
+batch_size, mode) so the scorer can report the real-time factor. A synthesis that raises `ValueError`
+(bad input, e.g. `cat_tts.inference.InputError`) or `RuntimeError` (e.g. out of memory) is recorded in
+`OUT/depth_<K>/failures.json` and the run goes on; any other exception is a bug and stops the run. With `batch_size > 1`, `seconds` is the
 batch's wall time divided by the batch size.
 
 Prompting: by default the prompt transcript (2nd field) is passed as `reference_text`, which makes
@@ -175,7 +177,7 @@ def generate_testset(
                 t0 = time.perf_counter()
                 try:
                     outputs = _synthesize(pipeline, batch, depth, s, mode, sampling)
-                except Exception as err:  # one bad utterance must not stop a 2000-line run
+                except (ValueError, RuntimeError) as err:  # bad input or out of memory: record, go on, retry later
                     for it in batch:
                         report.failed[depth][it.utt] = f"{err.__class__.__name__}: {err}"
                     logger.warning("depth %d: synthesis failed for %s: %s", depth, [it.utt for it in batch], err)

@@ -128,6 +128,15 @@ def test_clone_mode_does_not_pass_the_prompt_transcript(tiny_testset: Path, tmp_
         generate_testset(read_testset(tiny_testset), fake, tmp_path, [1], mode="ICL")
 
 
+def test_unexpected_errors_stop_the_run(tiny_testset: Path, tmp_path: Path):
+    class Broken(FakeTTS):
+        def synthesize(self, *args, **kwargs):
+            raise AttributeError("pipeline bug")
+
+    with pytest.raises(AttributeError, match="pipeline bug"):
+        generate_testset(read_testset(tiny_testset), Broken(), tmp_path, [8])
+
+
 @pytest.mark.parametrize("depths", [["0"], ["33"]])
 def test_bad_depth_is_a_one_line_error(tiny_testset: Path, tmp_path: Path, depths, capsys):
     argv = ["generate", "--meta", str(tiny_testset), "--model", "M", "--codec", "C", "--out", str(tmp_path)]
