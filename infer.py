@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repetition-penalty", type=float, default=None, help="audio repetition penalty > 0 (1.1)")
     gen.add_argument("--greedy", action="store_true", help="greedy decoding for every channel (no sampling)")
     gen.add_argument("--max-new-frames", type=int, default=None, help="frame budget per text chunk (12.5 per second)")
+    gen.add_argument("--min-new-frames", type=int, default=None, help="frames before the end may be chosen (0)")
     mdl = p.add_argument_group("model")
     mdl.add_argument("--model", default=DEFAULT_MODEL, help=f"TTS model directory or hub id ({DEFAULT_MODEL})")
     mdl.add_argument("--codec", default=DEFAULT_CODEC, help=f"codec directory or hub id ({DEFAULT_CODEC})")
@@ -77,6 +78,8 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
             kw[name] = value
     if args.greedy:
         kw["do_sample"] = False
+    if args.min_new_frames is not None:
+        kw["min_new_frames"] = args.min_new_frames
     return kw
 
 
@@ -86,6 +89,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--depth must be in 1..{MAX_DEPTH}, got {args.depth}")
     if args.max_new_frames is not None and args.max_new_frames < 1:
         raise CliError(f"--max-new-frames must be >= 1, got {args.max_new_frames}")
+    if args.min_new_frames is not None and args.min_new_frames < 0:
+        raise CliError(f"--min-new-frames must be >= 0, got {args.min_new_frames}")
     if args.temperature is not None and args.temperature != args.temperature:
         raise CliError("--temperature must be a number")
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -235,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     if args.stream:
+        import numpy as np
         import soundfile as sf
 
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
             for piece in tts.stream(args.text, args.prompt_audio, **common):
                 if first is None:
                     first = time.perf_counter() - start
-                f.write(piece)
+                f.write(np.clip(piece, -1.0, 1.0))  # as save_audio does
                 f.flush()
                 samples += len(piece)
         sr = tts.sample_rate

@@ -177,11 +177,13 @@ class _Sampler:
 
 
 def _control_logits(model: CatTTSModel, h: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """Channel-0 logits of only `candidates` (a few token ids): no full text-vocabulary head is computed."""
-    fn = getattr(model, "channel_logits_subset", None)
-    if fn is not None:
-        return fn(0, h, candidates)
-    return model.channel_logits(0, h)[:, candidates]
+    """Channel-0 logits of only `candidates` (a few token ids) from depth outputs `h [B, Dd]` -> `[B, n]`.
+
+    Runs channel 0's output adapter and norm, then only the `candidates` rows of the text head: the full
+    text-vocabulary projection (155648 rows in the release) is never computed.
+    """
+    x = model.head_norms[0](model.depth_output[0](h))  # [B, D]
+    return x @ model.heads[0].weight[candidates].t()  # [B, n]
 
 
 def _depth_frame(

@@ -203,6 +203,7 @@ class CatTTS:
 
         from cat_tts.codec import CatCodec
         from cat_tts.model import CatTTSModel
+        from cat_tts.model.checkpoint import resolve_directory
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = _resolve_dtype(dtype, device)
@@ -210,19 +211,19 @@ class CatTTS:
             if _looks_local(ref) and not Path(ref).is_dir():
                 raise ModelLoadError(f"{what} directory {str(ref)!r} does not exist")
         try:
-            tts = CatTTSModel.from_pretrained(str(model), dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(str(model))
+            tts_dir = resolve_directory(model)
+            tts = CatTTSModel.from_pretrained(tts_dir, dtype=dtype, device=device)
+            # the tokenizer from the original reference: a hub snapshot of the weights lacks chat_template.jinja
+            tokenizer = _load_tokenizer(AutoTokenizer, model if Path(str(model)).expanduser().is_dir() else str(model))
             cat = CatCodec.from_pretrained(str(codec), device=device)
-        except (OSError, ConnectionError) as err:
+        except (OSError, ValueError) as err:  # missing files, hub errors, CheckpointError
             raise ModelLoadError(
                 f"could not load {model!r} / {codec!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
                 "If the Hugging Face hub is unreachable, pass local directories: --model DIR --codec DIR "
                 "(CatTTS.from_pretrained(model=DIR, codec=DIR)); `python -m cat_tts.tools.make_tiny OUT` writes "
                 "tiny random ones (OUT/model, OUT/codec) for offline checks"
             ) from err
-        tts = tts.to(device).eval()
-        cat = cat.to(device).eval() if hasattr(cat, "eval") else cat
-        return cls(tts, cat, tokenizer, config)
+        return cls(tts.eval(), cat.eval(), tokenizer, config)
 
     # ------------------------------------------------------------------ public API
 
@@ -536,6 +537,18 @@ def _config_kwargs(cfg: GenerationConfig) -> dict:
         control_tokens=cfg.control_tokens,
         seed=cfg.seed,
     )
+
+
+def _load_tokenizer(auto_tokenizer: Any, directory: str | Path) -> Any:
+    """The checkpoint's own tokenizer (never remote code); quiet about the custom model type in config.json."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return auto_tokenizer.from_pretrained(str(directory), trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _looks_local(ref: str | Path) -> bool:

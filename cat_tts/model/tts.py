@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cat_tts.generation.mixin import CatTTSGenerationMixin
 from cat_tts.model.config import CatTTSConfig, TokenIds
 from cat_tts.model.depth import DepthKVCache, DepthTransformer
 from cat_tts.model.layers import RMSNorm, SwiGLU
@@ -74,7 +75,7 @@ class TTSOutput:
         return dense.view(b, t, -1)
 
 
-class CatTTSModel(nn.Module):
+class CatTTSModel(CatTTSGenerationMixin, nn.Module):
     """Temporal Qwen3 + depth transformer over the `[B, T, 1+N]` token grid.
 
     Args:

@@ -17,12 +17,15 @@ audio placeholder is expanded into token ids directly, so special tokens are alw
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
 
 from cat_tts.text.normalize import join_text
+
+logger = logging.getLogger(__name__)
 
 # Placeholder the user-message template uses for a reference clip (never reaches the tokenizer).
 AUDIO_PLACEHOLDER = "<|audio|>"
@@ -98,7 +101,11 @@ class PromptBuilder:
         if n_vq < 1:
             raise ValueError(f"n_vq must be >= 1, got {n_vq}")
         if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("the tokenizer has no chat template; load the checkpoint's own tokenizer")
+            # The release renders plain ChatML without a system prompt (reference B.7); use that.
+            from cat_tts.text.tiny_tokenizer import CHAT_TEMPLATE
+
+            logger.warning("the tokenizer has no chat template; using plain ChatML")
+            tokenizer.chat_template = CHAT_TEMPLATE
         self.tokenizer = tokenizer
         self.ids = token_ids
         self.n_vq = n_vq
