@@ -38,6 +38,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="torch device (default: the pipeline's choice)")
     p.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 (default: the pipeline's choice)")
     p.add_argument("--max-new-frames", type=int, default=None, help="cap on generated frames (12.5 per second)")
+    p.add_argument("--min-new-frames", type=int, default=None, help="frames before the end may be emitted")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: pipeline's)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default: pipeline's)")
     p.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: pipeline's)")
@@ -127,6 +128,7 @@ def _generate(args: argparse.Namespace) -> int:
             ("top_k", args.top_k),
             ("repetition_penalty", args.repetition_penalty),
             ("max_new_frames", args.max_new_frames),
+            ("min_new_frames", args.min_new_frames),
         )
         if v is not None
     }

@@ -54,8 +54,8 @@ def tiny_testset(tmp_path: Path) -> Path:
     root = tmp_path / "seedtts_testset" / "en"
     (root / "prompt-wavs").mkdir(parents=True)
     (root / "wavs").mkdir()
-    sf.write(root / "prompt-wavs" / "spk_a.wav", tone(0.9, 16000, 200, seed=1), 16000, subtype="PCM_16")
-    sf.write(root / "prompt-wavs" / "spk_b.wav", tone(0.8, 24000, 300, seed=2), 24000, subtype="PCM_16")
+    sf.write(root / "prompt-wavs" / "spk_a.wav", tone(0.6, 16000, 200, seed=1), 16000, subtype="PCM_16")
+    sf.write(root / "prompt-wavs" / "spk_b.wav", tone(0.6, 24000, 300, seed=2), 24000, subtype="PCM_16")
     lines = [
         "utt_a-1|We asked over twenty different people.|prompt-wavs/spk_a.wav|Get the trust fund to the bank early.",
         "utt_b-1|It was his.|prompt-wavs/spk_b.wav|Hello, world!",
