@@ -156,3 +156,11 @@ def tiny_sim():
     from eval.seedtts.sim import SpeakerEncoderConfig, SpeakerSimilarity
 
     return SpeakerSimilarity.from_checkpoint(TINY_SV, config=SpeakerEncoderConfig.tiny())
+
+
+@pytest.fixture
+def tiny_sim_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `--sim-model` build the tiny architecture (the CLI always builds WavLM-Large)."""
+    from eval.seedtts.sim import SpeakerEncoderConfig
+
+    monkeypatch.setattr(SpeakerEncoderConfig, "wavlm_large", classmethod(lambda cls: SpeakerEncoderConfig.tiny()))

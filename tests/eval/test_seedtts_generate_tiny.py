@@ -1,5 +1,5 @@
-"""`generate` end to end through the real CatTTS pipeline on the make_tiny checkpoints (random weights:
-plumbing only, the audio is noise)."""
+"""The whole sweep on the make_tiny checkpoints: `generate` through the real CatTTS pipeline, then `score`
+(tiny Whisper, tiny WavLM + ECAPA-TDNN) and `report` on the generated wavs. Random weights: plumbing only."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from seedtts_helpers import TINY_SV
 
 from eval.seedtts.__main__ import main
 
@@ -19,8 +20,13 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return make_tiny(tmp_path_factory.mktemp("tiny_ckpt"))
 
 
-def test_generate_on_tiny_checkpoints_is_complete_resumable_and_seeded(
-    tiny_testset: Path, tiny_checkpoints: dict[str, Path], tmp_path: Path, capsys
+def test_sweep_on_tiny_checkpoints_generates_resumably_then_scores_and_reports(
+    tiny_testset: Path,
+    tiny_checkpoints: dict[str, Path],
+    tiny_whisper_dir: Path,
+    tiny_sim_default,
+    tmp_path: Path,
+    capsys,
 ):
     out = tmp_path / "sweep"
     argv = ["generate", "--meta", str(tiny_testset), "--model", str(tiny_checkpoints["model"])]
@@ -50,3 +56,15 @@ def test_generate_on_tiny_checkpoints_is_complete_resumable_and_seeded(
     target.unlink()
     assert main(argv) == 0
     assert target.read_bytes() == before
+
+    # score both depths on the generated files, then the sweep report
+    for k in (2, 4):
+        score = ["score", "--meta", str(tiny_testset), "--wavs", str(out / f"depth_{k}"), "--lang", "en"]
+        assert main([*score, "--asr-model", str(tiny_whisper_dir), "--sim-model", str(TINY_SV)]) == 0
+        summary = json.loads((out / f"depth_{k}" / "summary.json").read_text())
+        assert (summary["n_scored"], summary["n_items"], summary["depth"]) == (3, 3, k)
+        assert summary["rtf"] > 0 and -1 <= summary["sim"] <= 1
+    assert main(["report", str(out)]) == 0
+    table = (out / "report.md").read_text()
+    assert "| depth_2 | 2 | 0.250 |" in table and "| depth_4 | 4 | 0.500 |" in table
+    assert (out / "error_rate_vs_kbps.png").is_file() and (out / "sim_vs_kbps.png").is_file()

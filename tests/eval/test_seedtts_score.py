@@ -15,12 +15,6 @@ from eval.seedtts.metrics import utterance_wer
 from eval.seedtts.sim import SpeakerEncoderConfig, SpeakerSimilarity
 
 
-@pytest.fixture
-def tiny_sim_default(monkeypatch):
-    """Make `--sim-model` build the tiny architecture (the CLI always builds WavLM-Large)."""
-    monkeypatch.setattr(SpeakerEncoderConfig, "wavlm_large", classmethod(lambda cls: SpeakerEncoderConfig.tiny()))
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
