@@ -209,8 +209,9 @@ def _score(args: argparse.Namespace) -> int:
     out = args.out or args.wavs
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     sim_txt = "–" if summary["sim"] is None else f"{summary['sim']:.3f}"
+    scored_txt = "–" if summary["error_rate_scored"] is None else f"{summary['error_rate_scored']:.2f}%"
     print(
-        f"{summary['metric']} {summary['error_rate']:.2f}% (scored only: {summary['error_rate_scored'] or 0:.2f}%), "
+        f"{summary['metric']} {summary['error_rate']:.2f}% (scored only: {scored_txt}), "
         f"SIM {sim_txt}, scored {summary['n_scored']}/{summary['n_items']} "
         f"({summary['n_bad_lines']} unusable lines) -> {out}"
     )

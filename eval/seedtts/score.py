@@ -20,7 +20,9 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from tqdm import tqdm
 
 from eval.seedtts.asr import Transcriber
 from eval.seedtts.audio import AudioReadError, read_audio
@@ -55,12 +57,14 @@ class UtteranceResult:
     error: str | None = None  # what went wrong, for statuses other than "ok"
 
 
-class SpeakerScorer:  # pragma: no cover - protocol documentation only
+class SpeakerScorer(Protocol):
     """What the scorer needs from a SIM model (see `sim.SpeakerSimilarity`)."""
 
     name: str
 
-    def similarity(self, generated: str | Path, prompt: str | Path) -> float: ...
+    def similarity(self, generated: str | Path, prompt: str | Path) -> float:
+        """Cosine similarity (-1..1) of the speakers of two audio files."""
+        ...
 
 
 def depth_from_dir(path: Path) -> int | None:
@@ -111,8 +115,6 @@ def score_testset(
     Raises:
         ValueError: bad language, or neither `wav_dir` nor `ground_truth` given, or no output directory.
     """
-    from tqdm import tqdm
-
     from eval.seedtts.report import summarize
 
     check_language(lang)

@@ -532,6 +532,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path) -> Path:
     from safetensors.torch import save_file
 
     src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise CheckpointError(f"speaker-verification checkpoint not found: {src}")
     digest = sha256_file(src)
     if digest != OFFICIAL_SHA256:
         logger.warning("%s has sha256 %s, not the released file's %s", src, digest, OFFICIAL_SHA256)

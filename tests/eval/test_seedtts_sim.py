@@ -143,10 +143,16 @@ def test_pickle_with_code_is_refused_without_running_it(official_state, tmp_path
     assert not (tmp_path / "pwned").exists()
 
 
-def test_conversion_to_safetensors_keeps_the_model(official_state, tmp_path: Path):
+def test_conversion_to_safetensors_keeps_the_model(official_state, tmp_path: Path, capsys):
+    from eval.seedtts.__main__ import main
+
     pth = tmp_path / "sv.pth"
     torch.save({"model": official_state}, pth)
     out = convert_checkpoint(pth, tmp_path / "sv.safetensors")
+    assert main(["convert-sim", str(pth), str(tmp_path / "cli.safetensors")]) == 0
+    assert load_file(str(tmp_path / "cli.safetensors")).keys() == load_file(str(out)).keys()
+    assert main(["convert-sim", str(tmp_path / "nope.pth"), str(tmp_path / "x.safetensors")]) == 1
+    assert capsys.readouterr().err.startswith("error: speaker-verification checkpoint not found")
     tensors = load_file(str(out))
     assert "loss_calculator.projection.weight" not in tensors
     sim = SpeakerSimilarity.from_checkpoint(out, config=SpeakerEncoderConfig.tiny())
