@@ -417,12 +417,13 @@ def _describe(keys: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_official_state_dict(model: SpeakerEncoder, state: dict[str, torch.Tensor]) -> None:
+def load_official_state_dict(model: SpeakerEncoder, state: dict[str, torch.Tensor], assign: bool = False) -> None:
     """Load a state dict in the UniSpeech checkpoint's key layout into `model`, strictly.
 
     Keys: `feature_extract.model.<original WavLM key>` for the backbone, the head's own keys at the top
     level (`feature_weight`, `layer1..4.*`, `conv.*`, `pooling.*`, `bn.*`, `linear.*`), and the ignored
-    training-only `loss_calculator.*`.
+    training-only `loss_calculator.*`. With `assign=True` the checkpoint's tensors replace the module's
+    (use it for a model built on the meta device, which skips the random initialisation).
 
     Raises:
         CheckpointError: listing every missing key, unexpected key and shape mismatch.
@@ -468,8 +469,8 @@ def load_official_state_dict(model: SpeakerEncoder, state: dict[str, torch.Tenso
         problems.insert(0, f"unexpected keys: {_describe(sorted(unexpected))}")
     if problems:
         raise CheckpointError("speaker-verification checkpoint does not match the model: " + "; ".join(problems))
-    model.backbone.load_state_dict(backbone_sd, strict=True)
-    model.head.load_state_dict(head_sd, strict=True)
+    model.backbone.load_state_dict(backbone_sd, strict=True, assign=assign)
+    model.head.load_state_dict(head_sd, strict=True, assign=assign)
     if ignored:
         logger.info("ignored %d training-only tensors (%s)", len(ignored), _describe(ignored, 3))
 
@@ -564,8 +565,10 @@ class SpeakerSimilarity:
         Raises:
             CheckpointError: see `load_checkpoint_tensors` and `load_official_state_dict`.
         """
-        model = SpeakerEncoder(config or SpeakerEncoderConfig.wavlm_large())
-        load_official_state_dict(model, load_checkpoint_tensors(path))
+        state = load_checkpoint_tensors(path)
+        with torch.device("meta"):  # no random init of ~315M parameters: every tensor comes from the checkpoint
+            model = SpeakerEncoder(config or SpeakerEncoderConfig.wavlm_large())
+        load_official_state_dict(model, state, assign=True)
         return cls(model, device, name=Path(path).name)
 
     def embed_waveform(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
