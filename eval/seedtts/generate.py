@@ -205,6 +205,9 @@ def generate_testset(
                     report.written[depth].append(it.utt)
                 bar.update(len(batch))
         bar.close()
+        failures = ddir / "failures.json"
         if report.failed[depth]:
-            (ddir / "failures.json").write_text(json.dumps(report.failed[depth], indent=1, ensure_ascii=False))
+            failures.write_text(json.dumps(report.failed[depth], indent=1, ensure_ascii=False), encoding="utf-8")
+        else:
+            failures.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
     return report

@@ -100,7 +100,7 @@ def read_testset(meta_path: str | Path, check_audio: bool = True, require_ground
     """
     meta_path = Path(meta_path)
     try:
-        text = meta_path.read_text(encoding="utf-8")
+        text = meta_path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except FileNotFoundError as err:
         raise MetaError(f"test list not found: {meta_path}") from err
     except (OSError, UnicodeDecodeError) as err:

@@ -107,6 +107,7 @@ def test_a_failing_utterance_is_reported_and_retried_on_the_next_run(
     monkeypatch.setattr(cli, "load_pipeline", lambda args: fake)
     assert cli.main(argv) == 0
     assert [c["text"] for c in fake.calls] == ["Hello, world!"]
+    assert not (tmp_path / "depth_8" / "failures.json").exists()
 
 
 def test_batches_go_through_synthesize_batch(tiny_testset: Path, tmp_path: Path):
