@@ -49,13 +49,18 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="WER/CER + SIM of one directory of outputs (or of the test set's recordings)")
     p.add_argument("--meta", required=True, type=Path, help="the test list the outputs were generated from")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--wavs", type=Path, help="directory with <utt>.wav (e.g. runs/en/depth_8)")
+    src.add_argument(
+        "--wavs",
+        type=Path,
+        nargs="+",
+        help="directories with <utt>.wav, e.g. runs/en/depth_* (several: the models load once, prompts embed once)",
+    )
     src.add_argument("--ground-truth", action="store_true", help="score the test set's own recordings (wavs/<utt>.wav)")
     p.add_argument(
         "--lang", required=True, choices=["en", "zh"], help="en: Whisper WER; zh: Paraformer CER (hard set too)"
     )
-    p.add_argument("--out", type=Path, default=None, help="where to write results (default: --wavs)")
-    p.add_argument("--depth", type=int, default=None, help="depth K of the outputs (default: from a depth_<K> name)")
+    p.add_argument("--out", type=Path, default=None, help="where to write results (default: each --wavs directory)")
+    p.add_argument("--depth", type=int, default=None, help="depth K of the outputs (default: from each depth_<K> name)")
     p.add_argument("--asr-model", default=None, help="Whisper id/dir (en) or FunASR model name (zh)")
     p.add_argument(
         "--sim-model",
@@ -183,8 +188,11 @@ def _score(args: argparse.Namespace) -> int:
     from eval.seedtts.score import score_testset
     from eval.seedtts.testset import read_testset
 
-    if args.wavs is not None and not args.wavs.is_dir():
-        raise ValueError(f"--wavs {args.wavs} is not a directory")
+    for wav_dir in args.wavs or []:
+        if not wav_dir.is_dir():
+            raise ValueError(f"--wavs {wav_dir} is not a directory")
+    if args.wavs and len(args.wavs) > 1 and (args.out is not None or args.depth is not None):
+        raise ValueError("--out and --depth apply to a single --wavs directory; results go next to each wav directory")
     testset = read_testset(args.meta, require_ground_truth=args.ground_truth)
     for bad in testset.bad_lines:
         print(f"unusable test line, not scored: {bad.describe()}", file=sys.stderr)
@@ -195,26 +203,27 @@ def _score(args: argparse.Namespace) -> int:
     if args.sim_model is None:
         print("note: no --sim-model given, SIM is not computed", file=sys.stderr)
     asr, sim = load_scorers(args)
-    score_testset(
-        testset,
-        args.lang,
-        asr,
-        sim,
-        wav_dir=args.wavs,
-        out_dir=args.out,
-        depth=args.depth,
-        ground_truth=args.ground_truth,
-        progress=True,
-    )
-    out = args.out or args.wavs
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    sim_txt = "–" if summary["sim"] is None else f"{summary['sim']:.3f}"
-    scored_txt = "–" if summary["error_rate_scored"] is None else f"{summary['error_rate_scored']:.2f}%"
-    print(
-        f"{summary['metric']} {summary['error_rate']:.2f}% (scored only: {scored_txt}), "
-        f"SIM {sim_txt}, scored {summary['n_scored']}/{summary['n_items']} "
-        f"({summary['n_bad_lines']} unusable lines) -> {out}"
-    )
+    for wav_dir in args.wavs or [None]:
+        score_testset(
+            testset,
+            args.lang,
+            asr,
+            sim,
+            wav_dir=wav_dir,
+            out_dir=args.out,
+            depth=args.depth,
+            ground_truth=args.ground_truth,
+            progress=True,
+        )
+        out = args.out or wav_dir
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        sim_txt = "–" if summary["sim"] is None else f"{summary['sim']:.3f}"
+        scored_txt = "–" if summary["error_rate_scored"] is None else f"{summary['error_rate_scored']:.2f}%"
+        print(
+            f"{summary['metric']} {summary['error_rate']:.2f}% (scored only: {scored_txt}), "
+            f"SIM {sim_txt}, scored {summary['n_scored']}/{summary['n_items']} "
+            f"({summary['n_bad_lines']} unusable lines) -> {out}"
+        )
     return EXIT_OK
 
 

@@ -57,10 +57,10 @@ def test_sweep_on_tiny_checkpoints_generates_resumably_then_scores_and_reports(
     assert main(argv) == 0
     assert target.read_bytes() == before
 
-    # score both depths on the generated files, then the sweep report
+    # score both depths on the generated files in one call, then the sweep report
+    score = ["score", "--meta", str(tiny_testset), "--wavs", str(out / "depth_2"), str(out / "depth_4")]
+    assert main([*score, "--lang", "en", "--asr-model", str(tiny_whisper_dir), "--sim-model", str(TINY_SV)]) == 0
     for k in (2, 4):
-        score = ["score", "--meta", str(tiny_testset), "--wavs", str(out / f"depth_{k}"), "--lang", "en"]
-        assert main([*score, "--asr-model", str(tiny_whisper_dir), "--sim-model", str(TINY_SV)]) == 0
         summary = json.loads((out / f"depth_{k}" / "summary.json").read_text())
         assert (summary["n_scored"], summary["n_items"], summary["depth"]) == (3, 3, k)
         assert summary["rtf"] > 0 and -1 <= summary["sim"] <= 1

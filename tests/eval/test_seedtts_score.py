@@ -102,5 +102,8 @@ def test_score_cli_errors_are_one_line(tiny_testset: Path, tmp_path: Path, capsy
     assert capsys.readouterr().err.strip().startswith("error: test list not found")
     assert main(["score", "--meta", str(tiny_testset), "--wavs", str(tmp_path / "nope"), "--lang", "en"]) == 1
     assert "is not a directory" in capsys.readouterr().err
+    two = ["--wavs", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(["score", "--meta", str(tiny_testset), *two, "--lang", "en"]) == 1
+    assert "apply to a single --wavs directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["score", "--meta", str(tiny_testset), "--wavs", str(tmp_path), "--lang", "fr"])
