@@ -21,7 +21,11 @@ EXIT_OK, EXIT_ERROR, EXIT_FAILURES = 0, 1, 3
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="synthesise every usable test line at each depth (resumable)")
+    p = sub.add_parser(
+        "generate",
+        help="synthesise every usable test line at each depth (resumable)",
+        description="synthesise every usable test line at each depth (resumable)",
+    )
     p.add_argument("--meta", required=True, type=Path, help="test list (e.g. seedtts_testset/en/meta.lst)")
     p.add_argument("--model", required=True, help="CAT-TTS model directory or hub id")
     p.add_argument("--codec", required=True, help="CAT codec directory or hub id")
@@ -37,8 +41,15 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="torch device (default: the pipeline's choice)")
     p.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 (default: the pipeline's choice)")
-    p.add_argument("--max-new-frames", type=int, default=None, help="cap on generated frames (12.5 per second)")
-    p.add_argument("--min-new-frames", type=int, default=None, help="frames before the end may be emitted")
+    p.add_argument(
+        "--max-new-frames",
+        type=int,
+        default=None,
+        help="frame cap per text chunk (12.5 frames/s; default: from the text length)",
+    )
+    p.add_argument(
+        "--min-new-frames", type=int, default=None, help="frames generated before the end may be chosen, per chunk"
+    )
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: pipeline's)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default: pipeline's)")
     p.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: pipeline's)")
@@ -46,7 +57,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="WER/CER + SIM of one directory of outputs (or of the test set's recordings)")
+    p = sub.add_parser(
+        "score",
+        help="WER/CER + SIM of one directory of outputs (or of the test set's recordings)",
+        description="WER/CER + SIM of one directory of outputs (or of the test set's recordings)",
+    )
     p.add_argument("--meta", required=True, type=Path, help="the test list the outputs were generated from")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -72,12 +87,20 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="rebuild summaries, the Markdown table and the plots of a sweep directory")
+    p = sub.add_parser(
+        "report",
+        help="rebuild summaries, the Markdown table and the plots of a sweep directory",
+        description="rebuild summaries, the Markdown table and the plots of a sweep directory",
+    )
     p.add_argument("dir", type=Path, help="sweep directory holding depth_<K>/ (and ground_truth/) results")
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert-sim", help="one-time safe conversion of wavlm_large_finetune.pth to safetensors")
+    p = sub.add_parser(
+        "convert-sim",
+        help="one-time safe conversion of wavlm_large_finetune.pth to safetensors",
+        description="one-time safe conversion of wavlm_large_finetune.pth to safetensors",
+    )
     p.add_argument("src", type=Path, help="wavlm_large_finetune.pth")
     p.add_argument("dst", type=Path, help="output .safetensors")
 
