@@ -27,6 +27,7 @@ import torch
 
 from cat_tts.generation.loop import FRAME_RATE, FrameStep, GenerationConfig, iter_frames
 from cat_tts.generation.mixin import build_generation_config
+from cat_tts.generation.streaming import stream_audio
 from cat_tts.text.normalize import clean_text, split_sentences
 from cat_tts.text.prompt import PromptBuilder, join_transcript
 
@@ -205,7 +206,12 @@ class CatTTS:
         from cat_tts.model import CatTTSModel
         from cat_tts.model.checkpoint import resolve_directory
 
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as err:
+            raise InputError(f"invalid device {device!r}: {err}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
         dtype = _resolve_dtype(dtype, device)
         for what, ref in (("model", model), ("codec", codec)):
             if _looks_local(ref) and not Path(ref).is_dir():
@@ -329,18 +335,20 @@ class CatTTS:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         jobs = []  # (item index, chunk text, voice)
+        encoded: dict[str, torch.Tensor] = {}  # reference path -> codes, so a shared voice is encoded once
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "text" not in item or "reference_audio" not in item:
                 raise InputError(f"item {i} must be a dict with 'text' and 'reference_audio'")
-            chunks, voice, _ = self._prepare(
-                item["text"],
-                item["reference_audio"],
-                item.get("reference_text"),
-                depth,
-                None,
-                item.get("mode"),
-                sampling,
-            )
+            ref = item["reference_audio"]
+            try:
+                chunks, voice, _ = self._prepare(
+                    item["text"], ref, item.get("reference_text"), depth, None, item.get("mode"), sampling,
+                    codes=encoded.get(str(ref)) if isinstance(ref, (str, Path)) else None,
+                )  # fmt: skip
+            except InputError as err:
+                raise InputError(f"item {i}: {err}") from err
+            if isinstance(ref, (str, Path)):
+                encoded[str(ref)] = voice.codes
             jobs += [(i, chunk, voice) for chunk in chunks]
         results: list[list[np.ndarray]] = [[] for _ in items]
         for start in range(0, len(jobs), batch_size):
@@ -356,7 +364,8 @@ class CatTTS:
                 on_frame=on_frame,
                 **_config_kwargs(cfg),
             )
-            for b, (i, _, voice) in enumerate(batch):
+            for b, (i, chunk, voice) in enumerate(batch):
+                _warn_unusual(out.lengths[b], out.finished[b], budget, chunk)
                 codes = out.frames[b : b + 1, : int(out.lengths[b]), 1:].transpose(1, 2)  # [1, K, F]
                 results[i].append(self._decode(codes, voice))
         return [(self._join(parts), self.sample_rate) for parts in results]
@@ -397,7 +406,7 @@ class CatTTS:
         except (TypeError, ValueError) as err:
             raise InputError(f"invalid sampling setting: {err}") from err
 
-    def _prepare(self, text, reference_audio, reference_text, depth, seed, mode, sampling):
+    def _prepare(self, text, reference_audio, reference_text, depth, seed, mode, sampling, codes=None):
         if not isinstance(text, str):
             raise InputError(f"text must be a string, got {type(text).__name__}")
         cleaned = clean_text(text)
@@ -413,7 +422,8 @@ class CatTTS:
         self._config(depth, seed, sampling)  # fail fast, before touching the reference audio
         chunks = split_sentences(cleaned, self.config.max_chunk_chars)
         configs = [self._config(depth, None if seed is None else seed + i, sampling) for i in range(len(chunks))]
-        voice = _Voice(self.encode_reference(reference_audio), reference_text, mode)
+        codes = codes if codes is not None else self.encode_reference(reference_audio)
+        voice = _Voice(codes, reference_text, mode)
         return chunks, voice, configs
 
     def _load_reference(self, reference_audio) -> np.ndarray:
@@ -447,6 +457,7 @@ class CatTTS:
         grid = self._grid(chunk, voice)[None].to(self._device())  # [1, T, 1+N]
         cfg = _replace(cfg, max_new_frames=max_new_frames or frame_budget(chunk))
         out = self.model.generate(grid, None, on_frame=on_frame, **_config_kwargs(cfg))
+        _warn_unusual(out.lengths[0], out.finished[0], cfg.max_new_frames, chunk)
         codes = out.frames[:, : int(out.lengths[0]), 1:].transpose(1, 2)  # [1, K, F]
         return self._decode(codes, voice)
 
@@ -474,30 +485,16 @@ class CatTTS:
         """Generates one text chunk and yields decoded audio as frames arrive (codec streaming decode)."""
         grid = self._grid(chunk, voice)[None].to(self._device())
         cfg = _replace(cfg, max_new_frames=max_new_frames or frame_budget(chunk))
-        k = cfg.depth
-        state = self.codec.new_stream_state(1)
-        if voice.mode == "continuation":  # warm the decoder up on the prefix audio, drop its samples
-            with torch.inference_mode():
-                self.codec.decode_step(voice.codes[:k][None].to(self._codec_device()), state)
-        pending: list[torch.Tensor] = []
-        want = first_chunk_frames
-        for step in iter_frames(self.model, grid, None, cfg):
-            if on_frame is not None:
-                on_frame(step)
-            if bool(step.is_audio[0]):
-                pending.append(step.tokens[:, 1:])  # [1, K]
-            if len(pending) >= want or (pending and not bool(step.is_audio[0])):
-                codes = torch.stack(pending, dim=-1).to(self._codec_device())  # [1, K, f]
-                with torch.inference_mode():
-                    audio = self.codec.decode_step(codes, state)
-                pending = []
-                want = frames_per_chunk
-                yield audio[0].float().cpu().numpy()
-        if pending:
-            codes = torch.stack(pending, dim=-1).to(self._codec_device())
-            with torch.inference_mode():
-                audio = self.codec.decode_step(codes, state)
-            yield audio[0].float().cpu().numpy()
+        prefix = voice.codes[: cfg.depth][None] if voice.mode == "continuation" else None  # [1, K, L]
+
+        def steps():
+            for step in iter_frames(self.model, grid, None, cfg):
+                if on_frame is not None:
+                    on_frame(step)
+                yield step
+
+        for audio in stream_audio(steps(), self.codec, first_chunk_frames, frames_per_chunk, prefix):
+            yield audio.numpy()
 
 
 _SAMPLING_KEYS = {
@@ -512,6 +509,14 @@ _SAMPLING_KEYS = {
     "control_tokens",
     "min_new_frames",
 }
+
+
+def _warn_unusual(length: torch.Tensor, finished: torch.Tensor, budget: int | None, chunk: str) -> None:
+    """Logs generations that produced no audio or ran into the frame budget (a runaway)."""
+    if int(length) == 0:
+        logger.warning("the model ended without audio for %r (random tiny weights do this: try min_new_frames)", chunk)
+    elif not bool(finished):
+        logger.warning("generation hit the %s-frame budget for %r; the audio may be cut or rambling", budget, chunk)
 
 
 def _replace(cfg: GenerationConfig, **changes) -> GenerationConfig:
