@@ -139,7 +139,7 @@ def load_pipeline(args: argparse.Namespace):
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from eval.seedtts.generate import check_depths, generate_testset
+    from eval.seedtts.generate import check_depths, count_missing, generate_testset
     from eval.seedtts.testset import read_testset
 
     depths = check_depths(args.depths)
@@ -160,7 +160,8 @@ def _generate(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    pipeline = load_pipeline(args)
+    # load the model only when something is left to synthesise
+    pipeline = load_pipeline(args) if count_missing(testset, args.out, depths) else None
     report = generate_testset(
         testset,
         pipeline,

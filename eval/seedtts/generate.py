@@ -1,6 +1,7 @@
 """Synthesise every usable line of a test list at several depths: `OUT/depth_<K>/<utt>.wav`.
 
-Resumable: an existing `<utt>.wav` is kept and not regenerated (files are written under a temporary
+Resumable: an existing `<utt>.wav` is kept and not regenerated, and the CLI does not even load the model when
+nothing is missing (files are written under a temporary
 name and renamed, so an interrupted run never leaves a truncated wav behind). Each synthesis appends a
 timing record to `OUT/depth_<K>/generation.jsonl` (utt, depth, seconds, audio_seconds, rtf, seed,
 batch_size, mode) so the scorer can report the real-time factor. A synthesis that raises `ValueError`
@@ -92,6 +93,12 @@ def check_depths(depths: Sequence[int]) -> list[int]:
     return sorted(set(depths))
 
 
+def count_missing(testset: TestSet, out_dir: str | Path, depths: Sequence[int]) -> int:
+    """Number of (line, depth) outputs that do not exist yet (0: nothing to generate, no model needed)."""
+    out_dir = Path(out_dir)
+    return sum(not (out_dir / f"depth_{k}" / f"{it.utt}.wav").is_file() for k in depths for it in testset.items)
+
+
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> float:
     """Write mono 16-bit PCM atomically; returns the duration in seconds."""
     import soundfile as sf
@@ -125,7 +132,7 @@ def _synthesize(
 
 def generate_testset(
     testset: TestSet,
-    pipeline: Synthesizer,
+    pipeline: Synthesizer | None,
     out_dir: str | Path,
     depths: Sequence[int],
     batch_size: int = 1,
@@ -138,7 +145,7 @@ def generate_testset(
 
     Args:
         testset: the parsed list (its rejected lines are reported, not generated).
-        pipeline: the synthesiser (see module docstring).
+        pipeline: the synthesiser (see module docstring); may be None when every output exists.
         out_dir: sweep directory; files go to `out_dir/depth_<K>/`.
         depths: depths K to generate (1..32).
         batch_size: utterances per synthesiser call.
@@ -158,6 +165,8 @@ def generate_testset(
     depths = check_depths(depths)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if pipeline is None and count_missing(testset, out_dir, depths):
+        raise ValueError("outputs are missing but no synthesiser was given")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sampling = dict(sampling or {})

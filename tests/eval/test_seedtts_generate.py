@@ -47,7 +47,8 @@ def test_generate_cli_writes_every_usable_line_per_depth_and_reports_the_bad_lin
     tiny_testset: Path, tmp_path: Path, monkeypatch, capsys
 ):
     fake = FakeTTS()
-    monkeypatch.setattr(cli, "load_pipeline", lambda args: fake)
+    loads = []
+    monkeypatch.setattr(cli, "load_pipeline", lambda args: loads.append(args.model) or fake)
     out = tmp_path / "sweep"
     argv = ["generate", "--meta", str(tiny_testset), "--model", "M", "--codec", "C", "--depths", "4", "2"]
     argv += ["--out", str(out), "--seed", "7", "--temperature", "0.7", "--max-new-frames", "50"]
@@ -70,11 +71,11 @@ def test_generate_cli_writes_every_usable_line_per_depth_and_reports_the_bad_lin
     assert first["reference_text"] == "We asked over twenty different people."
     assert first["sampling"] == {"temperature": 0.7, "max_new_frames": 50}
 
-    # second run: everything exists, nothing is regenerated
+    # second run: everything exists, nothing is regenerated and the model is not even loaded
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("depth_*/*.wav")}
     fake.calls.clear()
     assert cli.main(argv) == 0
-    assert fake.calls == []
+    assert fake.calls == [] and loads == ["M"]
     assert {p: p.stat().st_mtime_ns for p in out.glob("depth_*/*.wav")} == mtimes
     assert "wrote 0, kept 3, failed 0" in capsys.readouterr().out
 
