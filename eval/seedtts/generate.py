@@ -1,13 +1,13 @@
 """Synthesise every usable line of a test list at several depths: `OUT/depth_<K>/<utt>.wav`.
 
-Resumable: an existing `<utt>.wav` is kept and not regenerated, and the CLI does not even load the model when
-nothing is missing (files are written under a temporary
-name and renamed, so an interrupted run never leaves a truncated wav behind). Each synthesis appends a
-timing record to `OUT/depth_<K>/generation.jsonl` (utt, depth, seconds, audio_seconds, rtf, seed,
-batch_size, mode) so the scorer can report the real-time factor. A synthesis that raises `ValueError`
-(bad input, e.g. `cat_tts.inference.InputError`) or `RuntimeError` (e.g. out of memory) is recorded in
+Resumable: an existing `<utt>.wav` is kept and not regenerated, and the CLI does not even load the
+model when nothing is missing. Files are written under a temporary name and renamed, so an interrupted
+run never leaves a truncated wav behind. Each synthesis appends a timing record to
+`OUT/depth_<K>/generation.jsonl` (utt, depth, seconds, audio_seconds, rtf, seed, batch_size, mode) so the
+scorer can report the real-time factor; with `batch_size > 1`, `seconds` is the batch's wall time
+divided by the batch size. A synthesis that raises `ValueError` (bad input, e.g.
+`cat_tts.inference.InputError`) or `RuntimeError` (e.g. out of memory) is recorded in
 `OUT/depth_<K>/failures.json` and the run goes on; any other exception is a bug and stops the run.
-With `batch_size > 1`, `seconds` is the batch's wall time divided by the batch size.
 
 Prompting: by default the prompt transcript (2nd field) is passed as `reference_text`, which makes
 `CatTTS` continue the prompt audio (the in-context mode Seed-TTS-Eval was designed for); `mode="clone"`
