@@ -1,0 +1,1 @@
+"""Evaluation harnesses for cat-tts (`eval.seedtts`: Seed-TTS-Eval with a bitrate sweep)."""

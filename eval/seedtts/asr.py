@@ -1,0 +1,148 @@
+"""Speech recognisers of the Seed-TTS-Eval protocol.
+
+* English: Whisper-large-v3 through transformers, fp32 by default, one utterance per call, greedy
+  decoding with the checkpoint's generation settings, language forced to English and task
+  "transcribe" (the modern equivalent of the official `forced_decoder_ids`), no timestamps. Audio is
+  read as float64 and FFT-resampled to 16 kHz (`audio.resample_fft`), as the official scorer does.
+* Chinese: Paraformer-zh through FunASR (extra `eval-zh`), given the file path so FunASR reads and
+  resamples the audio itself, as the official scorer does. The transcript is converted to simplified
+  characters by the metric (`metrics.utterance_wer`).
+
+Both expose `transcribe(path) -> str`; any object with that method can be passed to the scorer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from eval.seedtts.audio import SCORING_RATE, read_audio, resample_fft
+
+logger = logging.getLogger(__name__)
+
+WHISPER_MODEL = "openai/whisper-large-v3"
+PARAFORMER_MODEL = "paraformer-zh"
+
+
+class Transcriber(Protocol):
+    """What the scorer needs from an ASR model."""
+
+    name: str
+
+    def transcribe(self, path: str | Path) -> str:
+        """Transcript of one audio file."""
+        ...
+
+
+class WhisperAsr:
+    """Whisper through transformers with the language forced.
+
+    Args:
+        model: a `WhisperForConditionalGeneration` (any size; tests use a tiny random one).
+        processor: a `WhisperProcessor` (or any object with `feature_extractor` and `tokenizer`).
+        language: Whisper language code forced in the decoder prompt.
+        device: where the model runs.
+        name: label recorded in the results.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        language: str = "en",
+        device: str | torch.device = "cpu",
+        name: str = "whisper",
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.processor = processor
+        self.language = language
+        self.device = torch.device(device)
+        self.name = name
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str = WHISPER_MODEL,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        language: str = "en",
+    ) -> WhisperAsr:
+        """Load Whisper (default `openai/whisper-large-v3`) from the hub or a local directory."""
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        processor = WhisperProcessor.from_pretrained(model_id)
+        model = WhisperForConditionalGeneration.from_pretrained(model_id, dtype=dtype)
+        return cls(model, processor, language=language, device=device, name=str(model_id))
+
+    @torch.no_grad()
+    def generate_ids(self, wav16k: np.ndarray) -> torch.Tensor:
+        """Token ids decoded for a 16 kHz waveform [S] (at most 30 s are seen, as in the protocol).  Returns [1, N]."""
+        features = self.processor.feature_extractor(wav16k, sampling_rate=SCORING_RATE, return_tensors="pt")
+        x = features.input_features.to(self.device, dtype=self.model.dtype)  # [1, mels, 3000]
+        return self.model.generate(x, language=self.language, task="transcribe")
+
+    def transcribe_waveform(self, wav: np.ndarray, sample_rate: int) -> str:
+        """Transcript of a mono waveform [S] at any rate (FFT-resampled to 16 kHz)."""
+        ids = self.generate_ids(resample_fft(wav, sample_rate, SCORING_RATE))
+        return self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)[0]
+
+    def transcribe(self, path: str | Path) -> str:
+        """Transcript of an audio file (first channel, read as float64).
+
+        Raises:
+            AudioReadError: missing, unreadable or empty file.
+        """
+        wav, sr = read_audio(path, dtype="float64")
+        return self.transcribe_waveform(wav, sr)
+
+
+class ParaformerAsr:
+    """Paraformer-zh through FunASR; FunASR reads the file and resamples it to 16 kHz itself.
+
+    Args:
+        model: a `funasr.AutoModel` (or any object with the same `generate(input=path, batch_size_s=...)`).
+        name: label recorded in the results.
+    """
+
+    def __init__(self, model: Any, name: str = PARAFORMER_MODEL) -> None:
+        self.model = model
+        self.name = name
+
+    @classmethod
+    def from_pretrained(cls, model_id: str = PARAFORMER_MODEL, device: str = "cpu") -> ParaformerAsr:
+        """Load Paraformer-zh (`paraformer-zh` resolves to SeACo-Paraformer large on ModelScope).
+
+        Raises:
+            ImportError: when FunASR is missing (extra `eval-zh`).
+        """
+        try:
+            from funasr import AutoModel
+        except ImportError as err:
+            raise ImportError("Chinese ASR needs FunASR: pip install 'cat-tts[eval-zh]'") from err
+        return cls(AutoModel(model=model_id, device=device, disable_update=True), name=model_id)
+
+    def transcribe(self, path: str | Path) -> str:
+        """Transcript of an audio file (traditional characters are converted later, by the metric)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"audio file not found: {path}")
+        result = self.model.generate(input=str(path), batch_size_s=300)
+        return result[0]["text"] if result else ""
+
+
+def load_asr(lang: str, model_id: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """The protocol's recogniser for a language ("en": Whisper-large-v3, "zh": Paraformer-zh).
+
+    Raises:
+        ValueError: for an unknown language.
+        ImportError: when the needed extra is missing.
+    """
+    if lang == "en":
+        return WhisperAsr.from_pretrained(model_id or WHISPER_MODEL, device=device, dtype=dtype)
+    if lang == "zh":
+        return ParaformerAsr.from_pretrained(model_id or PARAFORMER_MODEL, device=device)
+    raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")

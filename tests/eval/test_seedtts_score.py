@@ -1,0 +1,109 @@
+"""`score` end to end through the CLI with the tiny Whisper and the tiny WavLM + ECAPA-TDNN."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from seedtts_helpers import TINY_SV, tone
+
+from eval.seedtts.__main__ import main
+from eval.seedtts.asr import WhisperAsr
+from eval.seedtts.metrics import utterance_wer
+from eval.seedtts.sim import SpeakerEncoderConfig, SpeakerSimilarity
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_score_cli_scores_every_usable_line_and_counts_missing_outputs(
+    tiny_testset: Path, tiny_whisper_dir: Path, tiny_sim_default, tmp_path: Path, capsys
+):
+    out = tmp_path / "run" / "depth_8"
+    out.mkdir(parents=True)
+    sf.write(out / "utt_a-1.wav", tone(0.7, 24000, 210, seed=5), 24000, subtype="PCM_16")
+    sf.write(out / "utt_a-2.wav", tone(0.5, 24000, 250, seed=6), 24000, subtype="PCM_16")
+    # utt_b-1.wav is missing; utt_c-1 is an unusable test line (its prompt does not exist)
+    (out / "generation.jsonl").write_text(
+        json.dumps({"utt": "utt_a-1", "depth": 8, "seconds": 0.35, "audio_seconds": 0.7, "rtf": 0.5}) + "\n"
+    )
+    argv = ["score", "--meta", str(tiny_testset), "--wavs", str(out), "--lang", "en"]
+    argv += ["--asr-model", str(tiny_whisper_dir), "--sim-model", str(TINY_SV)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "utt_c-1 (line 3)" in captured.err
+    assert "scored 2/3" in captured.out
+
+    results = {r["utt"]: r for r in _read_jsonl(out / "results.jsonl")}
+    assert list(results) == ["utt_a-1", "utt_b-1", "utt_a-2"]
+    assert results["utt_b-1"]["status"] == "missing" and results["utt_b-1"]["wer"] == 1.0
+    assert results["utt_b-1"]["sim"] is None
+
+    asr = WhisperAsr.from_pretrained(str(tiny_whisper_dir))
+    sim = SpeakerSimilarity.from_checkpoint(TINY_SV, config=SpeakerEncoderConfig.tiny())
+    prompt_a = tiny_testset.parent / "prompt-wavs" / "spk_a.wav"
+    for utt in ("utt_a-1", "utt_a-2"):
+        r = results[utt]
+        assert r["status"] == "ok" and r["depth"] == 8
+        assert r["hypothesis"] == asr.transcribe(out / f"{utt}.wav")
+        assert r["wer"] == pytest.approx(utterance_wer(r["reference"], r["hypothesis"], "en"))
+        assert r["sim"] == pytest.approx(sim.similarity(out / f"{utt}.wav", prompt_a), abs=1e-6)
+    assert results["utt_a-1"]["duration"] == pytest.approx(0.7)
+    assert results["utt_a-1"]["rtf"] == 0.5 and results["utt_a-2"]["rtf"] is None
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_items"], summary["n_scored"], summary["n_bad_lines"]) == (3, 2, 1)
+    assert summary["status_counts"] == {"missing": 1, "ok": 2}
+    wers = [results[u]["wer"] for u in ("utt_a-1", "utt_b-1", "utt_a-2")]
+    assert summary["error_rate"] == pytest.approx(100 * sum(wers) / 3, abs=1e-3)
+    assert summary["error_rate_scored"] == pytest.approx(100 * (wers[0] + wers[2]) / 2, abs=1e-3)
+    assert summary["sim"] == pytest.approx((results["utt_a-1"]["sim"] + results["utt_a-2"]["sim"]) / 2, abs=1e-5)
+    assert summary["depth"] == 8 and summary["kbps"] == 1.0 and summary["metric"] == "WER"
+    assert summary["bad_lines"][0]["utt"] == "utt_c-1"
+
+
+def test_ground_truth_mode_scores_the_recordings(tiny_testset: Path, tiny_whisper_dir: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run" / "ground_truth"
+    argv = ["score", "--meta", str(tiny_testset), "--ground-truth", "--lang", "en", "--out", str(out)]
+    assert main([*argv, "--asr-model", str(tiny_whisper_dir)]) == 0
+    results = _read_jsonl(out / "results.jsonl")
+    assert [r["utt"] for r in results] == ["utt_a-1", "utt_b-1", "utt_a-2"]
+    assert all(r["status"] == "ok" and r["depth"] is None and r["sim"] is None for r in results)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ground_truth"] and summary["n_scored"] == 3 and summary["sim"] is None
+    assert "SIM is not computed" in capsys.readouterr().err
+
+
+def test_empty_and_unreadable_outputs_are_reported(tiny_testset: Path, tmp_path: Path):
+    from eval.seedtts.score import score_testset
+    from eval.seedtts.testset import read_testset
+
+    class EchoAsr:
+        name = "echo"
+
+        def transcribe(self, path):
+            return "Get the trust fund to the bank early."
+
+    out = tmp_path / "depth_4"
+    out.mkdir()
+    sf.write(out / "utt_a-1.wav", tone(0.3, 24000), 24000)
+    sf.write(out / "utt_b-1.wav", tone(0.0, 24000), 24000)
+    (out / "utt_a-2.wav").write_bytes(b"not a wav")
+    results = score_testset(read_testset(tiny_testset), "en", EchoAsr(), None, wav_dir=out)
+    assert [(r.status, r.wer) for r in results] == [("ok", 0.0), ("empty", 1.0), ("unreadable", 1.0)]
+    assert results[0].depth == 4
+
+
+def test_score_cli_errors_are_one_line(tiny_testset: Path, tmp_path: Path, capsys):
+    assert main(["score", "--meta", str(tmp_path / "x.lst"), "--wavs", str(tmp_path), "--lang", "en"]) == 1
+    assert capsys.readouterr().err.strip().startswith("error: test list not found")
+    assert main(["score", "--meta", str(tiny_testset), "--wavs", str(tmp_path / "nope"), "--lang", "en"]) == 1
+    assert "is not a directory" in capsys.readouterr().err
+    two = ["--wavs", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(["score", "--meta", str(tiny_testset), *two, "--lang", "en"]) == 1
+    assert "apply to a single --wavs directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["score", "--meta", str(tiny_testset), "--wavs", str(tmp_path), "--lang", "fr"])
