@@ -1,0 +1,40 @@
+"""Fixtures for the demo tests: reference clips written on the fly and a fake pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from app_fakes import FakePipeline
+
+
+def speechlike(seconds: float, sample_rate: int = 24000, channels: int = 1) -> np.ndarray:
+    """A voiced, syllable-rate modulated tone: not speech, but not silence or a pure beep either."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    phase = 2 * np.pi * np.cumsum(140 + 20 * np.sin(2 * np.pi * 0.7 * t)) / sample_rate
+    wav = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
+    wav = (0.3 * wav / np.abs(wav).max()).astype(np.float32)
+    return np.stack([wav] * channels, axis=1) if channels > 1 else wav
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Reference files, good and bad, by name."""
+    root = tmp_path_factory.mktemp("clips")
+    paths = {name: root / f"{name}.wav" for name in ("good", "stereo16k", "silent", "short", "long")}
+    sf.write(paths["good"], speechlike(3.0), 24000)
+    sf.write(paths["stereo16k"], speechlike(2.0, 16000, channels=2), 16000)
+    sf.write(paths["silent"], np.zeros(24000 * 2, dtype=np.float32), 24000)
+    sf.write(paths["short"], speechlike(0.3), 24000)
+    sf.write(paths["long"], speechlike(31.0, 8000), 8000)
+    paths["garbage"] = root / "garbage.wav"
+    paths["garbage"].write_bytes(b"RIFF this is not a wave file at all" * 10)
+    paths["missing"] = root / "missing.wav"
+    return paths
+
+
+@pytest.fixture
+def fake() -> FakePipeline:
+    return FakePipeline()
