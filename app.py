@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
             max_queue_size=args.queue_size,
         )
         import torch
-
         from cat_tts.inference import CatTTS
 
         dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
