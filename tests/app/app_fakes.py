@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,23 @@ class FakePipeline:
 
     def synthesize(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, int]:
         return np.concatenate(list(self.stream(*args, **kwargs))), self.sample_rate
+
+
+def speechlike(seconds: float, sample_rate: int = 24000, channels: int = 1) -> np.ndarray:
+    """A voiced, syllable-rate modulated tone: not speech, but not silence or a pure beep either."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    phase = 2 * np.pi * np.cumsum(140 + 20 * np.sin(2 * np.pi * 0.7 * t)) / sample_rate
+    wav = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
+    wav = (0.3 * wav / np.abs(wav).max()).astype(np.float32)
+    return np.stack([wav] * channels, axis=1) if channels > 1 else wav
+
+
+def write_reference(path: Path, seconds: float = 3.0) -> Path:
+    """Writes a speechlike 24 kHz clip to `path`."""
+    import soundfile as sf
+
+    sf.write(path, speechlike(seconds), 24000)
+    return path
 
 
 def main(argv: list[str]) -> None:

@@ -7,16 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from app_fakes import FakePipeline
-
-
-def speechlike(seconds: float, sample_rate: int = 24000, channels: int = 1) -> np.ndarray:
-    """A voiced, syllable-rate modulated tone: not speech, but not silence or a pure beep either."""
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    phase = 2 * np.pi * np.cumsum(140 + 20 * np.sin(2 * np.pi * 0.7 * t)) / sample_rate
-    wav = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
-    wav = (0.3 * wav / np.abs(wav).max()).astype(np.float32)
-    return np.stack([wav] * channels, axis=1) if channels > 1 else wav
+from app_fakes import FakePipeline, speechlike
 
 
 @pytest.fixture(scope="session")
