@@ -21,12 +21,15 @@ def make_tiny(out: str | Path, seed: int = 0) -> dict[str, Path]:
     """Write `out/codec` and `out/model`; returns their paths."""
     from cat_tts.codec.tiny import write_tiny_codec
     from cat_tts.model.tiny import write_tiny_model
+    from cat_tts.text.tiny_tokenizer import write_tiny_tokenizer
 
     out = Path(out)
-    return {
+    paths = {
         "codec": write_tiny_codec(out / "codec", seed=seed),
         "model": write_tiny_model(out / "model", seed=seed),
     }
+    write_tiny_tokenizer(paths["model"])  # the model directory carries its tokenizer, like the release
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:

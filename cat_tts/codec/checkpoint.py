@@ -1,0 +1,113 @@
+"""Parameter names: ours <-> the official MOSS-Audio-Tokenizer checkpoint, and strict loading.
+
+Our modules use plain names (`layers.3.attn.qkv.weight`, `weight_g`); the official checkpoint nests the blocks
+under `transformer.`, stores the fused QKV as a list of one (`self_attn.in_projs.0`), wraps LayerScale vectors
+in a `.scale` and spells weight norm with PyTorch's parametrizations (`parametrizations.weight.original0/1`).
+Older spellings accepted on load: `weight_g`/`weight_v`, and `self_attn.in_proj_weight` / `in_proj.weight` /
+`out_proj.weight` for the attention projections.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+# (pattern over our names, replacement giving the official name); applied in order.
+_OURS_TO_OFFICIAL: list[tuple[str, str]] = [
+    (r"^(encoder|decoder)\.(\d+)\.layers\.", r"\1.\2.transformer.layers."),
+    (r"\.attn\.qkv\.weight$", r".self_attn.in_projs.0.weight"),
+    (r"\.attn\.out\.weight$", r".self_attn.out_projs.0.weight"),
+    (r"\.layer_scale_([12])$", r".layer_scale_\1.scale"),
+    (r"\.weight_g$", r".parametrizations.weight.original0"),
+    (r"\.weight_v$", r".parametrizations.weight.original1"),
+]
+
+# (pattern over official/legacy names, replacement giving ours); applied in order.
+_OFFICIAL_TO_OURS: list[tuple[str, str]] = [
+    (r"^(encoder|decoder)\.(\d+)\.transformer\.layers\.", r"\1.\2.layers."),
+    (r"\.self_attn\.(in_projs\.0\.weight|in_proj\.weight|in_proj_weight)$", r".attn.qkv.weight"),
+    (r"\.self_attn\.(out_projs\.0\.weight|out_proj\.weight)$", r".attn.out.weight"),
+    (r"\.layer_scale_([12])\.scale$", r".layer_scale_\1"),
+    (r"\.parametrizations\.weight\.original0$", r".weight_g"),
+    (r"\.parametrizations\.weight\.original1$", r".weight_v"),
+]
+
+
+class CheckpointError(ValueError):
+    """The checkpoint does not fit the architecture its config.json describes."""
+
+
+def _apply(rules: list[tuple[str, str]], name: str) -> str:
+    for pattern, repl in rules:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def to_official_name(name: str) -> str:
+    """Our parameter name -> the official checkpoint's key."""
+    return _apply(_OURS_TO_OFFICIAL, name)
+
+
+def from_official_name(name: str) -> str:
+    """An official (or legacy-spelled) checkpoint key -> our parameter name."""
+    return _apply(_OFFICIAL_TO_OURS, name)
+
+
+def to_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename our state dict to the official key names (tensors made contiguous for safetensors)."""
+    return {to_official_name(k): v.contiguous() for k, v in state.items()}
+
+
+def from_official_state_dict(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Rename official/legacy keys to ours and check them strictly against the model's parameters.
+
+    Args:
+        tensors: the checkpoint's tensors by their stored names.
+        expected: our parameter names -> shapes.
+        source: what to call the checkpoint in error messages.
+
+    Returns:
+        Our state dict.
+
+    Raises:
+        CheckpointError: listing missing keys (in the official spelling), unexpected keys (as stored),
+            keys given twice under two spellings, and shape mismatches.
+    """
+    ours: dict[str, torch.Tensor] = {}
+    stored_as: dict[str, str] = {}
+    duplicated, unexpected = [], []
+    for key, tensor in tensors.items():
+        name = from_official_name(key)
+        if name not in expected:
+            unexpected.append(key)
+        elif name in ours:
+            duplicated.append(f"{stored_as[name]} / {key}")
+        else:
+            ours[name] = tensor
+            stored_as[name] = key
+    missing = sorted(to_official_name(n) for n in expected if n not in ours)
+    wrong_shape = [
+        f"{stored_as[n]}: stored {tuple(t.shape)}, expected {tuple(expected[n])}"
+        for n, t in ours.items()
+        if tuple(t.shape) != tuple(expected[n])
+    ]
+    problems = []
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", sorted(unexpected)),
+        ("keys given under two spellings", duplicated),
+        ("shape mismatches", wrong_shape),
+    ):
+        if items:
+            shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+            problems.append(f"{len(items)} {title}: {shown}")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not match the codec described by its config.json: "
+            + "; ".join(problems)
+            + ". Check that config.json and the weights come from the same checkpoint."
+        )
+    return ours

@@ -1,0 +1,414 @@
+"""CatCodec: the CAT / MOSS-Audio-Tokenizer codec — encode, decode at any depth, exact streaming.
+
+Shapes: B batch, S samples (24 kHz mono), T frames (12.5 Hz, 1920 samples each), K quantizer layers
+(1..32), C channels.
+
+    waveform [B, S] -> encoder stages (patch 240, transformer, patch 2, ...) -> latent [B, C, T]
+        -> residual LFQ -> codes [B, K, T]
+    codes [B, k, T] -> sum of the first k layers' vectors -> decoder stages -> waveform [B, T * 1920]
+
+Frame counts use floor division: a trailing partial frame gets no code. Every transformer is causal with a
+sliding window of `context_duration` seconds at its own rate, offline and streaming alike, so streaming
+(`decode_step`, `encode_step`) with per-stage KV caches of `window - 1` steps reproduces the one-shot
+functions for any chunk sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cat_tts.codec.checkpoint import CheckpointError, from_official_state_dict, to_official_state_dict
+from cat_tts.codec.config import CodecConfig, PatchConfig
+from cat_tts.codec.patch import Patch
+from cat_tts.codec.quantizer import ResidualLFQ
+from cat_tts.codec.transformer import CodecTransformer, StageState
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class CodecOutput:
+    """Result of `CatCodec.encode` (codes) or `CatCodec.decode` (audio)."""
+
+    lengths: torch.Tensor  # [B] int64: valid frames (encode) or valid samples (decode) per item
+    codes: torch.Tensor | None = None  # [B, K, T] int64 (encode)
+    audio: torch.Tensor | None = None  # [B, S] float32 at the codec's sample rate (decode)
+
+
+@dataclass
+class CodecStreamState:
+    """Everything a streaming encode/decode carries between calls (one object per stream, nothing global).
+
+    The encoder and decoder halves are independent: a state can serve a live encode, a live decode, or both.
+    """
+
+    batch_size: int  # streams advanced together
+    encoder: list[StageState | None]  # per encoder stage: transformer state, None for patch stages
+    decoder: list[StageState | None]  # per decoder stage: transformer state, None for patch stages
+    pending: torch.Tensor  # [B, s] samples received by encode_step that do not yet fill a frame (s < 1920)
+    frames_encoded: int = 0  # frames emitted by encode_step so far
+    frames_decoded: int = 0  # frames consumed by decode_step so far
+
+
+class CatCodec(nn.Module):
+    """The CAT codec (MOSS-Audio-Tokenizer), built from a `CodecConfig`.
+
+    Args:
+        config: architecture (use `CatCodec.from_pretrained` to build it from a checkpoint's config.json).
+
+    Attributes:
+        sample_rate: waveform rate in Hz (24000).
+        frame_size: samples per codec frame (1920).
+        frame_rate: frames per second (12.5).
+        num_layers: RVQ layers (32).
+        codebook_size: codes per layer (1024).
+    """
+
+    def __init__(self, config: CodecConfig) -> None:
+        super().__init__()
+        self.config = config
+        enc_ctx, dec_ctx = config.contexts()
+        self.encoder = nn.ModuleList(
+            Patch(s, fold=True) if isinstance(s, PatchConfig) else CodecTransformer(s, enc_ctx[i])
+            for i, s in enumerate(config.encoder)
+        )
+        self.quantizer = ResidualLFQ(config.quantizer)
+        self.decoder = nn.ModuleList(
+            Patch(s, fold=False) if isinstance(s, PatchConfig) else CodecTransformer(s, dec_ctx[i])
+            for i, s in enumerate(config.decoder)
+        )
+
+    # ---- basic facts ----
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frame_size(self) -> int:
+        return self.config.downsample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_quantizers
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.quantizer.quantizers[0].codebook.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype of the transformer stages (the quantizer always runs in float32)."""
+        for stage in self.decoder:
+            if isinstance(stage, CodecTransformer):
+                return stage.layers[0].linear1.weight.dtype
+        return torch.float32
+
+    def set_dtype(self, dtype: torch.dtype) -> CatCodec:
+        """Cast the transformer stages to `dtype` (e.g. torch.bfloat16); the quantizer stays float32."""
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating point type, got {dtype}")
+        self.encoder.to(dtype)
+        self.decoder.to(dtype)
+        self.quantizer.float()
+        return self
+
+    # ---- internals ----
+    def _run_encoder(self, wav: torch.Tensor, states: list[StageState | None] | None = None) -> torch.Tensor:
+        """[B, T * frame_size] -> latent [B, C, T]."""
+        x = wav.unsqueeze(1)  # [B, 1, S]
+        for i, stage in enumerate(self.encoder):
+            x = stage(x) if isinstance(stage, Patch) else stage(x, None if states is None else states[i])
+        return x
+
+    def _run_decoder(self, latent: torch.Tensor, states: list[StageState | None] | None = None) -> torch.Tensor:
+        """Latent [B, C, T] -> waveform [B, T * frame_size] float32."""
+        x = latent
+        for i, stage in enumerate(self.decoder):
+            x = stage(x) if isinstance(stage, Patch) else stage(x, None if states is None else states[i])
+        assert x.shape[1] == 1, f"decoder produced {tuple(x.shape)}, expected one channel"
+        return x[:, 0].float()
+
+    def _check_num_layers(self, num_layers: int | None) -> int:
+        if num_layers is None:
+            return self.num_layers
+        if not 1 <= num_layers <= self.num_layers:
+            raise ValueError(f"num_layers must be in 1..{self.num_layers}, got {num_layers}")
+        return int(num_layers)
+
+    def _as_wave_batch(self, wav: torch.Tensor) -> torch.Tensor:
+        if not isinstance(wav, torch.Tensor):
+            wav = torch.as_tensor(wav)
+        if wav.dim() == 3 and wav.shape[1] == 1:
+            wav = wav[:, 0]
+        elif wav.dim() == 1:
+            wav = wav.unsqueeze(0)
+        if wav.dim() != 2:
+            raise ValueError(f"expected a waveform batch [B, S] (mono), got shape {tuple(wav.shape)}")
+        if not wav.dtype.is_floating_point:
+            raise ValueError(f"expected a float waveform, got dtype {wav.dtype}")
+        return wav.to(device=self.device, dtype=self.dtype)
+
+    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
+            shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise ValueError(f"expected codes [B, K, T], got {shape}")
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
+        if not 1 <= codes.shape[1] <= self.num_layers:
+            raise ValueError(f"codes have {codes.shape[1]} layers (axis 1 of [B, K, T]); allowed 1..{self.num_layers}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(
+                f"codes must lie in 0..{self.codebook_size - 1}, got values in {int(codes.min())}..{int(codes.max())}"
+                " (strip pad codes and the control channel before decoding)"
+            )
+        return codes.to(device=self.device, dtype=torch.long)
+
+    # ---- one-shot API ----
+    @torch.no_grad()
+    def encode(
+        self, wav: torch.Tensor, lengths: torch.Tensor | None = None, num_layers: int | None = None
+    ) -> CodecOutput:
+        """Encode 24 kHz mono waveforms to codes.
+
+        Args:
+            wav: [B, S] float (a [S] or [B, 1, S] tensor is accepted too), at `sample_rate`.
+            lengths: [B] valid samples per item (right padding); None = all S valid.
+            num_layers: how many RVQ layers to compute (1..32, default all); equals the first
+                `num_layers` layers of the full encoding.
+
+        Returns:
+            CodecOutput with `.codes` [B, K, T] int64, T = max(lengths) // frame_size, and `.lengths` [B] =
+            lengths // frame_size (a trailing partial frame is dropped). Codes past an item's length are
+            meaningless; over its valid frames they equal the item's unpadded encoding.
+
+        Raises:
+            ValueError: bad shapes, `num_layers` out of range, or no item reaching one full frame.
+        """
+        k = self._check_num_layers(num_layers)
+        wav = self._as_wave_batch(wav)
+        b, s = wav.shape
+        if lengths is None:
+            lengths = torch.full((b,), s, dtype=torch.long)
+        lengths = torch.as_tensor(lengths, dtype=torch.long).to(self.device)
+        if lengths.shape != (b,) or int(lengths.min()) < 0 or int(lengths.max()) > s:
+            raise ValueError(f"lengths must be [B]={b} values in 0..{s}, got {lengths.tolist()}")
+        frame_lengths = lengths // self.frame_size
+        t = int(frame_lengths.max())
+        if t == 0:
+            raise ValueError(
+                f"audio too short: at least {self.frame_size} samples ({self.frame_size / self.sample_rate:.2f} s) "
+                f"are needed for one codec frame, got {int(lengths.max())}"
+            )
+        latent = self._run_encoder(wav[:, : t * self.frame_size])  # [B, C, T]
+        codes = self.quantizer.encode(latent, frame_lengths, k)  # [B, K, T]
+        return CodecOutput(codes=codes, lengths=frame_lengths)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, lengths: torch.Tensor | None = None) -> CodecOutput:
+        """Decode codes of the first k layers (prefix decoding; absent layers contribute nothing).
+
+        Args:
+            codes: [B, k, T] integer codes in 0..codebook_size-1, 1 <= k <= 32.
+            lengths: [B] valid frames per item; None = all T.
+
+        Returns:
+            CodecOutput with `.audio` [B, T * frame_size] float32 and `.lengths` [B] = lengths * frame_size.
+        """
+        codes = self._check_codes(codes)
+        b, _, t = codes.shape
+        if lengths is None:
+            lengths = torch.full((b,), t, dtype=torch.long)
+        lengths = torch.as_tensor(lengths, dtype=torch.long).to(self.device)
+        if lengths.shape != (b,) or (b and (int(lengths.min()) < 0 or int(lengths.max()) > t)):
+            raise ValueError(f"lengths must be [B]={b} values in 0..{t}, got {lengths.tolist()}")
+        latent = self.quantizer.decode(codes)  # [B, C, T] float32
+        audio = self._run_decoder(latent)  # [B, T * frame_size]
+        return CodecOutput(audio=audio, lengths=lengths * self.frame_size)
+
+    # ---- streaming API ----
+    def new_stream_state(self, batch_size: int = 1) -> CodecStreamState:
+        """A fresh state for `encode_step` / `decode_step` over `batch_size` streams advancing together."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return CodecStreamState(
+            batch_size=batch_size,
+            encoder=[None if isinstance(s, Patch) else s.new_state() for s in self.encoder],
+            decoder=[None if isinstance(s, Patch) else s.new_state() for s in self.decoder],
+            pending=torch.zeros(batch_size, 0, dtype=self.dtype, device=self.device),
+        )
+
+    @torch.no_grad()
+    def decode_step(self, codes: torch.Tensor, state: CodecStreamState) -> torch.Tensor:
+        """Decode the next frames of a stream.
+
+        Args:
+            codes: [B, k, t] the next t >= 0 frames (k may be any 1..32; it applies to these frames).
+            state: the stream's state (updated in place).
+
+        Returns:
+            [B, t * frame_size] float32 audio; concatenated over calls it equals `decode` of all frames.
+        """
+        codes = self._check_codes(codes)
+        if codes.shape[0] != state.batch_size:
+            raise ValueError(f"state is for batch {state.batch_size}, got codes for batch {codes.shape[0]}")
+        if codes.shape[2] == 0:
+            return torch.zeros(state.batch_size, 0, device=self.device)
+        audio = self._run_decoder(self.quantizer.decode(codes), state.decoder)
+        state.frames_decoded += codes.shape[2]
+        return audio
+
+    @torch.no_grad()
+    def encode_step(self, wav: torch.Tensor, state: CodecStreamState, num_layers: int | None = None) -> torch.Tensor:
+        """Encode the next samples of a live stream; frames are emitted as soon as they are complete.
+
+        Args:
+            wav: [B, s] the next s >= 0 samples (any s; an incomplete frame waits in the state).
+            state: the stream's state (updated in place).
+            num_layers: RVQ layers to compute (default all).
+
+        Returns:
+            [B, K, t] int64 codes of the frames completed by this call (t may be 0); concatenated over calls
+            they equal `encode` of all samples received.
+        """
+        k = self._check_num_layers(num_layers)
+        wav = self._as_wave_batch(wav)
+        if wav.shape[0] != state.batch_size:
+            raise ValueError(f"state is for batch {state.batch_size}, got audio for batch {wav.shape[0]}")
+        samples = torch.cat([state.pending.to(wav), wav], dim=1)  # [B, pending + s]
+        t = samples.shape[1] // self.frame_size
+        state.pending = samples[:, t * self.frame_size :]
+        if t == 0:
+            return torch.zeros(state.batch_size, k, 0, dtype=torch.long, device=self.device)
+        latent = self._run_encoder(samples[:, : t * self.frame_size], state.encoder)  # [B, C, t]
+        state.frames_encoded += t
+        return self.quantizer.encode(latent, None, k)
+
+    def decode_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Decode an iterable of code chunks [B, k, t] (any sizes) into audio chunks [B, t * frame_size]."""
+        state = None
+        for chunk in chunks:
+            if state is None:
+                state = self.new_stream_state(chunk.shape[0])
+            yield self.decode_step(chunk, state)
+
+    def encode_stream(self, chunks: Iterable[torch.Tensor], num_layers: int | None = None) -> Iterator[torch.Tensor]:
+        """Encode an iterable of waveform chunks [B, s] (any sizes) into code chunks [B, K, t] (t may be 0)."""
+        state = None
+        for chunk in chunks:
+            if state is None:
+                state = self.new_stream_state(chunk.shape[0] if chunk.dim() > 1 else 1)
+            yield self.encode_step(chunk, state, num_layers)
+
+    # ---- checkpoints ----
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | Path,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> CatCodec:
+        """Load a MOSS-Audio-Tokenizer checkpoint (config.json + model.safetensors [+ index]).
+
+        The module stack is built from the checkpoint's own config.json; weights load strictly (both the
+        `parametrizations.weight.original0/1` and `weight_g`/`weight_v` weight-norm spellings are accepted).
+
+        Args:
+            path_or_hub_id: a local directory, or a Hugging Face hub id (e.g. "OpenMOSS-Team/MOSS-Audio-Tokenizer").
+            dtype: compute dtype of the transformer stages (default float32; bfloat16 allowed). The quantizer
+                always runs in float32.
+            device: where to put the model (default CPU).
+
+        Raises:
+            FileNotFoundError: no such directory/hub repo or a file is missing.
+            CheckpointError: the weights do not match the config (lists missing/unexpected keys).
+        """
+        directory = _resolve_checkpoint(path_or_hub_id)
+        config = CodecConfig.from_json(directory / CONFIG_NAME)
+        tensors = _read_safetensors(directory)
+        with torch.device("meta"):
+            model = cls(config)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        state = from_official_state_dict(tensors, expected, source=str(directory))
+        state = {k: v.float() for k, v in state.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        model.eval()
+        if dtype is not None and dtype != torch.float32:
+            model.set_dtype(dtype)
+        if device is not None:
+            model.to(device)
+        return model
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json + model.safetensors in the official format (readable by `from_pretrained` and upstream)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save_json(directory / CONFIG_NAME)
+        state = to_official_state_dict({k: v.detach().cpu() for k, v in self.state_dict().items()})
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        return directory
+
+
+def _resolve_checkpoint(path_or_hub_id: str | Path) -> Path:
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"{path} has no {CONFIG_NAME}: expected a MOSS-Audio-Tokenizer checkpoint directory"
+            )
+        return path
+    if path.exists():
+        raise FileNotFoundError(f"{path} is a file; pass the checkpoint directory holding {CONFIG_NAME}")
+    name = str(path_or_hub_id)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"no checkpoint directory at {name!r} (and it is not a hub id like 'owner/name')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(name, allow_patterns=[CONFIG_NAME, "*.safetensors", WEIGHTS_INDEX_NAME])
+    except Exception as err:  # network, auth, unknown repo: all end the same way for the user
+        raise FileNotFoundError(f"could not fetch codec {name!r} from the Hugging Face hub: {err}") from err
+    return Path(local)
+
+
+def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = directory / WEIGHTS_INDEX_NAME
+    if index.is_file():
+        with open(index, encoding="utf-8") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif (directory / WEIGHTS_NAME).is_file():
+        files = [WEIGHTS_NAME]
+    else:
+        raise FileNotFoundError(f"{directory} has neither {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} is listed in {WEIGHTS_INDEX_NAME} but missing")
+        part = load_file(str(directory / name), device="cpu")
+        overlap = tensors.keys() & part.keys()
+        if overlap:
+            raise CheckpointError(f"keys stored in more than one shard: {sorted(overlap)[:10]}")
+        tensors.update(part)
+    return tensors

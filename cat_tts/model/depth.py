@@ -1,0 +1,216 @@
+"""The depth transformer: a small Qwen3-style decoder over the channels of one frame.
+
+Shapes: M sequences (one per frame that needs it), L positions (1 + number of channels processed),
+Dd depth width, H heads, Hk key/value heads, Dh head dim.
+
+Position 0 of a sequence is the (adapted) temporal state of the frame, position i >= 1 the (adapted)
+embedding of channel i-1's token. Output position c predicts channel c.
+
+Blocks follow Qwen3's decoder layer math (pre-RMSNorm with float32 upcast, grouped-query attention with
+per-head q/k RMSNorm, SwiGLU FFN, final RMSNorm) but with **no positional encoding** and attention that
+is **always causal**, under every attention implementation (eager, sdpa, flash_attention_2): position i
+never sees positions > i. Parameter names match the official `local_transformer.*` keys after the
+prefix swap done in `cat_tts.model.checkpoint`.
+
+For generation, `DepthKVCache` keeps the keys/values of the positions processed so far for one frame;
+with no positional encoding and causal attention, feeding positions one at a time through the cache
+gives the same outputs as one pass over the whole sequence.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cat_tts.model.config import CatTTSConfig
+from cat_tts.model.layers import RMSNorm, SwiGLU
+
+
+@dataclass
+class DepthKVCache:
+    """Keys and values of the depth transformer for M frames, preallocated for `capacity` positions.
+
+    Attributes:
+        keys: per block, `[M, Hk, capacity, Dh]`.
+        values: per block, `[M, Hk, capacity, Dh]`.
+        length: number of positions already stored (the next position's index).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int = 0
+
+    @property
+    def capacity(self) -> int:
+        """Maximum number of positions the cache can hold."""
+        return self.keys[0].shape[2]
+
+    @property
+    def batch_size(self) -> int:
+        """Number of sequences (M)."""
+        return self.keys[0].shape[0]
+
+    def reset(self) -> None:
+        """Forget the stored positions (start a new frame); the buffers are reused."""
+        self.length = 0
+
+
+def _causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+    """Boolean `[q_len, kv_len]` mask, True where attention is allowed; queries are the LAST q_len positions."""
+    offset = kv_len - q_len
+    q_pos = torch.arange(q_len, device=device)[:, None] + offset
+    k_pos = torch.arange(kv_len, device=device)[None, :]
+    return k_pos <= q_pos
+
+
+class DepthAttention(nn.Module):
+    """Grouped-query self-attention with per-head q/k RMSNorm, no positional encoding, always causal."""
+
+    def __init__(self, config: CatTTSConfig, attn_implementation: str) -> None:
+        super().__init__()
+        d = config.local_hidden_size
+        self.num_heads = config.depth_num_heads
+        self.num_kv_heads = config.depth_num_kv_heads
+        self.head_dim = config.depth_head_dim
+        self.scaling = self.head_dim**-0.5
+        self.attn_implementation = attn_implementation
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: DepthKVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """Attend causally over the cached positions and the new ones.
+
+        Args:
+            x: `[M, L, Dd]` new positions.
+            cache: optional cache holding the previous positions; the new keys/values are written into it
+                (the caller advances `cache.length` once all blocks ran).
+            layer: index of this block in the cache.
+
+        Returns:
+            `[M, L, Dd]`.
+        """
+        m, length, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(m, length, self.num_heads, self.head_dim))  # [M, L, H, Dh]
+        k = self.k_norm(self.k_proj(x).view(m, length, self.num_kv_heads, self.head_dim))  # [M, L, Hk, Dh]
+        v = self.v_proj(x).view(m, length, self.num_kv_heads, self.head_dim)  # [M, L, Hk, Dh]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [M, H|Hk, L, Dh]
+        if cache is not None:
+            start, end = cache.length, cache.length + length
+            if end > cache.capacity:
+                raise ValueError(f"depth cache holds {cache.capacity} positions; cannot add {length} after {start}")
+            cache.keys[layer][:, :, start:end] = k
+            cache.values[layer][:, :, start:end] = v
+            k = cache.keys[layer][:, :, :end]  # [M, Hk, P, Dh]
+            v = cache.values[layer][:, :, :end]
+        out = self._attend(q, k, v)  # [M, L, H, Dh]
+        return self.o_proj(out.reshape(m, length, self.num_heads * self.head_dim))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention; q `[M, H, L, Dh]`, k/v `[M, Hk, P, Dh]` (queries = last L of P) -> `[M, L, H, Dh]`."""
+        q_len, kv_len = q.shape[2], k.shape[2]
+        groups = self.num_heads // self.num_kv_heads
+        if self.attn_implementation == "flash_attention_2" and q.is_cuda:
+            flash_attn = importlib.import_module("flash_attn")
+            # flash-attn aligns the causal mask to the bottom-right corner: queries are the last q_len positions.
+            return flash_attn.flash_attn_func(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=self.scaling, causal=True
+            )
+        if self.attn_implementation == "eager":
+            k = k.repeat_interleave(groups, dim=1)  # [M, H, P, Dh]
+            v = v.repeat_interleave(groups, dim=1)
+            scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling  # [M, H, L, P]
+            mask = _causal_mask(q_len, kv_len, q.device)
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            return torch.matmul(probs, v).transpose(1, 2)  # [M, L, H, Dh]
+        # sdpa (also the fallback for flash_attention_2 on CPU tensors)
+        if q_len == kv_len:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=groups > 1)
+        elif q_len == 1:  # a single new position sees every cached one
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling, enable_gqa=groups > 1)
+        else:  # torch's is_causal aligns top-left; the new queries are the last ones, so pass the mask
+            mask = _causal_mask(q_len, kv_len, q.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=groups > 1)
+        return out.transpose(1, 2)  # [M, L, H, Dh]
+
+
+class DepthBlock(nn.Module):
+    """Pre-norm residual block: causal self-attention then SwiGLU FFN."""
+
+    def __init__(self, config: CatTTSConfig, attn_implementation: str) -> None:
+        super().__init__()
+        d = config.local_hidden_size
+        self.self_attn = DepthAttention(config, attn_implementation)
+        self.mlp = SwiGLU(d, config.local_ffn_hidden_size, d)
+        self.input_layernorm = RMSNorm(d, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(d, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cache: DepthKVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DepthTransformer(nn.Module):
+    """Stack of `local_num_layers` causal blocks over the channels of a frame, then a final RMSNorm.
+
+    Args:
+        config: the model config (width `local_hidden_size`, FFN `local_ffn_hidden_size`, depth
+            `local_num_layers`; heads, KV heads, head dim and eps from `language_config`).
+        attn_implementation: "eager", "sdpa" or "flash_attention_2" (all causal).
+    """
+
+    def __init__(self, config: CatTTSConfig, attn_implementation: str = "sdpa") -> None:
+        super().__init__()
+        self.max_positions = config.num_channels  # position 0 = temporal state, then one per channel fed back
+        self.layers = nn.ModuleList(DepthBlock(config, attn_implementation) for _ in range(config.local_num_layers))
+        self.norm = RMSNorm(config.local_hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """Switch the attention kernel of every block (the function computed is the same)."""
+        for layer in self.layers:
+            layer.self_attn.attn_implementation = attn_implementation
+
+    def new_cache(self, batch: int, dtype: torch.dtype, device: torch.device | str) -> DepthKVCache:
+        """Allocate an empty cache for `batch` sequences of up to 1 + n_vq positions."""
+        attn = self.layers[0].self_attn
+        shape = (batch, attn.num_kv_heads, self.max_positions, attn.head_dim)
+        n = len(self.layers)
+        return DepthKVCache(
+            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+        )
+
+    def forward(self, x: torch.Tensor, cache: DepthKVCache | None = None) -> torch.Tensor:
+        """Run the blocks causally.
+
+        Args:
+            x: `[M, L, Dd]`. Without a cache, positions 0..L-1 of each sequence. With a cache, the L new
+                positions that follow the `cache.length` cached ones; the cache is updated and advanced.
+
+        Returns:
+            `[M, L, Dd]` final-normed outputs for the given positions.
+        """
+        if cache is not None and cache.batch_size != x.shape[0]:
+            raise ValueError(f"depth cache is for {cache.batch_size} sequences, got {x.shape[0]}")
+        for i, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training and cache is None:
+                x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x, cache, i)
+        if cache is not None:
+            cache.length += x.shape[1]
+        return self.norm(x)

@@ -1,0 +1,420 @@
+"""CAT-TTS model: temporal Qwen3 over frames + depth transformer over the RVQ layers of each frame.
+
+Shapes: B batch, T frames, N = n_vq RVQ layers, C = 1 + N channels (channel 0 = text/control),
+D temporal width, Dd depth width, V_c output vocabulary of channel c (text vocabulary for c = 0,
+audio_vocab_size + 1 codes for c >= 1), R_c rows (frames) supervised on channel c.
+
+Teacher-forced forward (`forward`):
+1. Frame input = text-channel embedding + sum of the kept layers' code embeddings.
+2. Temporal Qwen3 -> final-normed state `h [B, T, D]`.
+3. Per frame, depth sequence: position 0 = adapter(h), position i = adapter(embedding of channel i-1's
+   label) (an ignored label gives a zero vector); depth transformer (causal, no positions).
+4. Output position c -> per-channel adapter -> RMSNorm -> head c -> logits of channel c.
+
+Only the work that a loss needs is done: frames whose labels are all ignored (prompt rows, padding) skip
+the depth transformer, adapters and heads; a frame runs the depth transformer over exactly
+1 + (last supervised channel) positions (so a sample kept at depth K under Progressive Sequence Dropout
+runs K + 1 positions; a text-only row runs 1), frames grouped by that length; each head only sees the
+rows whose label of that channel is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cat_tts.generation.mixin import CatTTSGenerationMixin
+from cat_tts.model.config import CatTTSConfig, TokenIds
+from cat_tts.model.depth import DepthKVCache, DepthTransformer
+from cat_tts.model.layers import RMSNorm, SwiGLU
+from cat_tts.model.temporal import build_temporal, resolve_attn_implementation, set_temporal_gradient_checkpointing
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label value of entries without a loss
+
+
+@dataclass
+class TTSOutput:
+    """Result of `CatTTSModel.forward`.
+
+    Attributes:
+        loss: scalar, the uniform mean of `channel_losses` over the channels with at least one kept label
+            (0 with a gradient path when no label is kept at all); None without labels.
+        channel_losses: `[C]` float32, channel c's mean cross-entropy over its kept labels (0 for a channel
+            with no kept label in the batch: check `channel_counts`); None without labels.
+        channel_counts: `[C]` int64, number of kept labels per channel (for exact token-weighted
+            accumulation across micro-batches); None without labels.
+        logits: per channel c, `[R_c, V_c]` logits of the R_c frames whose channel-c label is kept
+            (frames without a kept label are never computed); None without labels.
+        logit_rows: per channel c, `[R_c]` int64 flat frame index `b * T + t` of each row of `logits[c]`.
+            Use `dense_logits(c)` for a `[B, T, V_c]` view with the skipped frames filled in.
+        hidden_states: `[B, T, D]` final-normed temporal states.
+    """
+
+    loss: torch.Tensor | None
+    channel_losses: torch.Tensor | None
+    channel_counts: torch.Tensor | None
+    logits: list[torch.Tensor] | None
+    logit_rows: list[torch.Tensor] | None
+    hidden_states: torch.Tensor
+
+    def dense_logits(self, channel: int, fill: float = float("nan")) -> torch.Tensor:
+        """Scatter `logits[channel]` into `[B, T, V_c]`, with `fill` on frames that were not computed."""
+        if self.logits is None or self.logit_rows is None:
+            raise ValueError("this output has no logits: call the model with labels")
+        b, t = self.hidden_states.shape[:2]
+        values = self.logits[channel]
+        dense = values.new_full((b * t, values.shape[-1]), fill)
+        dense[self.logit_rows[channel]] = values
+        return dense.view(b, t, -1)
+
+
+class CatTTSModel(CatTTSGenerationMixin, nn.Module):
+    """Temporal Qwen3 + depth transformer over the `[B, T, 1+N]` token grid.
+
+    Args:
+        config: model configuration (`CatTTSConfig`, e.g. `CatTTSConfig.tiny()`).
+        attn_implementation: "eager", "sdpa" or "flash_attention_2" for both transformers; None picks
+            FlashAttention-2 when installed on a CUDA machine, else SDPA. The depth transformer is causal under
+            all of them.
+
+    Attributes:
+        temporal: transformers `Qwen3Model` (call it with inputs_embeds, attention_mask, position_ids,
+            past_key_values, use_cache: standard HF semantics; its `embed_tokens` is the text-channel embedding).
+        depth: `DepthTransformer` (`depth(x [M, L, Dd], cache=None)`, `depth.new_cache(batch, dtype, device)`).
+        depth_input: shared SwiGLU adapter D -> Dd (temporal state and every fed-back embedding).
+        embeddings: C embedding tables (0 = text vocabulary, c >= 1 = codes of layer c plus the pad row).
+        depth_output: C SwiGLU adapters Dd -> D, one per channel.
+        head_norms: C RMSNorms (computed in the input dtype, as in the checkpoint).
+        heads: C bias-free output heads D -> V_c.
+    """
+
+    def __init__(self, config: CatTTSConfig, attn_implementation: str | None = None) -> None:
+        super().__init__()
+        config.validate_fields()
+        self.config = config
+        self.attn_implementation = resolve_attn_implementation(attn_implementation)
+        d, dd, ffn = config.hidden_size, config.local_hidden_size, config.additional_mlp_ffn_hidden_size
+        n_channels = config.num_channels
+
+        self.embeddings = nn.ModuleList([nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)])
+        for _ in range(config.n_vq):
+            self.embeddings.append(nn.Embedding(config.audio_vocab_size + 1, d, padding_idx=config.audio_pad_code))
+        self.temporal = build_temporal(config.language_config, self.attn_implementation)
+        # The temporal model is always driven by inputs_embeds; its own token table would be dead weight,
+        # so it is the text-channel table (the checkpoint's unused copy is dropped on load, see checkpoint.py).
+        self.temporal.embed_tokens = self.embeddings[0]
+        self.depth = DepthTransformer(config, self.attn_implementation)
+        self.depth_input = SwiGLU(d, ffn, dd)
+        self.depth_output = nn.ModuleList(SwiGLU(dd, ffn, d) for _ in range(n_channels))
+        self.head_norms = nn.ModuleList(RMSNorm(d, 1e-6, upcast=False) for _ in range(n_channels))
+        self.heads = nn.ModuleList(nn.Linear(d, config.channel_vocab_size(c), bias=False) for c in range(n_channels))
+        for name, module in self.named_children():
+            if name != "temporal":
+                module.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range) for linear/embedding weights (padding rows zero), ones for norms."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+    # ------------------------------------------------------------------ small accessors
+    @property
+    def token_ids(self) -> TokenIds:
+        """The special token ids of this model."""
+        return self.config.token_ids
+
+    @property
+    def n_vq(self) -> int:
+        """Number of RVQ layers N."""
+        return self.config.n_vq
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.heads[0].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the parameters."""
+        return self.heads[0].weight.dtype
+
+    def set_attn_implementation(self, attn_implementation: str | None) -> None:
+        """Switch the attention kernel of both transformers ("eager", "sdpa", "flash_attention_2", None = auto)."""
+        impl = resolve_attn_implementation(attn_implementation)
+        self.attn_implementation = impl
+        self.temporal.config._attn_implementation = impl
+        self.depth.set_attn_implementation(impl)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute the temporal and depth blocks in the backward pass (saves activation memory)."""
+        set_temporal_gradient_checkpointing(self.temporal, True)
+        self.depth.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Undo `gradient_checkpointing_enable`."""
+        set_temporal_gradient_checkpointing(self.temporal, False)
+        self.depth.gradient_checkpointing = False
+
+    def channel_embedding(self, channel: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Embed `tokens [...]` with the table of channel `channel` (0 = text) -> `[..., D]`."""
+        return self.embeddings[channel](tokens)
+
+    def channel_logits(self, channel: int, h: torch.Tensor) -> torch.Tensor:
+        """Logits of channel `channel` from depth outputs `h [..., Dd]` -> `[..., V_c]`."""
+        return self.heads[channel](self.head_norms[channel](self.depth_output[channel](h)))
+
+    def new_depth_cache(self, batch: int) -> DepthKVCache:
+        """An empty depth KV cache for `batch` frames on the model's device and dtype."""
+        return self.depth.new_cache(batch, self.dtype, self.device)
+
+    # ------------------------------------------------------------------ inputs
+    def _check_grid(self, grid: torch.Tensor, name: str) -> None:
+        c = self.config.num_channels
+        if grid.dim() != 3 or grid.shape[-1] != c:
+            raise ValueError(f"{name} must be [B, T, {c}] (text channel + {self.n_vq} layers), got {tuple(grid.shape)}")
+
+    def _depths_tensor(
+        self, depths: int | torch.Tensor | None, batch: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """Validate depths; returns None (all layers) or a LongTensor `[B]` in 1..N."""
+        n = self.n_vq
+        if depths is None:
+            return None
+        if isinstance(depths, int):
+            if not 1 <= depths <= n:
+                raise ValueError(f"depth must be in 1..{n}, got {depths}")
+            return None if depths == n else torch.full((batch,), depths, dtype=torch.long, device=device)
+        depths = torch.as_tensor(depths, device=device).long()
+        if depths.shape != (batch,):
+            raise ValueError(f"depths must be [B] = [{batch}], got {tuple(depths.shape)}")
+        if batch and (int(depths.min()) < 1 or int(depths.max()) > n):
+            raise ValueError(f"depths must be in 1..{n}, got values {depths.tolist()}")
+        return depths
+
+    def embed_frames(self, input_ids: torch.Tensor, depths: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Temporal input: text embedding + sum of the embeddings of the kept layers.
+
+        Args:
+            input_ids: `[B, T, 1+N]` grid.
+            depths: keep layers 1..depths[b] of sample b (int for all samples, None = all N layers).
+                Dropped layers are not looked up at all (no compute, no gradient).
+
+        Returns:
+            `[B, T, D]`.
+        """
+        self._check_grid(input_ids, "input_ids")
+        depths_t = self._depths_tensor(depths, input_ids.shape[0], input_ids.device)
+        x = self.embeddings[0](input_ids[..., 0])  # [B, T, D]
+        if depths_t is None:
+            for c in range(1, self.n_vq + 1):
+                x = x + self.embeddings[c](input_ids[..., c])
+            return x
+        for c in range(1, int(depths_t.max()) + 1):
+            keep = depths_t >= c  # [B]
+            if bool(keep.all()):
+                x = x + self.embeddings[c](input_ids[..., c])
+            else:
+                idx = keep.nonzero().squeeze(1)  # [B']
+                x = x.index_add(0, idx, self.embeddings[c](input_ids[idx, :, c]))
+        return x
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        depths: int | torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> TTSOutput:
+        """Teacher-forced forward and loss.
+
+        Args:
+            input_ids: `[B, T, 1+N]` grid (channel 0 text ids, channels 1..N codes or the pad code).
+            attention_mask: `[B, T]`, 1 on real rows, 0 on padding (left padding).
+            labels: `[B, T, 1+N]`, already shifted (row t holds row t+1's tokens), -100 = ignored. The audio pad
+                code is never a target (treated as ignored). None: only the temporal states are computed.
+            depths: Progressive Sequence Dropout depths `[B]` (or one int): sample b keeps layers 1..depths[b] in
+                its input sum, its depth sequence and its loss. None = all N layers (the plain model).
+            position_ids: optional `[B, T]` temporal positions (default 0..T-1, as in the official training forward).
+
+        Returns:
+            `TTSOutput`.
+
+        Raises:
+            ValueError: on wrong shapes, depths out of range, or kept labels outside the channel's vocabulary.
+        """
+        self._check_grid(input_ids, "input_ids")
+        b, t, c = input_ids.shape
+        depths_t = self._depths_tensor(depths, b, input_ids.device)
+        inputs_embeds = self.embed_frames(input_ids, depths_t)
+        hidden = self.temporal(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # [B, T, D]
+        if labels is None:
+            return TTSOutput(None, None, None, None, None, hidden)
+        self._check_grid(labels, "labels")
+        if labels.shape[:2] != (b, t):
+            raise ValueError(
+                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
+            )
+        return self._depth_forward(hidden, labels.to(hidden.device).long(), depths_t)
+
+    def _kept_labels(self, labels: torch.Tensor, depths: torch.Tensor | None) -> torch.Tensor:
+        """Boolean `[B, T, C]`: labels that carry a loss (not -100, not the pad code, within the sample's depth)."""
+        keep = labels != IGNORE_INDEX
+        keep[..., 1:] &= labels[..., 1:] != self.config.audio_pad_code
+        if depths is not None:
+            channel = torch.arange(self.config.num_channels, device=labels.device)
+            keep &= channel[None, None, :] <= depths[:, None, None]
+        # Targets must be valid ids of their channel's vocabulary.
+        text_bad = keep[..., 0] & ((labels[..., 0] < 0) | (labels[..., 0] >= self.config.vocab_size))
+        audio_bad = keep[..., 1:] & ((labels[..., 1:] < 0) | (labels[..., 1:] > self.config.audio_vocab_size))
+        if bool(text_bad.any()) or bool(audio_bad.any()):
+            raise ValueError(
+                f"labels hold ids outside their channel's vocabulary (text < {self.config.vocab_size}, "
+                f"codes < {self.config.audio_vocab_size}); use -100 for ignored entries"
+            )
+        return keep
+
+    def _depth_forward(self, hidden: torch.Tensor, labels: torch.Tensor, depths: torch.Tensor | None) -> TTSOutput:
+        b, t, n_ch = labels.shape
+        keep = self._kept_labels(labels, depths).reshape(b * t, n_ch)  # [B*T, C]
+        labels = labels.reshape(b * t, n_ch)  # [B*T, C]
+        hidden_flat = hidden.reshape(b * t, -1)  # [B*T, D]
+
+        # Depth positions each frame needs: 1 + its last supervised channel (0 = skip the frame).
+        channel_rank = torch.arange(1, n_ch + 1, device=labels.device)
+        row_len = (keep * channel_rank).amax(dim=-1)  # [B*T]
+        order = torch.argsort(row_len, descending=True, stable=True)  # longest first
+        histogram = torch.bincount(row_len, minlength=n_ch + 1).tolist()  # frames per length 0..C
+        # longer[i] = number of frames that need more than i positions = frames that need position i.
+        longer = [0] * (n_ch + 1)
+        for i in range(n_ch - 1, -1, -1):
+            longer[i] = longer[i + 1] + histogram[i + 1]
+        n_rows = longer[0]
+        max_len = max((i + 1 for i in range(n_ch) if longer[i] > 0), default=0)
+        rows = order[:n_rows]  # [R] frames with at least one kept label, longest first
+
+        # Depth inputs column by column: column i holds position i of the first longer[i] frames.
+        columns = [hidden_flat[rows]]  # position 0: temporal state, [R, D]
+        for i in range(1, max_len):
+            r = rows[: longer[i]]
+            label, kept = labels[r, i - 1], keep[r, i - 1]  # channel i-1 feeds position i
+            emb = self.embeddings[i - 1](torch.where(kept, label, 0))  # [R_i, D]
+            columns.append(torch.where(kept[:, None], emb, 0.0))  # ignored label -> zero vector
+        sizes = [col.shape[0] for col in columns]
+        adapted = self.depth_input(torch.cat(columns, dim=0)).split(sizes)  # one adapter pass, per column [R_i, Dd]
+
+        # Depth transformer, one call per sequence length (frames of a length are contiguous in `rows`).
+        out_columns: list[list[torch.Tensor]] = [[] for _ in range(max_len)]
+        for length in range(max_len, 0, -1):
+            start, end = longer[length], longer[length - 1]
+            if end == start:
+                continue
+            x = torch.stack([adapted[i][start:end] for i in range(length)], dim=1)  # [M, length, Dd]
+            y = self.depth(x)  # [M, length, Dd]
+            for i in range(length):
+                out_columns[i].append(y[:, i])
+
+        # Heads: channel c sees only the frames whose channel-c label is kept.
+        logits, logit_rows, sums, counts = [], [], [], []
+        zero = hidden.new_zeros((), dtype=torch.float32)
+        for ch in range(n_ch):
+            if ch >= max_len:
+                vocab = self.config.channel_vocab_size(ch)
+                logits.append(hidden.new_zeros((0, vocab)))
+                logit_rows.append(rows.new_zeros(0))
+                sums.append(zero)
+                counts.append(0)
+                continue
+            col = torch.cat(out_columns[ch], dim=0)  # [longer[ch], Dd]
+            r = rows[: longer[ch]]
+            sel = keep[r, ch].nonzero().squeeze(1)  # [R_c]
+            lg = self.channel_logits(ch, col[sel])  # [R_c, V_c]
+            target = labels[r[sel], ch]
+            logits.append(lg)
+            logit_rows.append(r[sel])
+            sums.append(F.cross_entropy(lg.float(), target, reduction="sum") if sel.numel() else zero)
+            counts.append(int(sel.numel()))
+
+        count_t = torch.tensor(counts, device=hidden.device)
+        channel_losses = torch.stack(sums) / count_t.clamp(min=1)  # [C]
+        present = count_t > 0
+        if bool(present.any()):
+            loss = channel_losses[present].mean()
+        else:  # nothing supervised: a zero that still backpropagates
+            loss = hidden.float().sum() * 0.0
+        return TTSOutput(loss, channel_losses, count_t, logits, logit_rows, hidden)
+
+    # ------------------------------------------------------------------ weights I/O
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | Path,
+        dtype: torch.dtype | None = None,
+        attn_implementation: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> CatTTSModel:
+        """Load the official MOSS-TTS-Local-Transformer format (also what `save_pretrained` writes).
+
+        Args:
+            path_or_hub_id: a local directory (config.json + model.safetensors or sharded safetensors with
+                model.safetensors.index.json) or a Hugging Face hub repo id.
+            dtype: parameter dtype (default float32).
+            attn_implementation: see `CatTTSModel`.
+            device: where to put the weights (default CPU).
+
+        Raises:
+            CheckpointError: when weights are missing, unexpected or of the wrong shape (all are named).
+        """
+        from cat_tts.model.checkpoint import load_pretrained
+
+        return load_pretrained(cls, path_or_hub_id, dtype=dtype, attn_implementation=attn_implementation, device=device)
+
+    def save_pretrained(self, directory: str | Path, max_shard_size: int = 5 * 1024**3) -> Path:
+        """Write config.json + safetensors in the official format (sharded with an index above `max_shard_size` bytes).
+
+        Returns:
+            The directory.
+        """
+        from cat_tts.model.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, max_shard_size=max_shard_size)
+
+    @classmethod
+    def from_qwen3(
+        cls,
+        path_or_hub_id: str | Path,
+        config: CatTTSConfig,
+        dtype: torch.dtype | None = None,
+        attn_implementation: str | None = None,
+    ) -> CatTTSModel:
+        """Start a new model from a Qwen3 causal LM checkpoint (temporal weights + text embedding).
+
+        The depth transformer, adapters, audio embeddings and all heads are freshly initialised.
+
+        Args:
+            path_or_hub_id: Qwen3 checkpoint directory or hub id (e.g. "Qwen/Qwen3-1.7B").
+            config: the CAT-TTS config; its `language_config` must match the Qwen3 architecture.
+            dtype: parameter dtype (default float32).
+            attn_implementation: see `CatTTSModel`.
+        """
+        from cat_tts.model.checkpoint import load_from_qwen3
+
+        return load_from_qwen3(cls, path_or_hub_id, config, dtype=dtype, attn_implementation=attn_implementation)

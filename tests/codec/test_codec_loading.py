@@ -1,0 +1,90 @@
+"""Checkpoints: official format written and read back, both weight-norm spellings, strict key checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cat_tts.codec import CatCodec, CheckpointError, CodecConfig
+from cat_tts.codec.tiny import write_tiny_codec
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_codec(tmp_path_factory.mktemp("codec") / "tiny", seed=3)
+
+
+def _copy_with(src: Path, dst: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    dst.mkdir()
+    (dst / "config.json").write_text((src / "config.json").read_text())
+    save_file(tensors, str(dst / "model.safetensors"))
+    return dst
+
+
+def test_tiny_codec_is_in_the_official_format(tiny_dir: Path) -> None:
+    config = json.loads((tiny_dir / "config.json").read_text())
+    assert config["sampling_rate"] == 24000 and config["downsample_rate"] == 1920
+    assert config["quantizer_kwargs"]["num_quantizers"] == 32 and config["quantizer_kwargs"]["codebook_size"] == 1024
+    keys = load_file(str(tiny_dir / "model.safetensors")).keys()
+    assert "quantizer.quantizers.31.in_proj.parametrizations.weight.original1" in keys
+    assert "encoder.1.transformer.layers.0.self_attn.in_projs.0.weight" in keys
+    assert "decoder.0.transformer.layers.1.layer_scale_2.scale" in keys
+    assert not any("weight_g" in k or ".attn." in k for k in keys)
+
+
+def test_from_pretrained_round_trip(tiny_dir: Path, tmp_path: Path) -> None:
+    codec = CatCodec.from_pretrained(tiny_dir)
+    assert codec.config == CodecConfig.tiny()
+    codec.save_pretrained(tmp_path / "again")
+    a, b = load_file(str(tiny_dir / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_legacy_weight_norm_spelling_loads_the_same_weights(tiny_dir: Path, tmp_path: Path) -> None:
+    tensors = load_file(str(tiny_dir / "model.safetensors"))
+    legacy = {
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v
+        for k, v in tensors.items()
+    }
+    assert any(k.endswith("weight_g") for k in legacy)
+    codec_a = CatCodec.from_pretrained(tiny_dir)
+    codec_b = CatCodec.from_pretrained(_copy_with(tiny_dir, tmp_path / "legacy", legacy))
+    sa, sb = codec_a.state_dict(), codec_b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_strict_loading_names_missing_and_unexpected_keys(tiny_dir: Path, tmp_path: Path) -> None:
+    tensors = load_file(str(tiny_dir / "model.safetensors"))
+    missing = "decoder.2.transformer.layers.0.linear1.weight"
+    del tensors[missing]
+    tensors["decoder.2.transformer.layers.0.extra.weight"] = torch.zeros(2)
+    with pytest.raises(CheckpointError) as err:
+        CatCodec.from_pretrained(_copy_with(tiny_dir, tmp_path / "bad", tensors))
+    message = str(err.value)
+    assert f"1 missing keys: {missing}" in message
+    assert "1 unexpected keys: decoder.2.transformer.layers.0.extra.weight" in message
+
+
+def test_strict_loading_reports_shape_mismatch_and_double_spelling(tiny_dir: Path, tmp_path: Path) -> None:
+    tensors = load_file(str(tiny_dir / "model.safetensors"))
+    key = "quantizer.quantizers.0.codebook.weight"
+    tensors[key] = torch.zeros(512, 8)
+    tensors["quantizer.input_proj.weight_g"] = tensors["quantizer.input_proj.parametrizations.weight.original0"].clone()
+    with pytest.raises(CheckpointError) as err:
+        CatCodec.from_pretrained(_copy_with(tiny_dir, tmp_path / "bad", tensors))
+    assert f"{key}: stored (512, 8), expected (1024, 8)" in str(err.value)
+    assert "two spellings" in str(err.value)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+        CatCodec.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        CatCodec.from_pretrained(tmp_path / "empty")

@@ -1,0 +1,172 @@
+"""CatTTS pipeline on tiny random weights: modes, chunking, streaming == one-shot, batch, clean input errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cat_tts.inference import CatTTS, InputError, ModelLoadError, SynthesisConfig
+
+SR = 24000
+FRAME = 1920
+# Tiny random weights stop at random frames: pin the frame count so outputs have a known length.
+FIXED = dict(min_new_frames=5, max_new_frames=5)
+
+
+def _tone(seconds: float, rate: int = SR, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ref_wav(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ref") / "ref.wav"
+    sf.write(path, _tone(1.2, 16000), 16000)  # another rate: the pipeline resamples
+    return path
+
+
+def test_synthesize_clone_returns_24khz_float_audio_of_the_generated_frames(tiny_tts, ref_wav):
+    audio, sr = tiny_tts.synthesize("Hello there.", ref_wav, depth=4, seed=0, **FIXED)
+    assert sr == SR and audio.dtype == np.float32 and audio.ndim == 1
+    assert audio.size == 5 * FRAME and np.isfinite(audio).all()
+
+
+def test_in_memory_reference_equals_file_reference(tiny_tts, ref_wav):
+    wav, rate = sf.read(ref_wav, dtype="float32")
+    a, _ = tiny_tts.synthesize("Hi.", ref_wav, depth=3, seed=1, **FIXED)
+    b, _ = tiny_tts.synthesize("Hi.", (wav, rate), depth=3, seed=1, **FIXED)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_mode_is_continuation_when_a_transcript_is_given(tiny_tts, ref_wav, monkeypatch):
+    used = []
+    for name in ("voice_clone", "continuation"):
+        original = getattr(tiny_tts.prompts, name)
+
+        def spy(*a, _n=name, _o=original, **k):
+            used.append(_n)
+            return _o(*a, **k)
+
+        monkeypatch.setattr(tiny_tts.prompts, name, spy)
+    tiny_tts.synthesize("Hi.", ref_wav, reference_text="A tone.", depth=2, **FIXED)
+    tiny_tts.synthesize("Hi.", ref_wav, depth=2, **FIXED)
+    tiny_tts.synthesize("Hi.", ref_wav, reference_text="A tone.", mode="clone", depth=2, **FIXED)
+    assert used == ["continuation", "voice_clone", "voice_clone"]
+
+
+def test_continuation_audio_excludes_the_prefix(tiny_tts, ref_wav):
+    audio, _ = tiny_tts.synthesize("Hi.", ref_wav, reference_text="A tone.", depth=5, seed=0, **FIXED)
+    assert audio.size == 5 * FRAME
+
+
+def test_long_text_is_split_generated_per_chunk_and_joined(tiny_tts, ref_wav, monkeypatch):
+    cfg = SynthesisConfig(max_chunk_chars=40, crossfade_ms=10)
+    tts = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer, cfg)
+    calls = []
+    original = tts.model.generate
+    monkeypatch.setattr(tts.model, "generate", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    text = "First sentence is here. Second one follows it.\n\nA new paragraph starts. It ends now."
+    audio, _ = tts.synthesize(text, ref_wav, depth=2, seed=0, **FIXED)
+    # "First ... Second ..." is over 40 characters: two chunks; the second paragraph fits in one
+    assert len(calls) == 3
+    overlap = int(0.010 * SR)
+    assert audio.size == 3 * 5 * FRAME - 2 * overlap
+
+
+@pytest.mark.parametrize("reference_text", [None, "A tone."])
+@pytest.mark.parametrize("first, every", [(1, 1), (1, 3), (2, 4)])
+def test_streaming_audio_equals_one_shot_audio(tiny_tts, ref_wav, reference_text, first, every):
+    cfg = SynthesisConfig(max_chunk_chars=20, crossfade_ms=30)
+    tts = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer, cfg)
+    kw = dict(reference_text=reference_text, depth=6, seed=7, min_new_frames=4, max_new_frames=7)
+    text = "One sentence here. And another one."
+    one_shot, _ = tts.synthesize(text, ref_wav, **kw)
+    pieces = list(tts.stream(text, ref_wav, frames_per_chunk=every, first_chunk_frames=first, **kw))
+    assert len(pieces) > 2  # audio really arrives in pieces
+    streamed = np.concatenate(pieces)
+    assert streamed.shape == one_shot.shape
+    np.testing.assert_allclose(streamed, one_shot, atol=1e-5)
+
+
+def test_first_stream_piece_arrives_after_the_first_frame(tiny_tts, ref_wav):
+    frames = []
+    stream = tiny_tts.stream("Hello.", ref_wav, depth=2, seed=0, on_frame=frames.append, **FIXED)
+    first = next(stream)
+    held_back = int(0.050 * SR)  # the cross-fade tail waits for the next chunk or the end
+    assert len(frames) == 1 and first.size == FRAME - held_back
+    stream.close()
+
+
+def test_batch_equals_one_by_one_when_greedy(tiny_tts, ref_wav):
+    items = [
+        {"text": "Hello there.", "reference_audio": ref_wav},
+        {"text": "Hi.", "reference_audio": ref_wav, "reference_text": "A tone."},
+        {"text": "A slightly longer sentence than the others.", "reference_audio": ref_wav},
+    ]
+    kw = dict(depth=3, do_sample=False, **FIXED)
+    batch = tiny_tts.synthesize_batch(items, batch_size=3, **kw)
+    assert len(batch) == 3
+    for item, (audio, sr) in zip(items, batch, strict=True):
+        single, _ = tiny_tts.synthesize(item["text"], item["reference_audio"], item.get("reference_text"), **kw)
+        assert sr == SR
+        np.testing.assert_allclose(audio, single, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
+    sf.write(d / "silent.wav", np.zeros(SR, dtype=np.float32), SR)
+    sf.write(d / "long.wav", _tone(31.0, 8000, 0.1), 8000)
+    sf.write(d / "short.wav", _tone(0.2), SR)
+    return d
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(text="  \n\t "), "text is empty"),
+        (dict(text=None), "text must be a string"),
+        (dict(ref="missing.wav"), "not found"),
+        (dict(ref="corrupt.wav"), "cannot read"),
+        (dict(ref="silent.wav"), "silent"),
+        (dict(ref="long.wav"), "limit"),
+        (dict(ref="short.wav"), "too short"),
+        (dict(depth=0), "depth must be an integer in 1..32"),
+        (dict(depth=33), "depth must be an integer in 1..32"),
+        (dict(depth="8"), "depth must be an integer"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(repetition_penalty=-1.0), "repetition_penalty"),
+        (dict(beam_size=4), "unknown sampling options"),
+        (dict(mode="continuation"), "needs the reference transcript"),
+        (dict(mode="sing"), "mode must be"),
+    ],
+)
+def test_bad_input_raises_a_clean_input_error(tiny_tts, ref_wav, bad_files, kwargs, match):
+    kwargs = dict(kwargs)
+    text = kwargs.pop("text", "Hello.")
+    ref = bad_files / kwargs.pop("ref") if "ref" in kwargs else ref_wav
+    with pytest.raises(InputError, match=match):
+        tiny_tts.synthesize(text, ref, **kwargs)
+
+
+def test_bad_in_memory_reference_raises_input_error(tiny_tts):
+    wav = _tone(1.0)
+    wav[10] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        tiny_tts.synthesize("Hello.", (wav, SR))
+    with pytest.raises(InputError, match="path or a"):
+        tiny_tts.synthesize("Hello.", 42)
+
+
+def test_unreachable_hub_error_says_how_to_pass_local_directories(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"--model DIR --codec DIR.*make_tiny"):
+        CatTTS.from_pretrained(model="nobody-here/no-such-model", codec="nobody-here/no-such-codec")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        CatTTS.from_pretrained(model=tmp_path / "nope", codec=tmp_path / "nope2")

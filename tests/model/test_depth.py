@@ -1,0 +1,83 @@
+"""Depth transformer: always causal (eager and sdpa), KV cache == one pass, implementations agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cat_tts.model import CatTTSConfig, DepthTransformer
+
+
+@pytest.fixture(scope="module")
+def depth() -> DepthTransformer:
+    torch.manual_seed(0)
+    module = DepthTransformer(CatTTSConfig.tiny(), "sdpa").eval()
+    for p in module.parameters():  # non-trivial norms
+        torch.nn.init.normal_(p, std=0.3) if p.dim() > 1 else torch.nn.init.uniform_(p, 0.5, 1.5)
+    return module
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_later_positions_never_change_earlier_outputs(depth, attn):
+    depth.set_attn_implementation(attn)
+    x = torch.randn(3, 33, 48)
+    for j in (1, 7, 32):
+        y = x.clone()
+        y[:, j:] = torch.randn_like(y[:, j:])
+        with torch.no_grad():
+            a, b = depth(x), depth(y)
+        torch.testing.assert_close(a[:, :j], b[:, :j], atol=1e-6, rtol=0)
+        assert not torch.allclose(a[:, j:], b[:, j:])
+    depth.set_attn_implementation("sdpa")
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_no_gradient_flows_from_the_future(depth, attn):
+    depth.set_attn_implementation(attn)
+    x = torch.randn(2, 10, 48, requires_grad=True)
+    depth(x)[:, 4].sum().backward()
+    assert x.grad[:, 5:].abs().max() == 0
+    assert x.grad[:, :5].abs().min() >= 0 and x.grad[:, :5].abs().sum() > 0
+    depth.set_attn_implementation("sdpa")
+
+
+def test_eager_equals_sdpa(depth):
+    x = torch.randn(4, 33, 48)
+    with torch.no_grad():
+        depth.set_attn_implementation("eager")
+        a = depth(x)
+        depth.set_attn_implementation("sdpa")
+        b = depth(x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("chunks", [[1] * 33, [2] * 16 + [1], [5, 3, 25], [33]])
+def test_cached_steps_equal_one_pass(depth, attn, chunks):
+    depth.set_attn_implementation(attn)
+    x = torch.randn(3, 33, 48)
+    with torch.no_grad():
+        full = depth(x)
+        cache = depth.new_cache(3, torch.float32, "cpu")
+        outs, start = [], 0
+        for n in chunks:
+            outs.append(depth(x[:, start : start + n], cache))
+            start += n
+        assert cache.length == 33
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=1e-5)
+    depth.set_attn_implementation("sdpa")
+
+
+def test_cache_reset_and_overflow(depth):
+    cache = depth.new_cache(2, torch.float32, "cpu")
+    assert cache.capacity == 33 and cache.batch_size == 2 and len(cache.keys) == len(depth.layers)
+    x = torch.randn(2, 4, 48)
+    with torch.no_grad():
+        first = depth(x, cache)
+        cache.reset()
+        again = depth(x, cache)
+    torch.testing.assert_close(first, again)
+    with pytest.raises(ValueError, match="cannot add"):
+        depth(torch.randn(2, 30, 48), cache)
+    with pytest.raises(ValueError, match="depth cache is for 2"):
+        depth(torch.randn(3, 1, 48), depth.new_cache(2, torch.float32, "cpu"))
