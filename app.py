@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--concurrency", type=int, default=1, help="generation requests running at once")
     parser.add_argument("--queue-size", type=int, default=16, help="requests allowed to wait in the queue")
+    parser.add_argument(
+        "--max-new-frames", type=int, default=None, help="frame cap per text chunk, 12.5/s (default: from text length)"
+    )
+    parser.add_argument(
+        "--min-new-frames",
+        type=int,
+        default=0,
+        help="frames before the model may stop (random make_tiny checkpoints stop at once: give e.g. 10)",
+    )
     return parser
 
 
@@ -71,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             max_reference_seconds=args.max_reference_seconds,
             concurrency_limit=args.concurrency,
             max_queue_size=args.queue_size,
+            max_new_frames=args.max_new_frames,
+            min_new_frames=args.min_new_frames,
         )
-        import torch
         from cat_tts.inference import CatTTS
 
-        dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+        dtype = None if args.dtype == "auto" else args.dtype
         print(f"loading {args.model} and {args.codec} ...", flush=True)
         pipeline = CatTTS.from_pretrained(model=args.model, codec=args.codec, device=args.device, dtype=dtype)
         notice = None

@@ -39,6 +39,10 @@ class DemoInputError(ValueError):
     """A request the demo refuses. The message is shown to the user as it is, so it says how to fix it."""
 
 
+class EmptyOutputError(RuntimeError):
+    """The pipeline ended without producing audio (the model chose to stop at once)."""
+
+
 class SpeechPipeline(Protocol):
     """What the demo needs from `cat_tts.inference.CatTTS` (see INTERFACES.md, section gen)."""
 
@@ -88,6 +92,8 @@ class DemoLimits:
     concurrency_limit: int = 1  # generation requests running at once (they share one model)
     max_queue_size: int = 16  # requests waiting in the queue before new ones are turned away
     time_limit_seconds: int = 600  # a request running longer than this is stopped, in seconds
+    max_new_frames: int | None = None  # frame cap per text chunk (12.5 frames/s); None = the pipeline's own budget
+    min_new_frames: int = 0  # frames before the model may end a chunk (random tiny checkpoints end at once)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_text_chars <= 100_000:
@@ -105,6 +111,21 @@ class DemoLimits:
             raise ValueError(f"max_queue_size must be in 1..10000, got {self.max_queue_size}")
         if not 1 <= self.time_limit_seconds <= 86_400:
             raise ValueError(f"time_limit_seconds must be in 1..86400, got {self.time_limit_seconds}")
+        if self.max_new_frames is not None and not 1 <= self.max_new_frames <= 100_000:
+            raise ValueError(f"max_new_frames must be None or in 1..100000, got {self.max_new_frames}")
+        if not 0 <= self.min_new_frames <= (self.max_new_frames or 100_000):
+            raise ValueError(
+                f"min_new_frames must be in 0..max_new_frames ({self.max_new_frames}), got {self.min_new_frames}"
+            )
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """The frame limits as `CatTTS.stream/synthesize` keyword arguments (only those that are set)."""
+        kwargs: dict[str, Any] = {}
+        if self.max_new_frames is not None:
+            kwargs["max_new_frames"] = self.max_new_frames
+        if self.min_new_frames:
+            kwargs["min_new_frames"] = self.min_new_frames
+        return kwargs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +198,7 @@ class SpeechRequest:
     reference_text: str | None  # transcript of the reference (continuation mode) or None
     depth: int  # RVQ layers generated and decoded, 1..32
     sampling: SamplingSettings
+    frame_limits: dict[str, Any] = dataclasses.field(default_factory=dict)  # DemoLimits.pipeline_kwargs()
 
     def pipeline_args(self, depth: int | None = None) -> dict[str, Any]:
         """Keyword arguments for `CatTTS.stream/synthesize`, optionally at another depth."""
@@ -186,6 +208,7 @@ class SpeechRequest:
             "reference_text": self.reference_text,
             "depth": self.depth if depth is None else depth,
             **self.sampling.pipeline_kwargs(),
+            **self.frame_limits,
         }
 
 
@@ -309,7 +332,7 @@ def parse_request(
     reference_text = validate_reference_text(reference_text, limits)
     depth = validate_depth(depth)
     reference = load_reference(reference_path, limits, sample_rate)
-    return SpeechRequest(text, reference, sample_rate, reference_text, depth, sampling)
+    return SpeechRequest(text, reference, sample_rate, reference_text, depth, sampling, limits.pipeline_kwargs())
 
 
 def stream_speech(pipeline: SpeechPipeline, request: SpeechRequest) -> Iterator[np.ndarray]:
@@ -329,6 +352,8 @@ def synthesize_speech(
     audio, sample_rate = pipeline.synthesize(**request.pipeline_args(depth))
     seconds = time.perf_counter() - start
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if audio.size == 0:
+        raise EmptyOutputError(f"no audio at depth {depth}")
     if sample_rate != request.sample_rate:
         raise RuntimeError(f"pipeline returned audio at {sample_rate} Hz, expected {request.sample_rate} Hz")
     return audio, GenerationStats(depth, audio.size / sample_rate, seconds)
@@ -371,6 +396,13 @@ def visible_errors(action: str) -> Iterator[None]:
         raise
     except ValueError as e:
         raise gr.Error(str(e), title="Invalid input", print_exception=False) from None
+    except EmptyOutputError as e:
+        raise gr.Error(
+            f"The model stopped before saying anything ({e}). Try another seed, rephrase the text, "
+            "or give a transcript of the reference.",
+            title="No audio",
+            print_exception=False,
+        ) from None
     except Exception as e:  # noqa: BLE001 - the boundary where one request's failure must stay in that request
         logger.exception("%s failed", action)
         raise gr.Error(
@@ -457,7 +489,7 @@ class DemoHandlers:
                 )
             elapsed = time.perf_counter() - start
             if not chunks:
-                raise RuntimeError("the pipeline produced no audio")
+                raise EmptyOutputError(f"no audio at depth {request.depth}")
             full = np.concatenate(chunks)
             stats = GenerationStats(request.depth, full.size / sr, elapsed, first_audio)
             logger.info("generated: %s", stats.summary())
