@@ -3,15 +3,11 @@
 It honours the pipeline contract the demo relies on (INTERFACES.md, section gen): `stream` yields float32 chunks
 whose concatenation is what `synthesize` returns, the output depends on text, depth and seed only (same seed =
 same audio), and the reference arrives as (array, sample_rate). Every call is recorded.
-
-Run as a script it serves the demo on the fake: `python tests/app/app_fakes.py PORT`.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,22 +64,3 @@ def speechlike(seconds: float, sample_rate: int = 24000, channels: int = 1) -> n
     wav = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
     wav = (0.3 * wav / np.abs(wav).max()).astype(np.float32)
     return np.stack([wav] * channels, axis=1) if channels > 1 else wav
-
-
-def write_reference(path: Path, seconds: float = 3.0) -> Path:
-    """Writes a speechlike 24 kHz clip to `path`."""
-    import soundfile as sf
-
-    sf.write(path, speechlike(seconds), 24000)
-    return path
-
-
-def main(argv: list[str]) -> None:
-    from cat_tts.app import build_demo, launch_demo
-
-    demo = build_demo(FakePipeline(), notice="Test page on a fake pipeline.")
-    launch_demo(demo, host="127.0.0.1", port=int(argv[0]))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

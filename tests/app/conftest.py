@@ -29,3 +29,24 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def fake() -> FakePipeline:
     return FakePipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`python -m cat_tts.tools.make_tiny` checkpoints (random weights), written once per session."""
+    from cat_tts.tools.make_tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_dirs: dict[str, Path]):
+    """The real `CatTTS` pipeline on the tiny checkpoints, loaded the way app.py loads it."""
+    import torch
+
+    from cat_tts.inference import CatTTS
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster than two on a busy 2-core machine
+    yield CatTTS.from_pretrained(model=tiny_dirs["model"], codec=tiny_dirs["codec"], device="cpu")
+    torch.set_num_threads(before)

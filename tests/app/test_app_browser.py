@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_fakes import write_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -33,6 +32,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
 ]
+FRAMES = 8  # frames per request: random tiny checkpoints would stop at once or run to the text's frame budget
 START_TIMEOUT = 240  # seconds for the server to come up (imports + tiny checkpoints on 2 busy cores)
 
 pytestmark = [
@@ -63,17 +63,23 @@ def wait_until_up(process: subprocess.Popen, url: str, log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Starts the demo on 127.0.0.1 and yields its URL."""
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_dirs: dict[str, Path]) -> Iterator[str]:
+    """Starts `python app.py` on the make_tiny checkpoints on 127.0.0.1 and yields its URL."""
     tmp = tmp_path_factory.mktemp("browser")
     port = free_port()
     env = {
         **os.environ,
         "GRADIO_ANALYTICS_ENABLED": "False",
         "GRADIO_TEMP_DIR": str(tmp / "gradio"),
-        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",  # tiny tensors: one thread is faster on a busy 2-core machine
     }
-    command = [sys.executable, str(ROOT / "tests" / "app" / "app_fakes.py"), str(port)]
+    command = [
+        sys.executable,
+        str(ROOT / "app.py"),
+        *("--model", str(tiny_dirs["model"]), "--codec", str(tiny_dirs["codec"]), "--device", "cpu"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+        *("--min-new-frames", str(FRAMES), "--max-new-frames", str(FRAMES)),
+    ]
     log = tmp / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -129,13 +135,13 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
     toast.wait_for(state="detached", timeout=30_000)
 
     # A real request: upload a clip, type text, generate.
-    clip = write_reference(tmp_path / "reference.wav")
-    page.locator("#reference input[type=file]").set_input_files(str(clip))
+    page.locator("#reference input[type=file]").set_input_files(str(ROOT / "docs" / "assets" / "reference.wav"))
     page.locator("#text textarea").fill("Hello from the browser test.")
     page.locator("#generate").click()
     page.wait_for_function("() => document.querySelector('#report textarea').value.includes('RTF')", timeout=120_000)
     report = page.locator("#report textarea").input_value()
-    assert report.startswith("Depth 8 = 1 kbps · ") and "s of audio" in report
+    assert report.startswith(f"Depth 8 = 1 kbps · {FRAMES * 0.08:.2f} s of audio · generated in ")
+    assert page.locator("#notice").inner_text().count("random tiny checkpoints") == 1
 
     # The full clip is a real <audio> element the browser can load and play.
     audio = page.locator("#full_audio audio")
@@ -146,6 +152,7 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
     )
     assert page.evaluate("() => document.querySelector('#full_audio audio').error") is None
 
+    page.wait_for_function("() => document.querySelectorAll('.pending, .generating').length === 0", timeout=30_000)
     screenshot = tmp_path / "screenshot.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
