@@ -69,6 +69,7 @@ def _is_tiny(model: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup probes of the local server
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         if not 1 <= args.port <= 65535:

@@ -418,11 +418,14 @@ class DemoHandlers:
     Args:
         pipeline: a `CatTTS` (or anything with its `stream`/`synthesize` methods).
         limits: request limits.
+        streaming: send audio chunks to the streaming player as they come (Gradio needs ffmpeg for that);
+            when False, only the progress line updates until the full clip is ready.
     """
 
-    def __init__(self, pipeline: SpeechPipeline, limits: DemoLimits | None = None) -> None:
+    def __init__(self, pipeline: SpeechPipeline, limits: DemoLimits | None = None, streaming: bool = True) -> None:
         self.pipeline = pipeline
         self.limits = limits or DemoLimits()
+        self.streaming = streaming
         self.sample_rate = pipeline_sample_rate(pipeline)
 
     def bitrate_update(self, depth: Any, prefix: str = "Bitrate") -> Any:
@@ -464,8 +467,9 @@ class DemoHandlers:
 
         Yields:
             (stream chunk as WAV bytes, full clip, status line): one tuple per streamed chunk with the full
-            clip skipped, then a last one with the stream skipped, the full clip as (rate, int16 [S]) and
-            the summary line (depth, kbps, audio seconds, generation time, time to first audio, RTF).
+            clip skipped (and the chunk skipped too when `streaming` is off), then a last one with the stream
+            skipped, the full clip as (rate, int16 [S]) and the summary line (depth, kbps, audio seconds,
+            generation time, time to first audio, RTF).
         """
         gr = _gradio()
         with visible_errors("Generation"):
@@ -483,7 +487,7 @@ class DemoHandlers:
                 chunks.append(chunk)
                 samples += chunk.size
                 yield (
-                    wav_bytes(chunk, sr),
+                    wav_bytes(chunk, sr) if self.streaming else gr.skip(),
                     gr.skip(),
                     f"Generating at {format_kbps(request.depth)}: {samples / sr:.2f} s so far…",
                 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ def build_demo(
     limits: DemoLimits | None = None,
     examples: Sequence[Example] = (),
     notice: str | None = None,
+    streaming: bool | None = None,
 ) -> Any:
     """Builds the demo page.
 
@@ -65,13 +67,19 @@ def build_demo(
         limits: request limits (text length, reference length, concurrency, queue size).
         examples: rows for the examples table.
         notice: an optional warning shown at the top (e.g. that random tiny checkpoints make noise).
+        streaming: play audio while it is generated. Gradio encodes the stream with ffmpeg, so the default
+            is on when ffmpeg is installed; without it the page plays the full clip when it is ready.
 
     Returns:
         The `gr.Blocks`, queue configured, not launched.
     """
     gr = _gradio()
     limits = limits or DemoLimits()
-    handlers = DemoHandlers(pipeline, limits)
+    if streaming is None:
+        streaming = shutil.which("ffmpeg") is not None
+        if not streaming:
+            logger.warning("ffmpeg not found: streaming playback is off (install ffmpeg to turn it on)")
+    handlers = DemoHandlers(pipeline, limits, streaming=streaming)
     defaults = SamplingSettings()
     # Output clips play in the browser's own <audio> player (seekable, keyboard accessible, downloadable).
     player = gr.WaveformOptions(show_recording_waveform=False)
@@ -126,11 +134,13 @@ def build_demo(
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=1):
                 with gr.Tab("Generate"):
+                    # Without streaming the player stays hidden and receives nothing.
                     stream_audio = gr.Audio(
                         label="Streaming playback",
-                        streaming=True,
+                        streaming=streaming,
                         autoplay=True,
                         interactive=False,
+                        visible=streaming,
                         elem_id="stream_audio",
                     )
                     full_audio = gr.Audio(

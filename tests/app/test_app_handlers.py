@@ -154,6 +154,13 @@ def test_generate_streams_chunks_then_the_full_clip(fake, clips):
     assert call["sampling"] == {"temperature": 1.0, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1}
 
 
+def test_without_streaming_only_the_progress_line_moves(fake, clips):
+    *streamed, (stream, (sr, full), summary) = run_generate(DemoHandlers(fake, streaming=False), "Hi.", clips["good"])
+    assert streamed and all(isinstance(s, type(gr.skip())) and "so far" in status for s, _, status in streamed)
+    expected, _ = fake.synthesize("Hi.", (np.zeros(10, np.float32), 24000), depth=8, seed=7)
+    np.testing.assert_array_equal(full, to_int16(expected))
+
+
 def test_transcript_is_passed_for_continuation(fake, clips):
     run_generate(DemoHandlers(fake), "Next sentence.", clips["good"], depth=32, transcript="  What the clip says. ")
     assert fake.calls[0]["reference_text"] == "What the clip says."

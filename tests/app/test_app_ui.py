@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def demo():
     limits = DemoLimits(max_text_chars=300, concurrency_limit=2, max_queue_size=5, time_limit_seconds=120)
     examples = bundled_examples(ROOT)
-    return build_demo(FakePipeline(), limits, examples=examples)
+    return build_demo(FakePipeline(), limits, examples=examples, streaming=True)
 
 
 def components(demo, kind):
@@ -38,6 +38,11 @@ def test_inputs_are_labelled_and_bounded(demo):
     assert "0.125 kbps" in bitrate.info
     assert audios["Streaming playback"].streaming and not audios["Full clip (WAV)"].streaming
     assert {"Generate", "Compare bitrates"} <= {b.value for b in demo.blocks.values() if isinstance(b, gr.Button)}
+
+
+def test_streaming_player_is_hidden_without_streaming():
+    audios = components(build_demo(FakePipeline(), streaming=False), gr.Audio)
+    assert not audios["Streaming playback"].streaming and audios["Streaming playback"].visible is False
 
 
 def test_sampling_settings_sit_in_a_collapsed_accordion(demo):
