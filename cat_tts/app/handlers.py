@@ -44,7 +44,7 @@ class EmptyOutputError(RuntimeError):
 
 
 class SpeechPipeline(Protocol):
-    """What the demo needs from `cat_tts.inference.CatTTS` (see INTERFACES.md, section gen)."""
+    """What the demo needs from `cat_tts.inference.CatTTS`."""
 
     def stream(
         self,

@@ -1,6 +1,6 @@
 """A small stand-in for `cat_tts.inference.CatTTS` so the demo's handlers and page can be tested fast.
 
-It honours the pipeline contract the demo relies on (INTERFACES.md, section gen): `stream` yields float32 chunks
+It honours the contract of `CatTTS` the demo relies on: `stream` yields float32 chunks
 whose concatenation is what `synthesize` returns, the output depends on text, depth and seed only (same seed =
 same audio), and the reference arrives as (array, sample_rate). Every call is recorded.
 """
