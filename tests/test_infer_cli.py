@@ -132,3 +132,11 @@ def test_unreachable_hub_tells_how_to_pass_local_directories(tiny, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1
     assert "--model DIR --codec DIR" in err[0] and "make_tiny" in err[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda_gives_one_line(tiny, tmp_path, capsys):
+    rc = infer.main(_args(tiny, "--text", "Hi", "--prompt-audio", tiny["ref"], "--device", "cuda", "-o",
+                          str(tmp_path / "o.wav")))  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "CUDA is not available" in err[0]

@@ -10,6 +10,7 @@ from cat_tts.generation.loop import (
 )
 from cat_tts.generation.mixin import CatTTSGenerationMixin, build_generation_config
 from cat_tts.generation.sampling import AUDIO_DEFAULTS, CONTROL_DEFAULTS, SamplingParams
+from cat_tts.generation.streaming import stream_audio
 
 __all__ = [
     "AUDIO_DEFAULTS",
@@ -23,4 +24,5 @@ __all__ = [
     "default_max_new_frames",
     "generate",
     "iter_frames",
+    "stream_audio",
 ]

@@ -27,6 +27,7 @@ import torch
 
 from cat_tts.generation.loop import FRAME_RATE, FrameStep, GenerationConfig, iter_frames
 from cat_tts.generation.mixin import build_generation_config
+from cat_tts.generation.streaming import stream_audio
 from cat_tts.text.normalize import clean_text, split_sentences
 from cat_tts.text.prompt import PromptBuilder, join_transcript
 
@@ -205,7 +206,12 @@ class CatTTS:
         from cat_tts.model import CatTTSModel
         from cat_tts.model.checkpoint import resolve_directory
 
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as err:
+            raise InputError(f"invalid device {device!r}: {err}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
         dtype = _resolve_dtype(dtype, device)
         for what, ref in (("model", model), ("codec", codec)):
             if _looks_local(ref) and not Path(ref).is_dir():
@@ -356,7 +362,8 @@ class CatTTS:
                 on_frame=on_frame,
                 **_config_kwargs(cfg),
             )
-            for b, (i, _, voice) in enumerate(batch):
+            for b, (i, chunk, voice) in enumerate(batch):
+                _warn_unusual(out.lengths[b], out.finished[b], budget, chunk)
                 codes = out.frames[b : b + 1, : int(out.lengths[b]), 1:].transpose(1, 2)  # [1, K, F]
                 results[i].append(self._decode(codes, voice))
         return [(self._join(parts), self.sample_rate) for parts in results]
@@ -447,6 +454,7 @@ class CatTTS:
         grid = self._grid(chunk, voice)[None].to(self._device())  # [1, T, 1+N]
         cfg = _replace(cfg, max_new_frames=max_new_frames or frame_budget(chunk))
         out = self.model.generate(grid, None, on_frame=on_frame, **_config_kwargs(cfg))
+        _warn_unusual(out.lengths[0], out.finished[0], cfg.max_new_frames, chunk)
         codes = out.frames[:, : int(out.lengths[0]), 1:].transpose(1, 2)  # [1, K, F]
         return self._decode(codes, voice)
 
@@ -474,30 +482,16 @@ class CatTTS:
         """Generates one text chunk and yields decoded audio as frames arrive (codec streaming decode)."""
         grid = self._grid(chunk, voice)[None].to(self._device())
         cfg = _replace(cfg, max_new_frames=max_new_frames or frame_budget(chunk))
-        k = cfg.depth
-        state = self.codec.new_stream_state(1)
-        if voice.mode == "continuation":  # warm the decoder up on the prefix audio, drop its samples
-            with torch.inference_mode():
-                self.codec.decode_step(voice.codes[:k][None].to(self._codec_device()), state)
-        pending: list[torch.Tensor] = []
-        want = first_chunk_frames
-        for step in iter_frames(self.model, grid, None, cfg):
-            if on_frame is not None:
-                on_frame(step)
-            if bool(step.is_audio[0]):
-                pending.append(step.tokens[:, 1:])  # [1, K]
-            if len(pending) >= want or (pending and not bool(step.is_audio[0])):
-                codes = torch.stack(pending, dim=-1).to(self._codec_device())  # [1, K, f]
-                with torch.inference_mode():
-                    audio = self.codec.decode_step(codes, state)
-                pending = []
-                want = frames_per_chunk
-                yield audio[0].float().cpu().numpy()
-        if pending:
-            codes = torch.stack(pending, dim=-1).to(self._codec_device())
-            with torch.inference_mode():
-                audio = self.codec.decode_step(codes, state)
-            yield audio[0].float().cpu().numpy()
+        prefix = voice.codes[: cfg.depth][None] if voice.mode == "continuation" else None  # [1, K, L]
+
+        def steps():
+            for step in iter_frames(self.model, grid, None, cfg):
+                if on_frame is not None:
+                    on_frame(step)
+                yield step
+
+        for audio in stream_audio(steps(), self.codec, first_chunk_frames, frames_per_chunk, prefix):
+            yield audio.numpy()
 
 
 _SAMPLING_KEYS = {
@@ -512,6 +506,14 @@ _SAMPLING_KEYS = {
     "control_tokens",
     "min_new_frames",
 }
+
+
+def _warn_unusual(length: torch.Tensor, finished: torch.Tensor, budget: int | None, chunk: str) -> None:
+    """Logs generations that produced no audio or ran into the frame budget (a runaway)."""
+    if int(length) == 0:
+        logger.warning("the model ended without audio for %r (random tiny weights do this: try min_new_frames)", chunk)
+    elif not bool(finished):
+        logger.warning("generation hit the %s-frame budget for %r; the audio may be cut or rambling", budget, chunk)
 
 
 def _replace(cfg: GenerationConfig, **changes) -> GenerationConfig:
