@@ -66,6 +66,16 @@ def _is_tiny(model: str) -> bool:
     return isinstance(hidden, int) and hidden < 256
 
 
+def _check_local(option: str, ref: str) -> None:
+    """Fails fast (before the heavy imports) on a local path that does not exist; hub ids are `org/name`."""
+    looks_local = ref.startswith((".", "/", "~")) or ref.count("/") != 1
+    if looks_local and not Path(ref).expanduser().is_dir():
+        raise ValueError(
+            f"{option} directory {ref!r} does not exist (give a checkpoint directory, e.g. from "
+            "`python -m cat_tts.tools.make_tiny OUT`, or a hub id such as org/name)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 1 <= args.port <= 65535:
             raise ValueError(f"--port must be in 1..65535, got {args.port}")
+        _check_local("--model", args.model)
+        _check_local("--codec", args.codec)
         from cat_tts.app import DemoLimits, build_demo, bundled_examples, launch_demo
 
         limits = DemoLimits(
