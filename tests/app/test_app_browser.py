@@ -177,5 +177,13 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
     assert page.locator("#report_a textarea").input_value().startswith("Depth 8 = 1 kbps")
     assert page.locator("#report_b textarea").input_value().startswith("Depth 32 = 4 kbps")
     assert page.locator("#audio_a audio").get_attribute("src") and page.locator("#audio_b audio").get_attribute("src")
+    # An example row fills the inputs, bundled reference clip included (served from the app's cache).
+    page.get_by_text("Hello! This voice was cloned from a few seconds of audio.").click()
+    page.wait_for_function("() => document.querySelector('#text textarea').value.startsWith('Hello! This voice')")
+    page.wait_for_function(
+        "() => document.querySelector('#bitrate [data-testid=block-info]').innerText.includes('16 of 32 layers')"
+    )
+    assert "reference.wav" in page.locator("#reference").inner_html()
+
     assert outside == []
     page.close()
