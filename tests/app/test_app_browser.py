@@ -140,6 +140,7 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
 
     # A real request: upload a clip, type text, generate.
     page.locator("#reference input[type=file]").set_input_files(str(ROOT / "docs" / "assets" / "reference.wav"))
+    page.locator("#reference [data-testid='waveform-Reference audio']").wait_for(timeout=30_000)  # upload done
     page.locator("#text textarea").fill("Hello from the browser test.")
     page.locator("#generate").click()
     page.wait_for_function("() => document.querySelector('#report textarea').value.includes('RTF')", timeout=120_000)
@@ -177,6 +178,7 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
     assert page.locator("#report_a textarea").input_value().startswith("Depth 8 = 1 kbps")
     assert page.locator("#report_b textarea").input_value().startswith("Depth 32 = 4 kbps")
     assert page.locator("#audio_a audio").get_attribute("src") and page.locator("#audio_b audio").get_attribute("src")
+
     # An example row fills the inputs, bundled reference clip included (served from the app's cache).
     page.get_by_text("Hello! This voice was cloned from a few seconds of audio.").click()
     page.wait_for_function("() => document.querySelector('#text textarea').value.startsWith('Hello! This voice')")
