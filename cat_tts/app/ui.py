@@ -131,7 +131,9 @@ def build_demo(
                         1.0, 2.0, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty"
                     )
                     seed = gr.Number(value=defaults.seed, precision=0, minimum=0, label="Seed")
-                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", scale=3, elem_id="generate")
+                    stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
             with gr.Column(scale=1):
                 with gr.Tab("Generate"):
                     # Without streaming the player stays hidden and receives nothing.
@@ -206,7 +208,7 @@ def build_demo(
                 api_visibility="private",
             )
         sampling = [temperature, top_p, top_k, repetition_penalty, seed]
-        generate.click(
+        generation = generate.click(
             handlers.generate,
             inputs=[text, reference, reference_text, depth, *sampling],
             outputs=[stream_audio, full_audio, report],
@@ -222,6 +224,8 @@ def build_demo(
             time_limit=limits.time_limit_seconds,
             api_name="compare",
         )
+        # Stops a running generation between two streamed chunks; the clip so far stays in the stream player.
+        stop.click(lambda: "Stopped.", outputs=report, cancels=[generation], queue=False, api_visibility="private")
     # Generate and Compare share one concurrency slot pool: they run on the same model.
     demo.queue(max_size=limits.max_queue_size, default_concurrency_limit=limits.concurrency_limit)
     return demo

@@ -37,7 +37,9 @@ def test_inputs_are_labelled_and_bounded(demo):
     assert (bitrate.minimum, bitrate.maximum, bitrate.step, bitrate.value) == (1, 32, 1, 16)
     assert "0.125 kbps" in bitrate.info
     assert audios["Streaming playback"].streaming and not audios["Full clip (WAV)"].streaming
-    assert {"Generate", "Compare bitrates"} <= {b.value for b in demo.blocks.values() if isinstance(b, gr.Button)}
+    assert {"Generate", "Stop", "Compare bitrates"} <= {
+        b.value for b in demo.blocks.values() if isinstance(b, gr.Button)
+    }
 
 
 def test_streaming_player_is_hidden_without_streaming():
