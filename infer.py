@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -209,15 +210,21 @@ def run(args: argparse.Namespace) -> int:
             for item in items:
                 if mode:
                     item["mode"] = mode
-            results = tts.synthesize_batch(
-                items,
-                depth=args.depth,
-                seed=args.seed,
-                batch_size=args.batch_size,
-                max_new_frames=args.max_new_frames,
-                on_frame=on_frame,
-                **sampling,
-            )
+            try:
+                results = tts.synthesize_batch(
+                    items,
+                    depth=args.depth,
+                    seed=args.seed,
+                    batch_size=args.batch_size,
+                    max_new_frames=args.max_new_frames,
+                    on_frame=on_frame,
+                    **sampling,
+                )
+            except ValueError as err:  # name the job, not the index inside this group
+                match = re.match(r"item (\d+): (.*)", str(err))
+                if match is None:
+                    raise
+                raise CliError(f"{args.jsonl} id {group[int(match[1])]['id']!r}: {match[2]}") from err
             for job, (audio, sr) in zip(group, results, strict=True):
                 _save(out_dir / f"{job['id']}.wav", audio, sr)
                 total_audio += len(audio) / sr

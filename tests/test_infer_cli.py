@@ -140,3 +140,13 @@ def test_cuda_device_without_cuda_gives_one_line(tiny, tmp_path, capsys):
                           str(tmp_path / "o.wav")))  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "CUDA is not available" in err[0]
+
+
+def test_jsonl_bad_reference_names_the_job(tiny, tmp_path, capsys):
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(SR, dtype=np.float32), SR)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "quiet-one", "text": "Hi.", "prompt_audio": str(silent)}) + "\n")
+    rc = infer.main(_args(tiny, "--jsonl", str(jobs), "--out-dir", str(tmp_path / "o")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "'quiet-one'" in err[0] and "silent" in err[0]

@@ -335,18 +335,20 @@ class CatTTS:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         jobs = []  # (item index, chunk text, voice)
+        encoded: dict[str, torch.Tensor] = {}  # reference path -> codes, so a shared voice is encoded once
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "text" not in item or "reference_audio" not in item:
                 raise InputError(f"item {i} must be a dict with 'text' and 'reference_audio'")
-            chunks, voice, _ = self._prepare(
-                item["text"],
-                item["reference_audio"],
-                item.get("reference_text"),
-                depth,
-                None,
-                item.get("mode"),
-                sampling,
-            )
+            ref = item["reference_audio"]
+            try:
+                chunks, voice, _ = self._prepare(
+                    item["text"], ref, item.get("reference_text"), depth, None, item.get("mode"), sampling,
+                    codes=encoded.get(str(ref)) if isinstance(ref, (str, Path)) else None,
+                )  # fmt: skip
+            except InputError as err:
+                raise InputError(f"item {i}: {err}") from err
+            if isinstance(ref, (str, Path)):
+                encoded[str(ref)] = voice.codes
             jobs += [(i, chunk, voice) for chunk in chunks]
         results: list[list[np.ndarray]] = [[] for _ in items]
         for start in range(0, len(jobs), batch_size):
@@ -404,7 +406,7 @@ class CatTTS:
         except (TypeError, ValueError) as err:
             raise InputError(f"invalid sampling setting: {err}") from err
 
-    def _prepare(self, text, reference_audio, reference_text, depth, seed, mode, sampling):
+    def _prepare(self, text, reference_audio, reference_text, depth, seed, mode, sampling, codes=None):
         if not isinstance(text, str):
             raise InputError(f"text must be a string, got {type(text).__name__}")
         cleaned = clean_text(text)
@@ -420,7 +422,8 @@ class CatTTS:
         self._config(depth, seed, sampling)  # fail fast, before touching the reference audio
         chunks = split_sentences(cleaned, self.config.max_chunk_chars)
         configs = [self._config(depth, None if seed is None else seed + i, sampling) for i in range(len(chunks))]
-        voice = _Voice(self.encode_reference(reference_audio), reference_text, mode)
+        codes = codes if codes is not None else self.encode_reference(reference_audio)
+        voice = _Voice(codes, reference_text, mode)
         return chunks, voice, configs
 
     def _load_reference(self, reference_audio) -> np.ndarray:

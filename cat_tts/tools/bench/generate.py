@@ -205,6 +205,8 @@ def run(args: argparse.Namespace) -> dict:
         + (" (QUICK: tiny widths, harness smoke test only)" if args.quick else "")
     )
     rows = []
+    print(f"{'batch':>5} {'K':>3} {'ours ms/frame':>14} {'naive ms/frame':>15} {'ours frames/s':>14} "
+          f"{'naive frames/s':>15} {'speedup':>8}", flush=True)  # fmt: skip
     for b in batches:
         grid, mask = _prompt(model, b, args.prompt_rows)
         for k in depths:
@@ -221,13 +223,12 @@ def run(args: argparse.Namespace) -> dict:
                     "speedup": naive / ours,
                 }
             )
-    print(f"{'batch':>5} {'K':>3} {'ours ms/frame':>14} {'naive ms/frame':>15} {'ours frames/s':>14} "
-          f"{'naive frames/s':>15} {'speedup':>8}")  # fmt: skip
-    for r in rows:
-        print(
-            f"{r['batch']:>5} {r['depth']:>3} {r['ours_ms_per_frame']:>14.1f} {r['naive_ms_per_frame']:>15.1f} "
-            f"{r['ours_frames_per_s']:>14.2f} {r['naive_frames_per_s']:>15.2f} {r['speedup']:>7.1f}x"
-        )
+            r = rows[-1]
+            print(
+                f"{r['batch']:>5} {r['depth']:>3} {r['ours_ms_per_frame']:>14.1f} {r['naive_ms_per_frame']:>15.1f} "
+                f"{r['ours_frames_per_s']:>14.2f} {r['naive_frames_per_s']:>15.2f} {r['speedup']:>7.1f}x",
+                flush=True,
+            )
     fits = {}
     for b in batches:
         sel = [r for r in rows if r["batch"] == b]
