@@ -10,7 +10,7 @@ from cat_tts.app.handlers import (
     DemoLimits,
     GenerationStats,
     SamplingSettings,
-    bitrate_label,
+    bitrate_info,
     kbps,
 )
 from cat_tts.app.ui import Example, build_demo, bundled_examples, launch_demo
@@ -22,7 +22,7 @@ __all__ = [
     "Example",
     "GenerationStats",
     "SamplingSettings",
-    "bitrate_label",
+    "bitrate_info",
     "build_demo",
     "bundled_examples",
     "kbps",

@@ -77,9 +77,9 @@ def format_kbps(depth: int) -> str:
     return f"{kbps(depth):g} kbps"
 
 
-def bitrate_label(depth: int, prefix: str = "Bitrate") -> str:
-    """The slider's label for `depth`, e.g. `"Bitrate: 16 of 32 layers = 2 kbps"`."""
-    return f"{prefix}: {depth} of {NUM_LAYERS} layers = {format_kbps(depth)}"
+def bitrate_info(depth: int) -> str:
+    """The bitrate slider's info line for `depth`, e.g. `"16 of 32 layers = 2 kbps (0.125 kbps per layer)"`."""
+    return f"{depth} of {NUM_LAYERS} layers = {format_kbps(depth)} ({KBPS_PER_LAYER:g} kbps per layer)"
 
 
 @dataclasses.dataclass
@@ -428,11 +428,11 @@ class DemoHandlers:
         self.streaming = streaming
         self.sample_rate = pipeline_sample_rate(pipeline)
 
-    def bitrate_update(self, depth: Any, prefix: str = "Bitrate") -> Any:
-        """New label for a bitrate slider that moved to `depth`."""
+    def bitrate_update(self, depth: Any) -> Any:
+        """New info line (layers and kbps) for a bitrate slider that moved to `depth`."""
         gr = _gradio()
         try:
-            return gr.update(label=bitrate_label(validate_depth(depth), prefix))
+            return gr.update(info=bitrate_info(validate_depth(depth)))
         except DemoInputError:
             return gr.skip()
 

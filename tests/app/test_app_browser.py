@@ -120,15 +120,14 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
     )
     page.goto(server)
 
-    # The bitrate slider: 1..32 layers, its label shows kbps and follows the slider.
+    # The bitrate slider: 1..32 layers, its info line shows kbps and follows the slider.
     slider = page.locator("#bitrate input[type=range]")
     assert (slider.get_attribute("min"), slider.get_attribute("max"), slider.get_attribute("step")) == ("1", "32", "1")
-    label = page.locator("#bitrate [data-testid=block-info]")
-    assert "= 2 kbps" in label.inner_text()
+    assert page.locator("#bitrate [data-testid=block-info]").inner_text() == "Bitrate"
+    assert page.locator("#bitrate .info-text").inner_text().startswith("16 of 32 layers = 2 kbps")
     slider.fill("8")
     page.wait_for_function(
-        "() => document.querySelector('#bitrate [data-testid=block-info]').innerText"
-        ".includes('8 of 32 layers = 1 kbps')"
+        "() => document.querySelector('#bitrate .info-text').innerText.startsWith('8 of 32 layers = 1 kbps')"
     )
 
     # Empty text: a visible error, and the page stays usable.
@@ -183,7 +182,7 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
     page.get_by_text("Hello! This voice was cloned from a few seconds of audio.").click()
     page.wait_for_function("() => document.querySelector('#text textarea').value.startsWith('Hello! This voice')")
     page.wait_for_function(
-        "() => document.querySelector('#bitrate [data-testid=block-info]').innerText.includes('16 of 32 layers')"
+        "() => document.querySelector('#bitrate .info-text').innerText.startsWith('16 of 32 layers')"
     )
     assert "reference.wav" in page.locator("#reference").inner_html()
 

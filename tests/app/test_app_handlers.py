@@ -17,7 +17,7 @@ from cat_tts.app.handlers import (
     DemoLimits,
     GenerationStats,
     SamplingSettings,
-    bitrate_label,
+    bitrate_info,
     kbps,
     load_reference,
     to_int16,
@@ -32,19 +32,19 @@ def run_generate(handlers: DemoHandlers, text: str, reference, depth=8, transcri
     return list(handlers.generate(text, None if reference is None else str(reference), transcript, depth, *sampling))
 
 
-def test_bitrate_is_an_eighth_kbps_per_layer_and_the_label_says_so():
+def test_bitrate_is_an_eighth_kbps_per_layer_and_the_slider_says_so():
     assert [kbps(k) for k in (1, 8, 16, 32)] == [0.125, 1.0, 2.0, 4.0]
-    assert bitrate_label(32) == "Bitrate: 32 of 32 layers = 4 kbps"
+    assert bitrate_info(32) == "32 of 32 layers = 4 kbps (0.125 kbps per layer)"
     for depth in range(1, 33):
-        number = re.search(r"= ([0-9.]+) kbps$", bitrate_label(depth)).group(1)
+        number = re.search(r"= ([0-9.]+) kbps \(", bitrate_info(depth)).group(1)
         assert float(number) == 0.125 * depth
 
 
-def test_slider_label_follows_the_value(fake):
+def test_slider_info_follows_the_value(fake):
     handlers = DemoHandlers(fake)
-    assert handlers.bitrate_update(3)["label"] == "Bitrate: 3 of 32 layers = 0.375 kbps"
-    assert handlers.bitrate_update(8.0, "Depth A")["label"] == "Depth A: 8 of 32 layers = 1 kbps"
-    assert isinstance(handlers.bitrate_update(40), type(gr.skip()))  # out of range: leave the label alone
+    assert handlers.bitrate_update(3)["info"] == "3 of 32 layers = 0.375 kbps (0.125 kbps per layer)"
+    assert handlers.bitrate_update(8.0)["info"].startswith("8 of 32 layers = 1 kbps")
+    assert isinstance(handlers.bitrate_update(40), type(gr.skip()))  # out of range: leave the line alone
 
 
 @pytest.mark.parametrize("depth", [0, 33, 2.5, "x", None, float("nan")])

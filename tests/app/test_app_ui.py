@@ -33,9 +33,12 @@ def test_inputs_are_labelled_and_bounded(demo):
     audios = components(demo, gr.Audio)
     reference = audios["Reference audio"]
     assert reference.sources == ["upload", "microphone"] and reference.type == "filepath"
-    bitrate = components(demo, gr.Slider)["Bitrate: 16 of 32 layers = 2 kbps"]
+    sliders = components(demo, gr.Slider)
+    bitrate = sliders["Bitrate"]
     assert (bitrate.minimum, bitrate.maximum, bitrate.step, bitrate.value) == (1, 32, 1, 16)
-    assert "0.125 kbps" in bitrate.info
+    assert bitrate.info == "16 of 32 layers = 2 kbps (0.125 kbps per layer)"
+    assert (sliders["Depth A"].value, sliders["Depth B"].value) == (8, 32)
+    assert sliders["Depth B"].info.startswith("32 of 32 layers = 4 kbps")
     assert audios["Streaming playback"].streaming and not audios["Full clip (WAV)"].streaming
     assert {"Generate", "Stop", "Compare bitrates"} <= {
         b.value for b in demo.blocks.values() if isinstance(b, gr.Button)
@@ -66,8 +69,9 @@ def test_generation_is_queued_with_one_shared_concurrency_limit(demo):
     for name in ("generate", "compare"):
         fn = by_name[name]
         assert fn.queue and fn.concurrency_id == "synthesis" and fn.time_limit == 120
-    # Slider labels update outside the queue, so a long generation never delays them.
-    assert all(not fn.queue for fn in demo.fns.values() if fn.name == "<lambda>")
+    # The sliders' kbps lines update outside the queue, so a long generation never delays them.
+    updates = [fn for fn in demo.fns.values() if fn.name == "bitrate_update"]
+    assert len(updates) == 3 and not any(fn.queue for fn in updates)
 
 
 def test_examples_use_the_bundled_reference_clip():
