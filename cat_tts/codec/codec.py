@@ -36,6 +36,11 @@ WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 
+# One-shot calls on more frames than this run the stages piece by piece through a streaming state. The function
+# is the same (the sliding window bounds what any step sees), but attention memory grows linearly with the
+# length instead of quadratically (a 60 s clip would otherwise need [6000 x 6000] scores per head at 100 Hz).
+DEFAULT_MAX_PIECE_FRAMES = 375  # 30 s at 12.5 Hz
+
 
 @dataclass
 class CodecOutput:
@@ -88,6 +93,7 @@ class CatCodec(nn.Module):
             Patch(s, fold=False) if isinstance(s, PatchConfig) else CodecTransformer(s, dec_ctx[i])
             for i, s in enumerate(config.decoder)
         )
+        self.max_piece_frames = DEFAULT_MAX_PIECE_FRAMES  # see DEFAULT_MAX_PIECE_FRAMES; tests lower it
 
     # ---- basic facts ----
     @property
@@ -132,6 +138,24 @@ class CatCodec(nn.Module):
         return self
 
     # ---- internals ----
+    def _encode_latent(self, wav: torch.Tensor) -> torch.Tensor:
+        """One-shot encoder over [B, T * frame_size], in pieces of at most `max_piece_frames` -> [B, C, T]."""
+        piece = self.max_piece_frames * self.frame_size
+        if wav.shape[1] <= piece:
+            return self._run_encoder(wav)
+        states = self.new_stream_state(wav.shape[0]).encoder
+        return torch.cat([self._run_encoder(wav[:, i : i + piece], states) for i in range(0, wav.shape[1], piece)], 2)
+
+    def _decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """One-shot decoder over [B, C, T], in pieces of at most `max_piece_frames` -> [B, T * frame_size]."""
+        piece = self.max_piece_frames
+        if latent.shape[2] <= piece:
+            return self._run_decoder(latent)
+        states = self.new_stream_state(latent.shape[0]).decoder
+        return torch.cat(
+            [self._run_decoder(latent[:, :, i : i + piece], states) for i in range(0, latent.shape[2], piece)], 1
+        )
+
     def _run_encoder(self, wav: torch.Tensor, states: list[StageState | None] | None = None) -> torch.Tensor:
         """[B, T * frame_size] -> latent [B, C, T]."""
         x = wav.unsqueeze(1)  # [B, 1, S]
@@ -218,7 +242,7 @@ class CatCodec(nn.Module):
                 f"audio too short: at least {self.frame_size} samples ({self.frame_size / self.sample_rate:.2f} s) "
                 f"are needed for one codec frame, got {int(lengths.max())}"
             )
-        latent = self._run_encoder(wav[:, : t * self.frame_size])  # [B, C, T]
+        latent = self._encode_latent(wav[:, : t * self.frame_size])  # [B, C, T]
         codes = self.quantizer.encode(latent, frame_lengths, k)  # [B, K, T]
         return CodecOutput(codes=codes, lengths=frame_lengths)
 
@@ -227,22 +251,35 @@ class CatCodec(nn.Module):
         """Decode codes of the first k layers (prefix decoding; absent layers contribute nothing).
 
         Args:
-            codes: [B, k, T] integer codes in 0..codebook_size-1, 1 <= k <= 32.
+            codes: [B, k, T] integer codes in 0..codebook_size-1, 1 <= k <= 32 (past `lengths`, any value,
+                e.g. a pad code, is accepted and ignored).
             lengths: [B] valid frames per item; None = all T.
 
         Returns:
-            CodecOutput with `.audio` [B, T * frame_size] float32 and `.lengths` [B] = lengths * frame_size.
+            CodecOutput with `.audio` [B, T * frame_size] float32 (zero past each item's length) and
+            `.lengths` [B] = lengths * frame_size.
         """
+        if lengths is not None and isinstance(codes, torch.Tensor) and codes.dim() == 3:
+            # Frames past an item's length are padding (e.g. the pad code 1024): never looked at.
+            t = codes.shape[2]
+            lengths = torch.as_tensor(lengths, dtype=torch.long).to(codes.device)
+            if lengths.shape != (codes.shape[0],) or (
+                lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > t)
+            ):
+                raise ValueError(f"lengths must be [B]={codes.shape[0]} values in 0..{t}, got {lengths.tolist()}")
+            valid = torch.arange(t, device=codes.device).view(1, 1, t) < lengths.view(-1, 1, 1)
+            codes = torch.where(valid, codes, torch.zeros_like(codes))
         codes = self._check_codes(codes)
         b, _, t = codes.shape
         if lengths is None:
             lengths = torch.full((b,), t, dtype=torch.long)
-        lengths = torch.as_tensor(lengths, dtype=torch.long).to(self.device)
-        if lengths.shape != (b,) or (b and (int(lengths.min()) < 0 or int(lengths.max()) > t)):
-            raise ValueError(f"lengths must be [B]={b} values in 0..{t}, got {lengths.tolist()}")
+        lengths = lengths.to(self.device)
         latent = self.quantizer.decode(codes)  # [B, C, T] float32
-        audio = self._run_decoder(latent)  # [B, T * frame_size]
-        return CodecOutput(audio=audio, lengths=lengths * self.frame_size)
+        audio = self._decode_latent(latent)  # [B, T * frame_size]
+        sample_lengths = lengths * self.frame_size
+        # Zero the samples past each item's length (causality keeps the valid part unaffected by the padding).
+        valid = torch.arange(audio.shape[1], device=audio.device).view(1, -1) < sample_lengths.view(-1, 1)
+        return CodecOutput(audio=audio * valid, lengths=sample_lengths)
 
     # ---- streaming API ----
     def new_stream_state(self, batch_size: int = 1) -> CodecStreamState:

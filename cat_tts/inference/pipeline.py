@@ -249,7 +249,8 @@ class CatTTS:
 
         Args:
             text: text to speak (any length; split into sentence chunks).
-            reference_audio: a file path, or `(samples, sample_rate)` (mono or [channels, S]).
+            reference_audio: a file path, `(samples, sample_rate)` (mono or [channels, S]), or the `[N, L]` codes
+                returned by `encode_reference` (a voice encoded once and reused).
             reference_text: transcript of the reference; when given, continuation mode is used.
             depth: K in 1..32 (bitrate 0.125 kbps x K).
             seed: seed for reproducible sampling (chunk i uses seed + i).
@@ -370,6 +371,21 @@ class CatTTS:
                 results[i].append(self._decode(codes, voice))
         return [(self._join(parts), self.sample_rate) for parts in results]
 
+    def _voice_codes(self, reference_audio) -> torch.Tensor:
+        """Codes `[N, L]` of a reference: encoded from audio, or checked if already codes (a saved voice)."""
+        if not isinstance(reference_audio, torch.Tensor):
+            return self.encode_reference(reference_audio)
+        codes = reference_audio
+        vocab = int(self.model.config.audio_vocab_size)
+        if codes.dim() != 2 or codes.shape[0] != self.n_vq or codes.shape[1] < 1 or codes.dtype.is_floating_point:
+            raise InputError(
+                f"reference codes must be an integer tensor [{self.n_vq}, L] (from encode_reference), "
+                f"got {codes.dtype} {tuple(codes.shape)}"
+            )
+        if int(codes.min()) < 0 or int(codes.max()) >= vocab:
+            raise InputError(f"reference codes must be in 0..{vocab - 1}")
+        return codes.long().cpu()
+
     def encode_reference(self, reference_audio: str | Path | tuple[np.ndarray, int]) -> torch.Tensor:
         """Loads, normalises and encodes a reference clip into `[N, L]` codes (all layers)."""
         wav = self._load_reference(reference_audio)
@@ -422,7 +438,8 @@ class CatTTS:
         self._config(depth, seed, sampling)  # fail fast, before touching the reference audio
         chunks = split_sentences(cleaned, self.config.max_chunk_chars)
         configs = [self._config(depth, None if seed is None else seed + i, sampling) for i in range(len(chunks))]
-        codes = codes if codes is not None else self.encode_reference(reference_audio)
+        if codes is None:
+            codes = self._voice_codes(reference_audio)
         voice = _Voice(codes, reference_text, mode)
         return chunks, voice, configs
 
@@ -436,7 +453,9 @@ class CatTTS:
             elif isinstance(reference_audio, tuple) and len(reference_audio) == 2:
                 wav = _array_reference(reference_audio, self.sample_rate, cfg.max_reference_seconds)
             else:
-                raise InputError("reference_audio must be a file path or a (samples, sample_rate) tuple")
+                raise InputError(
+                    "reference_audio must be a file path, a (samples, sample_rate) tuple or codes from encode_reference"
+                )
         except AudioError as err:
             raise InputError(f"reference audio: {err}") from err
         if wav.size < cfg.min_reference_seconds * self.sample_rate:

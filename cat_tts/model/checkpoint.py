@@ -89,7 +89,8 @@ def internal_to_official(name: str) -> str:
 
 # ---------------------------------------------------------------------- directories and files
 def resolve_directory(path_or_hub_id: str | Path) -> Path:
-    """A local directory as is; otherwise download the hub repo's json + safetensors files (huggingface_hub)."""
+    """A local directory as is; otherwise download the hub repo (configs, safetensors, tokenizer files) and
+    return the local snapshot directory. Raises CheckpointError when neither works."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
@@ -101,7 +102,9 @@ def resolve_directory(path_or_hub_id: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(repo_id=text, allow_patterns=["*.json", "*.safetensors"])
+        # weights, configs and tokenizer files (vocab/merges/chat template); never pickled weights
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]
+        local = snapshot_download(repo_id=text, allow_patterns=patterns)
     except Exception as err:  # network errors, unknown repo, ...
         raise CheckpointError(
             f"{text!r} is not a local directory and could not be downloaded from the hub: {err}"

@@ -295,8 +295,12 @@ class CatTTSConfig(PretrainedConfig):
     @classmethod
     def from_preset(cls, name: str) -> CatTTSConfig:
         """Build a named preset: "cat_tts_1.7b" (alias "cat_tts_1_7b"), "small" or "tiny"."""
-        presets = {"cat_tts_1.7b": cls.cat_tts_1_7b, "cat_tts_1_7b": cls.cat_tts_1_7b, "small": cls.small}
-        presets["tiny"] = cls.tiny
+        presets = {
+            "cat_tts_1.7b": cls.cat_tts_1_7b,
+            "cat_tts_1_7b": cls.cat_tts_1_7b,
+            "small": cls.small,
+            "tiny": cls.tiny,
+        }
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from cat_tts.model.config import CatTTSConfig
@@ -122,7 +123,7 @@ class DepthAttention(nn.Module):
         """Causal attention; q `[M, H, L, Dh]`, k/v `[M, Hk, P, Dh]` (queries = last L of P) -> `[M, L, H, Dh]`."""
         q_len, kv_len = q.shape[2], k.shape[2]
         groups = self.num_heads // self.num_kv_heads
-        if self.attn_implementation == "flash_attention_2" and q.is_cuda:
+        if self.attn_implementation == "flash_attention_2" and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
             flash_attn = importlib.import_module("flash_attn")
             # flash-attn aligns the causal mask to the bottom-right corner: queries are the last q_len positions.
             return flash_attn.flash_attn_func(
@@ -136,7 +137,7 @@ class DepthAttention(nn.Module):
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             return torch.matmul(probs, v).transpose(1, 2)  # [M, L, H, Dh]
-        # sdpa (also the fallback for flash_attention_2 on CPU tensors)
+        # sdpa (also the fallback for flash_attention_2 on CPU or float32 tensors, which flash-attn does not take)
         if q_len == kv_len:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=groups > 1)
         elif q_len == 1:  # a single new position sees every cached one

@@ -107,7 +107,13 @@ def reset_rotary(temporal: Qwen3Model, device: torch.device | str) -> None:
 
 def set_temporal_gradient_checkpointing(temporal: Qwen3Model, enable: bool) -> None:
     """Turn transformers' gradient checkpointing of the temporal decoder layers on or off."""
-    if enable:
+    # transformers >= 5.x renamed the API to activation_checkpointing_*; 5.0 only has gradient_checkpointing_*.
+    if hasattr(temporal, "activation_checkpointing_enable"):
+        if enable:
+            temporal.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            temporal.activation_checkpointing_disable()
+    elif enable:
         temporal.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         temporal.gradient_checkpointing_disable()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from cat_tts.generation.mixin import CatTTSGenerationMixin
@@ -51,7 +52,7 @@ class TTSOutput:
         channel_counts: `[C]` int64, number of kept labels per channel (for exact token-weighted
             accumulation across micro-batches); None without labels.
         logits: per channel c, `[R_c, V_c]` logits of the R_c frames whose channel-c label is kept
-            (frames without a kept label are never computed); None without labels.
+            (frames without a kept label are never computed); None without labels or with return_logits=False.
         logit_rows: per channel c, `[R_c]` int64 flat frame index `b * T + t` of each row of `logits[c]`.
             Use `dense_logits(c)` for a `[B, T, V_c]` view with the skipped frames filled in.
         hidden_states: `[B, T, D]` final-normed temporal states.
@@ -93,6 +94,8 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
         depth_output: C SwiGLU adapters Dd -> D, one per channel.
         head_norms: C RMSNorms (computed in the input dtype, as in the checkpoint).
         heads: C bias-free output heads D -> V_c.
+        loss_chunk_elements: with `return_logits=False`, channels with more kept rows x vocabulary than this
+            compute their loss in row chunks recomputed in the backward pass (bounded memory; same result).
     """
 
     def __init__(self, config: CatTTSConfig, attn_implementation: str | None = None) -> None:
@@ -115,6 +118,9 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
         self.depth_output = nn.ModuleList(SwiGLU(dd, ffn, d) for _ in range(n_channels))
         self.head_norms = nn.ModuleList(RMSNorm(d, 1e-6, upcast=False) for _ in range(n_channels))
         self.heads = nn.ModuleList(nn.Linear(d, config.channel_vocab_size(c), bias=False) for c in range(n_channels))
+        # With return_logits=False, a channel whose kept rows x vocabulary exceed this many logits computes its loss
+        # in row chunks recomputed in the backward pass (bounded memory for the text head).
+        self.loss_chunk_elements = 2**26
         for name, module in self.named_children():
             if name != "temporal":
                 module.apply(self._init_weights)
@@ -224,12 +230,13 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
             for c in range(1, self.n_vq + 1):
                 x = x + self.embeddings[c](input_ids[..., c])
             return x
-        for c in range(1, int(depths_t.max()) + 1):
-            keep = depths_t >= c  # [B]
-            if bool(keep.all()):
+        depth_list = depths_t.tolist()  # one device sync, then host-side decisions
+        for c in range(1, max(depth_list) + 1):
+            kept = [b for b, d in enumerate(depth_list) if d >= c]
+            if len(kept) == len(depth_list):
                 x = x + self.embeddings[c](input_ids[..., c])
             else:
-                idx = keep.nonzero().squeeze(1)  # [B']
+                idx = torch.tensor(kept, device=input_ids.device)  # [B']
                 x = x.index_add(0, idx, self.embeddings[c](input_ids[idx, :, c]))
         return x
 
@@ -241,6 +248,7 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
         labels: torch.Tensor | None = None,
         depths: int | torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        return_logits: bool = True,
     ) -> TTSOutput:
         """Teacher-forced forward and loss.
 
@@ -252,6 +260,8 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
             depths: Progressive Sequence Dropout depths `[B]` (or one int): sample b keeps layers 1..depths[b] in
                 its input sum, its depth sequence and its loss. None = all N layers (the plain model).
             position_ids: optional `[B, T]` temporal positions (default 0..T-1, as in the official training forward).
+            return_logits: keep the per-channel logits in the output. Training loops should pass False: the
+                logits (text vocabulary wide) would otherwise stay alive until the output is dropped.
 
         Returns:
             `TTSOutput`.
@@ -273,7 +283,7 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
             raise ValueError(
                 f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
             )
-        return self._depth_forward(hidden, labels.to(hidden.device).long(), depths_t)
+        return self._depth_forward(hidden, labels.to(hidden.device).long(), depths_t, return_logits)
 
     def _kept_labels(self, labels: torch.Tensor, depths: torch.Tensor | None) -> torch.Tensor:
         """Boolean `[B, T, C]`: labels that carry a loss (not -100, not the pad code, within the sample's depth)."""
@@ -292,7 +302,9 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
             )
         return keep
 
-    def _depth_forward(self, hidden: torch.Tensor, labels: torch.Tensor, depths: torch.Tensor | None) -> TTSOutput:
+    def _depth_forward(
+        self, hidden: torch.Tensor, labels: torch.Tensor, depths: torch.Tensor | None, return_logits: bool
+    ) -> TTSOutput:
         b, t, n_ch = labels.shape
         keep = self._kept_labels(labels, depths).reshape(b * t, n_ch)  # [B*T, C]
         labels = labels.reshape(b * t, n_ch)  # [B*T, C]
@@ -346,12 +358,20 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
             col = torch.cat(out_columns[ch], dim=0)  # [longer[ch], Dd]
             r = rows[: longer[ch]]
             sel = keep[r, ch].nonzero().squeeze(1)  # [R_c]
-            lg = self.channel_logits(ch, col[sel])  # [R_c, V_c]
-            target = labels[r[sel], ch]
-            logits.append(lg)
-            logit_rows.append(r[sel])
-            sums.append(F.cross_entropy(lg.float(), target, reduction="sum") if sel.numel() else zero)
+            h, target = col[sel], labels[r[sel], ch]  # [R_c, Dd], [R_c]
             counts.append(int(sel.numel()))
+            vocab = self.config.channel_vocab_size(ch)
+            lg = h.new_zeros((0, vocab))
+            if not sel.numel():
+                sums.append(zero)
+            elif not return_logits and h.shape[0] * vocab > self.loss_chunk_elements:
+                sums.append(self._chunked_loss_sum(ch, h, target))  # the full [R_c, V_c] never exists
+            else:
+                lg = self.channel_logits(ch, h)  # [R_c, V_c]
+                sums.append(F.cross_entropy(lg.float(), target, reduction="sum"))
+            if return_logits:
+                logits.append(lg)
+                logit_rows.append(r[sel])
 
         count_t = torch.tensor(counts, device=hidden.device)
         channel_losses = torch.stack(sums) / count_t.clamp(min=1)  # [C]
@@ -360,7 +380,31 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
             loss = channel_losses[present].mean()
         else:  # nothing supervised: a zero that still backpropagates
             loss = hidden.float().sum() * 0.0
+        if not return_logits:
+            return TTSOutput(loss, channel_losses, count_t, None, None, hidden)
         return TTSOutput(loss, channel_losses, count_t, logits, logit_rows, hidden)
+
+    def _channel_loss_sum(self, channel: int, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.channel_logits(channel, h).float(), target, reduction="sum")
+
+    def _chunked_loss_sum(self, channel: int, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of channel `channel` over row chunks, each recomputed in the backward pass.
+
+        Keeps at most `loss_chunk_elements` logits alive at a time (the text head of the release has 155648
+        outputs: all rows at once would hold R x 155648 floats several times over).
+        """
+        chunk = max(1, self.loss_chunk_elements // self.config.channel_vocab_size(channel))
+        total = h.new_zeros((), dtype=torch.float32)
+        for start in range(0, h.shape[0], chunk):
+            part = torch.utils.checkpoint.checkpoint(
+                self._channel_loss_sum,
+                channel,
+                h[start : start + chunk],
+                target[start : start + chunk],
+                use_reentrant=False,
+            )
+            total = total + part
+        return total
 
     # ------------------------------------------------------------------ weights I/O
     @classmethod

@@ -64,3 +64,33 @@ def test_validation_names_field_and_value() -> None:
     d["decoder_kwargs"][2]["input_dimension"] = 25
     with pytest.raises(ValueError, match="input_dimension=25"):
         CodecConfig.from_dict(d)
+
+
+def test_released_official_key_names_and_shapes() -> None:
+    from cat_tts.codec.checkpoint import to_official_name
+
+    with torch.device("meta"):
+        codec = CatCodec(CodecConfig.released())
+    shapes = {to_official_name(k): tuple(v.shape) for k, v in codec.state_dict().items()}
+    assert len(shapes) == 1600  # 136 blocks x 10 tensors + 10 stage projections + 6 + 32 x 7 quantizer tensors
+    expected = {
+        "encoder.1.input_proj.weight": (768, 240),
+        "encoder.1.output_proj.weight": (384, 768),
+        "encoder.7.output_proj.weight": (768, 1280),
+        "decoder.0.input_proj.weight": (1280, 768),
+        "decoder.6.output_proj.weight": (240, 768),
+        "encoder.7.transformer.layers.31.self_attn.in_projs.0.weight": (3840, 1280),
+        "decoder.2.transformer.layers.11.self_attn.out_projs.0.weight": (768, 768),
+        "decoder.0.transformer.layers.0.linear1.weight": (5120, 1280),
+        "encoder.3.transformer.layers.5.layer_scale_2.scale": (768,),
+        "quantizer.input_proj.parametrizations.weight.original0": (512, 1, 1),
+        "quantizer.input_proj.parametrizations.weight.original1": (512, 768, 1),
+        "quantizer.output_proj.bias": (768,),
+        "quantizer.quantizers.31.in_proj.parametrizations.weight.original1": (8, 512, 1),
+        "quantizer.quantizers.0.out_proj.parametrizations.weight.original0": (512, 1, 1),
+        "quantizer.quantizers.7.codebook.weight": (1024, 8),
+    }
+    for key, shape in expected.items():
+        assert shapes[key] == shape, key
+    for absent in ("encoder.3.input_proj.weight", "encoder.7.input_proj.weight", "decoder.0.output_proj.weight"):
+        assert absent not in shapes

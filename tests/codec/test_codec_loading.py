@@ -88,3 +88,15 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         CatCodec.from_pretrained(tmp_path / "empty")
+
+
+def test_tiny_codec_loads_from_the_package_root_and_round_trips_audio(tiny_dir: Path) -> None:
+    from cat_tts import CatCodec as PublicCatCodec
+
+    codec = PublicCatCodec.from_pretrained(tiny_dir, dtype=torch.bfloat16)
+    assert codec.dtype == torch.bfloat16
+    wav = 0.1 * torch.randn(1, 5 * 1920 + 17, generator=torch.Generator().manual_seed(0))
+    out = codec.encode(wav)
+    assert out.codes.shape == (1, 32, 5) and out.lengths.tolist() == [5]
+    audio = codec.decode(out.codes[:, :3]).audio
+    assert audio.shape == (1, 5 * 1920) and audio.dtype == torch.float32 and torch.isfinite(audio).all()

@@ -98,6 +98,17 @@ def test_batch_padding_does_not_change_codes_or_audio(codec: CatCodec, wav: torc
     assert_audio_close(audio.audio[1:, : 13 * F], codec.decode(alone.codes).audio)
 
 
+def test_decode_ignores_padding_codes_past_lengths(codec: CatCodec, wav: torch.Tensor) -> None:
+    codes = codec.encode(wav).codes[:, :8]  # [2, 8, 30]
+    padded = codes.clone()
+    padded[1, :, 12:] = 1024  # a pad code, as batched generation leaves it
+    out = codec.decode(padded, lengths=torch.tensor([30, 12]))
+    assert out.lengths.tolist() == [30 * F, 12 * F]
+    assert_audio_close(out.audio[1, : 12 * F], codec.decode(codes[1:, :, :12]).audio[0])
+    assert out.audio[1, 12 * F :].abs().max() == 0
+    assert_audio_close(out.audio[0], codec.decode(codes[:1]).audio[0])
+
+
 def test_bad_inputs_raise_clear_errors(codec: CatCodec, wav: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="too short"):
         codec.encode(wav[:, :1000])

@@ -160,7 +160,7 @@ def test_bad_in_memory_reference_raises_input_error(tiny_tts):
     wav[10] = np.nan
     with pytest.raises(InputError, match="NaN"):
         tiny_tts.synthesize("Hello.", (wav, SR))
-    with pytest.raises(InputError, match="path or a"):
+    with pytest.raises(InputError, match="file path, a"):
         tiny_tts.synthesize("Hello.", 42)
 
 
@@ -170,3 +170,17 @@ def test_unreachable_hub_error_says_how_to_pass_local_directories(monkeypatch, t
         CatTTS.from_pretrained(model="nobody-here/no-such-model", codec="nobody-here/no-such-codec")
     with pytest.raises(ModelLoadError, match="does not exist"):
         CatTTS.from_pretrained(model=tmp_path / "nope", codec=tmp_path / "nope2")
+
+
+def test_a_voice_encoded_once_can_be_reused(tiny_tts, ref_wav):
+    import torch
+
+    voice = tiny_tts.encode_reference(ref_wav)
+    assert voice.shape[0] == 32 and voice.dtype == torch.long
+    a, _ = tiny_tts.synthesize("Hi.", ref_wav, depth=3, seed=2, **FIXED)
+    b, _ = tiny_tts.synthesize("Hi.", voice, depth=3, seed=2, **FIXED)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(InputError, match="integer tensor"):
+        tiny_tts.synthesize("Hi.", voice[:8])
+    with pytest.raises(InputError, match="codes must be in"):
+        tiny_tts.synthesize("Hi.", voice + 5000)

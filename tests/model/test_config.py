@@ -92,3 +92,11 @@ def test_invalid_fields_are_named(field, value, match):
     fields[field] = value
     with pytest.raises(ValueError, match=match):
         CatTTSConfig(**fields)
+
+
+def test_pretrained_config_save_and_load(tmp_path):
+    cfg = CatTTSConfig.tiny()
+    cfg.save_pretrained(tmp_path)
+    loaded = CatTTSConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == cfg.to_dict()
+    assert loaded.token_ids == cfg.token_ids

@@ -81,3 +81,23 @@ def test_cache_reset_and_overflow(depth):
         depth(torch.randn(2, 30, 48), cache)
     with pytest.raises(ValueError, match="depth cache is for 2"):
         depth(torch.randn(3, 1, 48), depth.new_cache(2, torch.float32, "cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flash_attention_2_is_causal_and_matches_sdpa():
+    pytest.importorskip("flash_attn")
+    torch.manual_seed(0)
+    module = DepthTransformer(CatTTSConfig.tiny(), "sdpa").cuda().to(torch.bfloat16).eval()
+    x = torch.randn(4, 33, 48, device="cuda", dtype=torch.bfloat16)
+    y = x.clone()
+    y[:, 10:] = torch.randn_like(y[:, 10:])
+    with torch.no_grad():
+        ref = module(x)
+        module.set_attn_implementation("flash_attention_2")
+        a, b = module(x), module(y)
+        cache = module.new_cache(4, torch.bfloat16, "cuda")
+        steps = torch.cat([module(x[:, i : i + 1], cache) for i in range(33)], dim=1)
+    torch.testing.assert_close(a, ref, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(a[:, :10], b[:, :10], atol=0, rtol=0)
+    torch.testing.assert_close(steps, a, atol=2e-2, rtol=2e-2)

@@ -129,6 +129,15 @@ def test_loss_is_uniform_mean_over_present_channels(tiny_model, tiny_config):
     assert counts[2] > counts[10] > 0
 
 
+def test_return_logits_false_gives_the_same_loss(tiny_model, tiny_config):
+    ids, mask, labels = make_batch(tiny_config, seed=17)
+    with torch.no_grad():
+        a = tiny_model(ids, mask, labels, depths=torch.tensor([2, 30]))
+        b = tiny_model(ids, mask, labels, depths=torch.tensor([2, 30]), return_logits=False)
+    assert b.logits is None and b.logit_rows is None
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.channel_counts, b.channel_counts)
+
+
 def test_no_labels_kept_gives_zero_loss_with_gradient(tiny_config):
     model = build_tiny_model(seed=5)
     ids, mask, labels = make_batch(tiny_config, seed=5)
@@ -259,3 +268,75 @@ def test_model_works_with_a_small_config_variant():
     out = model(ids, None, labels, depths=torch.tensor([1, 4]))
     out.loss.backward()
     assert out.channel_counts.tolist() == [10, 10, 5, 5, 5]
+
+
+def test_cached_depth_steps_reproduce_teacher_forced_logits(tiny_model, tiny_config):
+    """The generation building blocks (depth_input, depth + DepthKVCache, channel_embedding, channel_logits) run one
+    channel at a time give the logits of the teacher-forced forward."""
+    ids, mask, labels = make_batch(tiny_config, batch=2, frames=4, seed=15)
+    labels[:] = labels.clamp(min=0) % tiny_config.audio_vocab_size
+    with torch.no_grad():
+        out = tiny_model(ids, mask, labels)
+        h = out.hidden_states.reshape(-1, tiny_config.hidden_size)  # [B*T, D]
+        flat_labels = labels.reshape(-1, tiny_config.num_channels)
+        cache = tiny_model.new_depth_cache(h.shape[0])
+        y = tiny_model.depth(tiny_model.depth_input(h)[:, None], cache)  # [B*T, 1, Dd]
+        for c in range(tiny_config.num_channels):
+            if c > 0:
+                emb = tiny_model.channel_embedding(c - 1, flat_labels[:, c - 1])
+                y = tiny_model.depth(tiny_model.depth_input(emb)[:, None], cache)
+            step_logits = tiny_model.channel_logits(c, y[:, -1]).view(2, 4, -1)
+            torch.testing.assert_close(step_logits, out.dense_logits(c), atol=1e-5, rtol=1e-5)
+        assert cache.length == tiny_config.num_channels
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):
+    ids, mask, labels = make_batch(tiny_config, seed=16)
+    grads = []
+    for checkpointing in (False, True):
+        model = build_tiny_model(seed=16).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(ids, mask, labels, depths=torch.tensor([6, 32])).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_release_preset_has_the_checkpoint_parameter_count():
+    """3,060,606,464 parameters in the official checkpoint, minus the unused Qwen3 token table we do not keep."""
+    with torch.device("meta"):
+        model = CatTTSModel(CatTTSConfig.cat_tts_1_7b())
+    assert sum(p.numel() for p in model.parameters()) == 3_060_606_464 - 318_767_104
+    assert sum(p.numel() for p in model.depth.parameters()) == 202_914_304
+
+
+def test_chunked_loss_gives_the_same_loss_and_gradients(tiny_config):
+    """With return_logits=False, big channels compute their loss in recomputed row chunks: same numbers."""
+    ids, mask, labels = make_batch(tiny_config, batch=2, frames=6, seed=18)
+    results = []
+    for chunk_elements in (2**40, 3 * 1025):  # never chunk / chunks of 3 audio rows (1 text row)
+        model = build_tiny_model(seed=18).train()
+        model.loss_chunk_elements = chunk_elements
+        calls: list[int] = []
+
+        def counting(channel, h, target, _calls=calls, _chunked=model._chunked_loss_sum):
+            _calls.append(channel)
+            return _chunked(channel, h, target)
+
+        model._chunked_loss_sum = counting
+        out = model(ids, mask, labels, depths=torch.tensor([9, 32]), return_logits=False)
+        if chunk_elements == 2**40:
+            assert calls == []
+        else:  # the text channel and the audio channels with more than 3 kept rows go through chunks
+            assert 0 in calls and len(calls) > tiny_config.num_channels // 2
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), out.channel_losses.detach(), grads))
+    (loss_a, ch_a, grads_a), (loss_b, ch_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ch_a, ch_b, atol=1e-5, rtol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5)
