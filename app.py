@@ -1,7 +1,7 @@
 """Serve the cat-tts demo: voice cloning with a bitrate slider, streaming playback and side-by-side depths.
 
     python app.py                                   # the released weights (downloaded from the Hugging Face hub)
-    python app.py --model tiny/model --codec tiny/codec   # offline, on `python -m cat_tts.tools.make_tiny tiny`
+    python app.py --model tiny/model --codec tiny/codec --min-new-frames 10   # offline, on make_tiny checkpoints
     python app.py --host 0.0.0.0 --port 7860         # reachable from other machines
 
 Needs the `app` extra: pip install 'cat-tts[app]'.
