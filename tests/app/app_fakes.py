@@ -1,0 +1,66 @@
+"""A small stand-in for `cat_tts.inference.CatTTS` so the demo's handlers and page can be tested fast.
+
+It honours the contract of `CatTTS` the demo relies on: `stream` yields float32 chunks
+whose concatenation is what `synthesize` returns, the output depends on text, depth and seed only (same seed =
+same audio), and the reference arrives as (array, sample_rate). Every call is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+FRAME = 1920  # samples per codec frame at 24 kHz
+
+
+class FakePipeline:
+    sample_rate = 24000
+
+    def __init__(self, frames_per_chunk: int = 3, fail_with: BaseException | None = None) -> None:
+        self.frames_per_chunk = frames_per_chunk
+        self.fail_with = fail_with
+        self.calls: list[dict[str, Any]] = []
+
+    def _audio(self, text: str, depth: int, seed: int | None) -> np.ndarray:
+        frames = 4 + len(text) % 5
+        t = np.arange(frames * FRAME) / self.sample_rate
+        rng = np.random.default_rng([seed or 0, depth, len(text)])
+        # More layers = more harmonics: the clip depends on the depth, as real audio does.
+        audio = sum(np.sin(2 * np.pi * 110 * (k + 1) * t) / (k + 1) for k in range(depth))
+        audio = 0.3 * audio / np.abs(audio).max() + 0.01 * rng.standard_normal(t.size)
+        return audio.astype(np.float32)
+
+    def stream(
+        self,
+        text: str,
+        reference_audio: Any,
+        reference_text: str | None = None,
+        depth: int = 32,
+        seed: int | None = None,
+        **sampling: Any,
+    ) -> Iterator[np.ndarray]:
+        wav, sr = reference_audio
+        assert isinstance(wav, np.ndarray) and wav.ndim == 1 and sr == self.sample_rate, (type(wav), sr)
+        self.calls.append(
+            {"text": text, "reference_text": reference_text, "depth": depth, "seed": seed, "sampling": sampling}
+        )
+        if self.fail_with is not None:
+            raise self.fail_with
+        audio = self._audio(text, depth, seed)
+        step = self.frames_per_chunk * FRAME
+        for start in range(0, audio.size, step):
+            yield audio[start : start + step]
+
+    def synthesize(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, int]:
+        return np.concatenate(list(self.stream(*args, **kwargs))), self.sample_rate
+
+
+def speechlike(seconds: float, sample_rate: int = 24000, channels: int = 1) -> np.ndarray:
+    """A voiced, syllable-rate modulated tone: not speech, but not silence or a pure beep either."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    phase = 2 * np.pi * np.cumsum(140 + 20 * np.sin(2 * np.pi * 0.7 * t)) / sample_rate
+    wav = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
+    wav = (0.3 * wav / np.abs(wav).max()).astype(np.float32)
+    return np.stack([wav] * channels, axis=1) if channels > 1 else wav
