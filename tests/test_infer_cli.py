@@ -24,15 +24,12 @@ SR = 24000
 def tiny(tmp_path_factory):
     from cat_tts.tools.make_tiny import make_tiny
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("tiny")
     paths = make_tiny(out)
     ref = out / "ref.wav"
     t = np.arange(int(1.5 * SR)) / SR
     sf.write(ref, (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), SR)
-    yield {"model": str(paths["model"]), "codec": str(paths["codec"]), "ref": str(ref)}
-    torch.set_num_threads(before)
+    return {"model": str(paths["model"]), "codec": str(paths["codec"]), "ref": str(ref)}
 
 
 def _args(tiny, *extra):

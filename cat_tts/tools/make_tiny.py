@@ -33,8 +33,11 @@ def make_tiny(out: str | Path, seed: int = 0) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cat_tts.tools.make_tiny", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m cat_tts.tools.make_tiny",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("out", help="output directory (created)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights")
     args = parser.parse_args(argv)

@@ -368,6 +368,17 @@ def train(
             logger.info("resumed from %s at step %d", ckpt, step)
     if rank == 0:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        if cfg.psd.p == 1.0 and (cfg.model.init is None or cfg.model.init.startswith("qwen3:")):
+            # PSD draws K from 1..N-1 with probability p: at p = 1 the last layer never gets a loss, so a model
+            # trained from scratch cannot generate it. Fine-tuning a trained checkpoint keeps the released layer.
+            logger.warning(
+                "psd.p = 1.0: every sample keeps at most %d of %d layers, so layer %d is never trained; "
+                "use psd.p < 1 (e.g. --set psd.p=0.9) if the model must generate all %d layers",
+                model.n_vq - 1,
+                model.n_vq,
+                model.n_vq,
+                model.n_vq,
+            )
         logger.info(
             "training %.1fM parameters on %d rank(s), %s, ZeRO-%d, %s, PSD p=%.2f, from step %d to %d",
             n_params / 1e6,

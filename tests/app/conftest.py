@@ -42,11 +42,7 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tiny_pipeline(tiny_dirs: dict[str, Path]):
     """The real `CatTTS` pipeline on the tiny checkpoints, loaded the way app.py loads it."""
-    import torch
 
     from cat_tts.inference import CatTTS
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster than two on a busy 2-core machine
-    yield CatTTS.from_pretrained(model=tiny_dirs["model"], codec=tiny_dirs["codec"], device="cpu")
-    torch.set_num_threads(before)
+    return CatTTS.from_pretrained(model=tiny_dirs["model"], codec=tiny_dirs["codec"], device="cpu")

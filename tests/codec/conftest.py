@@ -9,16 +9,6 @@ from cat_tts.codec import CatCodec, CodecConfig
 from cat_tts.codec.tiny import random_codec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny codec runs thousands of microsecond-sized ops; on a loaded 2-core machine two intra-op threads
-    make each op wait for the other core (measured: 100x slower). One thread is faster and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def codec() -> CatCodec:
     return random_codec(CodecConfig.tiny(), seed=0)

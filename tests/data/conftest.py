@@ -3,17 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from memory_dataset import MemoryDataset, make_utterances
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny work gains nothing from intra-op threads; on a loaded 2-core machine two threads thrash."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -9,16 +9,6 @@ from cat_tts.model import CatTTSConfig, CatTTSModel
 from cat_tts.model.tiny import build_tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine 2 threads make each small
-    matmul tens of times slower (threads wait for busy cores). Restored after each test module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_config() -> CatTTSConfig:
     return CatTTSConfig.tiny()
