@@ -359,6 +359,20 @@ def train(
     precision = resolve_precision(cfg.deepspeed.precision, device.type)
 
     step, tokens_seen = 0, 0
+
+    def save(at_step: int) -> Path:
+        """Writes the checkpoint of `at_step` (engine, data position, token count, config, export)."""
+        return save_checkpoint(
+            engine,
+            run_dir,
+            at_step,
+            {"data": stream.state_dict(), "tokens_seen": tokens_seen},
+            cfg.to_yaml(),
+            tokenizer=tokenizer,
+            export=cfg.run.export,
+            keep_last=cfg.run.keep_last,
+        )
+
     if ckpt is not None:
         state = load_checkpoint(engine, ckpt)
         step, tokens_seen = int(state["step"]), int(state.get("tokens_seen", 0))
@@ -465,30 +479,12 @@ def train(
                             record[f"loss_layer{layer:02d}"] = float(per_channel[layer])
                 sinks.log(record)
             if step % cfg.run.save_every == 0 or step == cfg.run.max_steps:
-                result.checkpoint = save_checkpoint(
-                    engine,
-                    run_dir,
-                    step,
-                    {"data": stream.state_dict(), "tokens_seen": tokens_seen},
-                    cfg.to_yaml(),
-                    tokenizer=tokenizer,
-                    export=cfg.run.export,
-                    keep_last=cfg.run.keep_last,
-                )
+                result.checkpoint = save(step)
                 last_saved = step
             if on_step is not None:
                 on_step(step, mean_loss)
         if step != last_saved and step > 0:  # resumed at (or past) max_steps: make sure the end is saved
-            result.checkpoint = save_checkpoint(
-                engine,
-                run_dir,
-                step,
-                {"data": stream.state_dict(), "tokens_seen": tokens_seen},
-                cfg.to_yaml(),
-                tokenizer=tokenizer,
-                export=cfg.run.export,
-                keep_last=cfg.run.keep_last,
-            )
+            result.checkpoint = save(step)
         if cfg.run.export:
             from cat_tts.training.checkpoint import export_model
 
