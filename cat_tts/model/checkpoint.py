@@ -35,7 +35,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cat_tts.model.config import CatTTSConfig
+from cat_tts.model.config import OFFICIAL_ARCHITECTURE, CatTTSConfig
 from cat_tts.model.temporal import ARCHITECTURE_FIELDS, read_qwen3_config, reset_rotary
 
 if TYPE_CHECKING:
@@ -59,7 +59,6 @@ SKIPPED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "posi
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-OFFICIAL_ARCHITECTURE = "MossTTSDelayModel"
 
 
 class CheckpointError(ValueError):

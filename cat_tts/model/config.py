@@ -19,6 +19,9 @@ from transformers import PretrainedConfig
 
 from cat_tts.model.temporal import is_language_config, make_language_config
 
+# The `architectures` entry of the released config.json (a name the official format readers look for).
+OFFICIAL_ARCHITECTURE = "MossTTSDelayModel"
+
 
 @dataclass(frozen=True)
 class TokenIds:
@@ -240,7 +243,7 @@ class CatTTSConfig(PretrainedConfig):
             "rms_norm_eps": 1e-6,
             "tie_word_embeddings": False,
         }
-        return cls(language_config=language, architectures=["MossTTSDelayModel"])
+        return cls(language_config=language, architectures=[OFFICIAL_ARCHITECTURE])
 
     @classmethod
     def small(cls) -> CatTTSConfig:
@@ -264,7 +267,7 @@ class CatTTSConfig(PretrainedConfig):
             local_ffn_hidden_size=2240,
             local_num_layers=4,
             **_tiny_token_ids(),
-            architectures=["MossTTSDelayModel"],
+            architectures=[OFFICIAL_ARCHITECTURE],
         )
 
     @classmethod
@@ -289,7 +292,7 @@ class CatTTSConfig(PretrainedConfig):
             local_ffn_hidden_size=96,
             local_num_layers=2,
             **_tiny_token_ids(),
-            architectures=["MossTTSDelayModel"],
+            architectures=[OFFICIAL_ARCHITECTURE],
         )
 
     @classmethod
