@@ -109,7 +109,8 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
             forward calls the same modules in the same order (needed by multi-rank DeepSpeed ZeRO-3); same loss
             and gradients, more (mostly empty) module calls.
         uniform_loss_chunks: in uniform mode, the number of row chunks (recomputed in the backward pass when > 1)
-            each channel's loss is split into; raise it to bound the text head's logits memory.
+            the text channel's loss is split into, whatever its row count; raise it to bound the memory of the
+            text head's logits (the audio heads, 1025 wide, always run in one call).
     """
 
     def __init__(self, config: CatTTSConfig, attn_implementation: str | None = None) -> None:
@@ -138,8 +139,8 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
         # Rank-uniform execution (see the module docstring): a module call sequence that does not depend on the batch.
         # The training loop turns it on for multi-rank ZeRO-3; it costs extra (mostly empty) module calls.
         self.uniform_graph = False
-        # Uniform mode only: each channel's loss is computed in exactly this many row chunks, recomputed in the
-        # backward pass when > 1 (a rank-independent count; bounds the logits memory of the text head).
+        # Uniform mode only: the text channel's loss is computed in exactly this many row chunks, recomputed in the
+        # backward pass when > 1 (a rank-independent count; bounds the logits memory of the wide text head).
         self.uniform_loss_chunks = 1
         for name, module in self.named_children():
             if name != "temporal":
@@ -423,9 +424,10 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
 
         The head runs even when `R_c = 0` (a zero-row call still fires the module hooks, and its zero-sized output
         stays wired into the loss). With `uniform_loss_chunks > 1` and no logits requested, the rows are split
-        into exactly that many (possibly empty) chunks, each recomputed in the backward pass.
+        into exactly that many (possibly empty) chunks, each recomputed in the backward pass; only the text
+        channel (0) is chunked, its vocabulary is the only wide one.
         """
-        chunks = self.uniform_loss_chunks
+        chunks = self.uniform_loss_chunks if channel == 0 else 1
         if return_logits or chunks <= 1:
             lg = self.channel_logits(channel, h)  # [R_c, V_c]
             return lg, F.cross_entropy(lg.float(), target, reduction="sum")
