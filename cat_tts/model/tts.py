@@ -106,7 +106,7 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
             compute their loss in row chunks recomputed in the backward pass (bounded memory; same result).
             Normal mode only (the chunk count depends on the batch).
         uniform_graph: False (default) = skip all work without a loss (fast). True = rank-uniform mode: every
-            forward calls the same modules in the same order (needed by multi-rank DeepSpeed ZeRO-3); same loss
+            forward calls the same modules in the same order (needed by DeepSpeed ZeRO-3); same loss
             and gradients, more (mostly empty) module calls.
         uniform_loss_chunks: in uniform mode, the number of row chunks (recomputed in the backward pass when > 1)
             the text channel's loss is split into, whatever its row count; raise it to bound the memory of the
@@ -137,7 +137,7 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
         # in row chunks recomputed in the backward pass (bounded memory for the text head).
         self.loss_chunk_elements = 2**26
         # Rank-uniform execution (see the module docstring): a module call sequence that does not depend on the batch.
-        # The training loop turns it on for multi-rank ZeRO-3; it costs extra (mostly empty) module calls.
+        # The training loop turns it on under DeepSpeed ZeRO-3; it costs extra (mostly empty) module calls.
         self.uniform_graph = False
         # Uniform mode only: the text channel's loss is computed in exactly this many row chunks, recomputed in the
         # backward pass when > 1 (a rank-independent count; bounds the logits memory of the wide text head).
