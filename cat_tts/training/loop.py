@@ -311,9 +311,10 @@ def use_uniform_graph(model: torch.nn.Module, cfg: TrainConfig) -> None:
     backward pass) and reduce-scatters gradients in the order they become ready: these are collectives, so
     every rank must call the same modules in the same order. Progressive Sequence Dropout makes the normal
     forward depend on each batch's depths; `CatTTSModel.uniform_graph` makes it batch-independent (same loss
-    and gradients). Single-process ZeRO-3 needs it too: with parameters that get no gradient in some
-    micro-batches its gradient norm (clipping) and update went wrong (docs/notes/train.md). The text head's loss is split into a fixed number of row chunks so that at most about
-    `loss_chunk_elements` logits live at once for a micro-batch of `data.tokens_per_batch` frames.
+    and gradients). Single-process ZeRO-3 needs it too: with the normal forward its gradient norm (clipping)
+    and update went wrong under gradient accumulation (docs/notes/train.md). The text head's loss is split
+    into a fixed number of row chunks so that at most about `loss_chunk_elements` logits live at once for a
+    micro-batch of `data.tokens_per_batch` frames.
     """
     model.uniform_graph = True
     text_vocab = model.config.channel_vocab_size(0)
