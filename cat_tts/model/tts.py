@@ -16,6 +16,14 @@ the depth transformer, adapters and heads; a frame runs the depth transformer ov
 1 + (last supervised channel) positions (so a sample kept at depth K under Progressive Sequence Dropout
 runs K + 1 positions; a text-only row runs 1), frames grouped by that length; each head only sees the
 rows whose label of that channel is kept.
+
+Rank-uniform mode (`model.uniform_graph = True`): the same losses and gradients, but every forward calls the
+same modules the same number of times in the same order whatever the batch's depths and labels, as DeepSpeed
+ZeRO-3 with several ranks needs (its per-module parameter all-gathers are collectives that must match across
+ranks). Every layer's embedding is looked up (dropped layers masked to zero), the depth transformer runs once for
+every sequence length 1..C (zero-row batches for lengths nobody needs), and every channel's adapter, RMSNorm and
+head runs (on zero rows when nothing is kept), each output wired into the loss so that its backward hooks fire.
+The normal mode keeps the real truncation of Progressive Sequence Dropout and skips all of that.
 """
 
 from __future__ import annotations
@@ -96,6 +104,13 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
         heads: C bias-free output heads D -> V_c.
         loss_chunk_elements: with `return_logits=False`, channels with more kept rows x vocabulary than this
             compute their loss in row chunks recomputed in the backward pass (bounded memory; same result).
+            Normal mode only (the chunk count depends on the batch).
+        uniform_graph: False (default) = skip all work without a loss (fast). True = rank-uniform mode: every
+            forward calls the same modules in the same order (needed by DeepSpeed ZeRO-3); same loss
+            and gradients, more (mostly empty) module calls.
+        uniform_loss_chunks: in uniform mode, the number of row chunks (recomputed in the backward pass when > 1)
+            the text channel's loss is split into, whatever its row count; raise it to bound the memory of the
+            text head's logits (the audio heads, 1025 wide, always run in one call).
     """
 
     def __init__(self, config: CatTTSConfig, attn_implementation: str | None = None) -> None:
@@ -121,6 +136,12 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
         # With return_logits=False, a channel whose kept rows x vocabulary exceed this many logits computes its loss
         # in row chunks recomputed in the backward pass (bounded memory for the text head).
         self.loss_chunk_elements = 2**26
+        # Rank-uniform execution (see the module docstring): a module call sequence that does not depend on the batch.
+        # The training loop turns it on under DeepSpeed ZeRO-3; it costs extra (mostly empty) module calls.
+        self.uniform_graph = False
+        # Uniform mode only: the text channel's loss is computed in exactly this many row chunks, recomputed in the
+        # backward pass when > 1 (a rank-independent count; bounds the logits memory of the wide text head).
+        self.uniform_loss_chunks = 1
         for name, module in self.named_children():
             if name != "temporal":
                 module.apply(self._init_weights)
@@ -230,6 +251,11 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
             for c in range(1, self.n_vq + 1):
                 x = x + self.embeddings[c](input_ids[..., c])
             return x
+        if self.uniform_graph:  # every table is looked up; a dropped layer's embedding is masked to zero
+            for c in range(1, self.n_vq + 1):
+                kept = (depths_t >= c).to(x.dtype)[:, None, None]  # [B, 1, 1]
+                x = x + self.embeddings[c](input_ids[..., c]) * kept
+            return x
         depth_list = depths_t.tolist()  # one device sync, then host-side decisions
         for c in range(1, max(depth_list) + 1):
             kept = [b for b, d in enumerate(depth_list) if d >= c]
@@ -320,7 +346,9 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
         for i in range(n_ch - 1, -1, -1):
             longer[i] = longer[i + 1] + histogram[i + 1]
         n_rows = longer[0]
-        max_len = max((i + 1 for i in range(n_ch) if longer[i] > 0), default=0)
+        uniform = self.uniform_graph
+        # Uniform mode: every column, every length and every head, even when empty (zero-row tensors).
+        max_len = n_ch if uniform else max((i + 1 for i in range(n_ch) if longer[i] > 0), default=0)
         rows = order[:n_rows]  # [R] frames with at least one kept label, longest first
 
         # Depth inputs column by column: column i holds position i of the first longer[i] frames.
@@ -337,7 +365,7 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
         out_columns: list[list[torch.Tensor]] = [[] for _ in range(max_len)]
         for length in range(max_len, 0, -1):
             start, end = longer[length], longer[length - 1]
-            if end == start:
+            if end == start and not uniform:
                 continue
             x = torch.stack([adapted[i][start:end] for i in range(length)], dim=1)  # [M, length, Dd]
             y = self.depth(x)  # [M, length, Dd]
@@ -362,7 +390,10 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
             counts.append(int(sel.numel()))
             vocab = self.config.channel_vocab_size(ch)
             lg = h.new_zeros((0, vocab))
-            if not sel.numel():
+            if uniform:
+                lg, loss_sum = self._uniform_channel_loss(ch, h, target, return_logits)
+                sums.append(loss_sum)
+            elif not sel.numel():
                 sums.append(zero)
             elif not return_logits and h.shape[0] * vocab > self.loss_chunk_elements:
                 sums.append(self._chunked_loss_sum(ch, h, target))  # the full [R_c, V_c] never exists
@@ -377,12 +408,35 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
         channel_losses = torch.stack(sums) / count_t.clamp(min=1)  # [C]
         present = count_t > 0
         if bool(present.any()):
-            loss = channel_losses[present].mean()
+            loss = channel_losses[present].mean()  # (uniform mode: the other channels' zero sums stay wired in)
+        elif uniform:  # nothing supervised: a zero that still reaches every module called
+            loss = channel_losses.sum() * 0.0 + hidden.float().sum() * 0.0
         else:  # nothing supervised: a zero that still backpropagates
             loss = hidden.float().sum() * 0.0
         if not return_logits:
             return TTSOutput(loss, channel_losses, count_t, None, None, hidden)
         return TTSOutput(loss, channel_losses, count_t, logits, logit_rows, hidden)
+
+    def _uniform_channel_loss(
+        self, channel: int, h: torch.Tensor, target: torch.Tensor, return_logits: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uniform mode: `(logits [R_c, V_c] or a zero-row stand-in, summed cross-entropy)` with a fixed call count.
+
+        The head runs even when `R_c = 0` (a zero-row call still fires the module hooks, and its zero-sized output
+        stays wired into the loss). With `uniform_loss_chunks > 1` and no logits requested, the rows are split
+        into exactly that many (possibly empty) chunks, each recomputed in the backward pass; only the text
+        channel (0) is chunked, its vocabulary is the only wide one.
+        """
+        chunks = self.uniform_loss_chunks if channel == 0 else 1
+        if return_logits or chunks <= 1:
+            lg = self.channel_logits(channel, h)  # [R_c, V_c]
+            return lg, F.cross_entropy(lg.float(), target, reduction="sum")
+        total = h.new_zeros((), dtype=torch.float32)
+        for h_part, t_part in zip(h.tensor_split(chunks), target.tensor_split(chunks), strict=True):
+            total = total + torch.utils.checkpoint.checkpoint(
+                self._channel_loss_sum, channel, h_part, t_part, use_reentrant=False
+            )
+        return h.new_zeros((0, self.config.channel_vocab_size(channel))), total
 
     def _channel_loss_sum(self, channel: int, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.channel_logits(channel, h).float(), target, reduction="sum")

@@ -133,7 +133,8 @@ class OptimSection:
 class DeepSpeedSection:
     """How the DeepSpeed engine shards and accumulates."""
 
-    # ZeRO stage: 2 shards optimizer state and gradients (default); 3 also the weights (single-process runs only)
+    # ZeRO stage: 2 shards optimizer state and gradients (default); 3 also the weights (large runs; with several
+    # ranks the model runs in its rank-uniform mode, see docs/notes/train.md)
     zero_stage: int = 2
     # micro-batches accumulated per optimizer step (global batch = tokens_per_batch x grad_accum x ranks)
     grad_accum: int = 1
@@ -141,11 +142,27 @@ class DeepSpeedSection:
     precision: str = "auto"
     # keep the optimizer state in CPU memory (ZeRO-Offload) to fit larger models on fewer GPUs
     offload_optimizer: bool = False
+    # ZeRO-3 only: parameters with fewer elements than this stay whole on every rank (never all-gathered)
+    stage3_param_persistence_threshold: int = 100_000
+    # ZeRO-3 only: parameter elements fetched ahead along the recorded module order (0 = fetch on use only)
+    stage3_prefetch_bucket_size: int = 50_000_000
 
     def validate(self) -> None:
         _check(self.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", self.zero_stage, "0, 1, 2 or 3")
         _check(self.grad_accum >= 1, "deepspeed.grad_accum", self.grad_accum, ">= 1")
         _check(self.precision in PRECISIONS, "deepspeed.precision", self.precision, " | ".join(PRECISIONS))
+        _check(
+            self.stage3_param_persistence_threshold >= 0,
+            "deepspeed.stage3_param_persistence_threshold",
+            self.stage3_param_persistence_threshold,
+            ">= 0",
+        )
+        _check(
+            self.stage3_prefetch_bucket_size >= 0,
+            "deepspeed.stage3_prefetch_bucket_size",
+            self.stage3_prefetch_bucket_size,
+            ">= 0",
+        )
 
 
 @dataclass

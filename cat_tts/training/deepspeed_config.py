@@ -47,8 +47,8 @@ def build_deepspeed_config(cfg: TrainConfig, device_type: str = "cuda") -> dict[
         zero.update(
             {
                 "stage3_gather_16bit_weights_on_model_save": True,
-                "stage3_prefetch_bucket_size": 50_000_000,
-                "stage3_param_persistence_threshold": 100_000,
+                "stage3_prefetch_bucket_size": cfg.deepspeed.stage3_prefetch_bucket_size,
+                "stage3_param_persistence_threshold": cfg.deepspeed.stage3_param_persistence_threshold,
             }
         )
     if cfg.deepspeed.offload_optimizer:

@@ -304,6 +304,23 @@ def gated_forward(model: torch.nn.Module, **inputs: Any) -> Any:
     return torch.func.functional_call(model, dict(zip(names, gated, strict=True)), args=(), kwargs=inputs)
 
 
+def use_uniform_graph(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Switch `model` to its rank-uniform forward, as ZeRO-3 needs.
+
+    ZeRO-3 all-gathers each module's parameters when the module is called (forward, and again in the
+    backward pass) and reduce-scatters gradients in the order they become ready: these are collectives, so
+    every rank must call the same modules in the same order. Progressive Sequence Dropout makes the normal
+    forward depend on each batch's depths; `CatTTSModel.uniform_graph` makes it batch-independent (same loss
+    and gradients). Single-process ZeRO-3 needs it too: with the normal forward its gradient norm (clipping)
+    and update went wrong under gradient accumulation (docs/notes/train.md). The text head's loss is split
+    into a fixed number of row chunks so that at most about `loss_chunk_elements` logits live at once for a
+    micro-batch of `data.tokens_per_batch` frames.
+    """
+    model.uniform_graph = True
+    text_vocab = model.config.channel_vocab_size(0)
+    model.uniform_loss_chunks = max(1, math.ceil(cfg.data.tokens_per_batch * text_vocab / model.loss_chunk_elements))
+
+
 def train(
     cfg: TrainConfig,
     resume: bool = False,
@@ -329,12 +346,6 @@ def train(
 
     cfg.validate()
     rank, world, device = setup_distributed()
-    if world > 1 and cfg.deepspeed.zero_stage == 3:
-        raise ValueError(
-            "deepspeed.zero_stage = 3 is not supported with several ranks: Progressive Sequence Dropout makes the "
-            "model's graph depend on each batch's depths, which ZeRO-3's parameter gathering cannot follow; use "
-            "zero_stage 2 (add deepspeed.offload_optimizer=true if the optimizer state does not fit)"
-        )
     run_dir = Path(cfg.run.out)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -348,6 +359,8 @@ def train(
     seed_everything(cfg.run.seed)
     tokenizer = load_tokenizer(cfg)
     model = build_model(cfg, device)
+    if cfg.deepspeed.zero_stage == 3:
+        use_uniform_graph(model, cfg)
     stream = build_stream(cfg, model, tokenizer, rank, world)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(model, cfg, device)
