@@ -169,11 +169,24 @@ def read_jobs(path: str) -> list[dict]:
     return jobs
 
 
-def _progress(args: argparse.Namespace, desc: str):
-    from tqdm import tqdm
+class _Progress:
+    """A tqdm bar over generated frames, created on the first frame (so input errors print one clean line)."""
 
-    bar = tqdm(desc=desc, unit="frame", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
-    return bar, (lambda step: bar.update(1))
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, step) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="frames", unit="frame", disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _save(path: Path, audio, sample_rate: int) -> None:
@@ -197,45 +210,56 @@ def run(args: argparse.Namespace) -> int:
     print(f"depth K = {args.depth} layers, bitrate {kbps:.3f} kbps")
     sampling = sampling_kwargs(args)
 
-    if jobs is not None:
-        out_dir = Path(args.out_dir)
-        todo = [j for j in jobs if not (out_dir / f"{j['id']}.wav").is_file()]
-        if len(todo) < len(jobs):
-            print(f"skipping {len(jobs) - len(todo)} finished outputs in {out_dir}")
-        bar, on_frame = _progress(args, "frames")
-        start, total_audio = time.perf_counter(), 0.0
-        for i in range(0, len(todo), args.batch_size):
-            group = todo[i : i + args.batch_size]
-            items = [{k: j[k] for k in ("text", "reference_audio", "reference_text")} for j in group]
-            for item in items:
-                if mode:
-                    item["mode"] = mode
-            try:
-                results = tts.synthesize_batch(
-                    items,
-                    depth=args.depth,
-                    seed=args.seed,
-                    batch_size=args.batch_size,
-                    max_new_frames=args.max_new_frames,
-                    on_frame=on_frame,
-                    **sampling,
-                )
-            except ValueError as err:  # name the job, not the index inside this group
-                match = re.match(r"item (\d+): (.*)", str(err))
-                if match is None:
-                    raise
-                raise CliError(f"{args.jsonl} id {group[int(match[1])]['id']!r}: {match[2]}") from err
-            for job, (audio, sr) in zip(group, results, strict=True):
-                _save(out_dir / f"{job['id']}.wav", audio, sr)
-                total_audio += len(audio) / sr
-        bar.close()
-        elapsed = time.perf_counter() - start
-        rtf = elapsed / total_audio if total_audio else float("nan")
-        print(f"wrote {len(todo)} files to {out_dir}: {total_audio:.2f} s of audio in {elapsed:.2f} s (RTF {rtf:.3f})")
-        return 0
+    progress = _Progress(args.quiet)
+    try:
+        if jobs is not None:
+            return _run_jobs(args, tts, jobs, mode, sampling, progress)
+        return _run_one(args, tts, mode, sampling, progress)
+    finally:
+        progress.close()
 
+
+def _run_jobs(args, tts, jobs: list[dict], mode, sampling: dict, on_frame: _Progress) -> int:
+    """Batch mode: synthesise every unfinished jsonl job."""
+    out_dir = Path(args.out_dir)
+    todo = [j for j in jobs if not (out_dir / f"{j['id']}.wav").is_file()]
+    if len(todo) < len(jobs):
+        print(f"skipping {len(jobs) - len(todo)} finished outputs in {out_dir}")
+    start, total_audio = time.perf_counter(), 0.0
+    for i in range(0, len(todo), args.batch_size):
+        group = todo[i : i + args.batch_size]
+        items = [{k: j[k] for k in ("text", "reference_audio", "reference_text")} for j in group]
+        for item in items:
+            if mode:
+                item["mode"] = mode
+        try:
+            results = tts.synthesize_batch(
+                items,
+                depth=args.depth,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                max_new_frames=args.max_new_frames,
+                on_frame=on_frame,
+                **sampling,
+            )
+        except ValueError as err:  # name the job, not the index inside this group
+            match = re.match(r"item (\d+): (.*)", str(err))
+            if match is None:
+                raise
+            raise CliError(f"{args.jsonl} id {group[int(match[1])]['id']!r}: {match[2]}") from err
+        for job, (audio, sr) in zip(group, results, strict=True):
+            _save(out_dir / f"{job['id']}.wav", audio, sr)
+            total_audio += len(audio) / sr
+    on_frame.close()
+    elapsed = time.perf_counter() - start
+    rtf = elapsed / total_audio if total_audio else float("nan")
+    print(f"wrote {len(todo)} files to {out_dir}: {total_audio:.2f} s of audio in {elapsed:.2f} s (RTF {rtf:.3f})")
+    return 0
+
+
+def _run_one(args, tts, mode, sampling: dict, on_frame: _Progress) -> int:
+    """One text (any length) to one wav file, one-shot or streamed."""
     out = Path(args.output)
-    bar, on_frame = _progress(args, "frames")
     common = dict(
         reference_text=args.prompt_text,
         depth=args.depth,
@@ -265,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         audio, sr = tts.synthesize(args.text, args.prompt_audio, **common)
         _save(out, audio, sr)
         seconds = len(audio) / sr
-    bar.close()
+    on_frame.close()
     elapsed = time.perf_counter() - start
     rtf = elapsed / seconds if seconds else float("nan")
     extra = f", first audio after {first:.2f} s" if args.stream and first is not None else ""

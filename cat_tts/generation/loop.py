@@ -28,7 +28,7 @@ import torch
 from cat_tts.generation.sampling import AUDIO_DEFAULTS, CONTROL_DEFAULTS, SamplingParams, draw, process_logits
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cat_tts.model import CatTTSModel
+    from cat_tts.model import CatTTSModel, DepthKVCache
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class GenerationConfig:
     seed: int | None = None  # seeds the sampler's own random generator; None = torch's global RNG
 
     def __post_init__(self) -> None:
-        if not isinstance(self.depth, int) or self.depth < 1:
+        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
             raise ValueError(f"depth must be an integer >= 1, got {self.depth!r}")
         if self.max_new_frames is not None and self.max_new_frames < 1:
             raise ValueError(f"max_new_frames must be >= 1 (or None for the default), got {self.max_new_frames}")
@@ -187,11 +187,17 @@ def _control_logits(model: CatTTSModel, h: torch.Tensor, candidates: torch.Tenso
 
 
 def _depth_frame(
-    model: CatTTSModel, sampler: _Sampler, hidden: torch.Tensor, frame: int, unfinished: torch.Tensor
+    model: CatTTSModel,
+    sampler: _Sampler,
+    cache: DepthKVCache,
+    hidden: torch.Tensor,
+    frame: int,
+    unfinished: torch.Tensor,
 ) -> torch.Tensor:
     """Runs the depth transformer with its KV cache over one frame: K+1 single-position steps.
 
     Args:
+        cache: the depth KV cache (reset here, preallocated for 1+N positions).
         hidden: `[B, D]` final temporal state of the last row.
         unfinished: `[B]` bool, sequences still generating audio.
 
@@ -200,7 +206,7 @@ def _depth_frame(
         the audio layers are not computed at all (pad codes): that frame is never audio.
     """
     b = hidden.shape[0]
-    cache = model.depth.new_cache(b, hidden.dtype, hidden.device)
+    cache.reset()  # a new frame: forget the previous frame's positions, reuse the buffers
     x = model.depth_input(hidden)[:, None]  # [B, 1, Dd]
     tokens = []
     for c in range(sampler.depth + 1):
@@ -269,9 +275,10 @@ def iter_frames(
     timing["prefill_seconds"] = time.perf_counter() - start
 
     unfinished = torch.ones(b, dtype=torch.bool, device=device)
+    depth_cache = model.depth.new_cache(b, hidden.dtype, hidden.device)
     for frame in range(budget):
         step_start = time.perf_counter()
-        tokens = _depth_frame(model, sampler, hidden, frame, unfinished)  # [B, 1+K]
+        tokens = _depth_frame(model, sampler, depth_cache, hidden, frame, unfinished)  # [B, 1+K]
         is_audio = unfinished & (tokens[:, 0] != ids.audio_end)
         unfinished = is_audio
         done = not bool(unfinished.any()) or frame + 1 == budget
