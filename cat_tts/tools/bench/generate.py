@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temporal-layers", type=int, default=1, help="temporal layers (released: 28)")
     parser.add_argument("--text-vocab", type=int, default=8192, help="text vocabulary (released: 155648)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if any)"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype")
     parser.add_argument("--quick", action="store_true", help="tiny widths: a smoke test of the harness only")
     parser.add_argument("--no-ttfa", action="store_true", help="skip the streaming time-to-first-audio run")
@@ -93,7 +96,13 @@ def _build_model(args: argparse.Namespace):
     from cat_tts.model.checkpoint import reset_rotary
 
     reset_rotary(model.temporal, torch.device("cpu"))
-    return model.to(getattr(torch, args.dtype)).eval()
+    return model.to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
+
+
+def _sync(device: torch.device) -> None:
+    """Waits for queued GPU work, so wall-clock times cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _prompt(model, batch: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +112,7 @@ def _prompt(model, batch: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     grid[..., 0] = torch.randint(0, 500, (batch, rows), generator=gen)
     grid[:, -1, 0] = model.config.token_ids.audio_start
     grid[:, -1, 1:] = model.config.audio_pad_code
-    return grid, torch.ones(batch, rows, dtype=torch.long)
+    return grid.to(model.device), torch.ones(batch, rows, dtype=torch.long, device=model.device)
 
 
 @torch.inference_mode()
@@ -115,6 +124,7 @@ def _time_cached(model, grid, mask, depth: int, frames: int) -> float:
     times = []
     t = time.perf_counter()
     for step in iter_frames(model, grid, mask, cfg):
+        _sync(grid.device)
         now = time.perf_counter()
         if step.index > 0:  # the first step includes lazy allocations; time the rest
             times.append(now - t)
@@ -148,7 +158,7 @@ def _time_naive(model, grid, mask, depth: int, frames: int) -> float:
             tok = logits.argmax(-1)
             toks.append(tok)
             xs.append(model.depth_input(model.channel_embedding(c, tok)))
-        row = torch.full((b, 1, grid.shape[-1]), pad, dtype=torch.long)
+        row = torch.full((b, 1, grid.shape[-1]), pad, dtype=torch.long, device=grid.device)
         row[:, 0, : depth + 1] = torch.stack(toks, dim=-1)
         row[:, 0, 0] = model.config.token_ids.audio_assistant_gen_slot
         mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
@@ -158,6 +168,7 @@ def _time_naive(model, grid, mask, depth: int, frames: int) -> float:
             position_ids=(mask.cumsum(-1) - 1)[:, -1:],
             past_key_values=cache,
         ).last_hidden_state[:, -1]
+        _sync(grid.device)
         times.append(time.perf_counter() - start)
     return float(np.min(times))
 
@@ -181,7 +192,7 @@ def _ttfa(model, depth: int) -> dict:
     from cat_tts.inference import CatTTS
     from cat_tts.text.tiny_tokenizer import build_tiny_tokenizer
 
-    tts = CatTTS(model, random_codec(CodecConfig.tiny(), seed=0).eval(), build_tiny_tokenizer())
+    tts = CatTTS(model, random_codec(CodecConfig.tiny(), seed=0, device=model.device).eval(), build_tiny_tokenizer())
     t = np.arange(3 * 24000) / 24000
     start = time.perf_counter()
     voice = tts.encode_reference(((0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 24000))
