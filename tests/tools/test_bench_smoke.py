@@ -1,0 +1,59 @@
+"""The benchmark harnesses run end to end at tiny sizes and report the numbers they promise.
+
+No timing is asserted (speed is measured by `python -m cat_tts.tools.bench`, never by tests); these only keep
+the harnesses from rotting: every subcommand parses, runs, and returns its result with the ratios it prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from cat_tts.tools.bench.__main__ import main
+
+
+def _run(tmp_path, *argv: str) -> dict:
+    out = tmp_path / "bench.json"
+    assert main(["--json", str(out), *argv]) == 0
+    return json.loads(out.read_text())
+
+
+def _all_finite_positive(values) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+
+
+def test_bench_generate_reports_cached_and_naive_rates(tmp_path):
+    result = _run(tmp_path, "generate", "--quick", "--depths", "1,2,4", "--batches", "1", "--frames", "2",
+                  "--naive-frames", "1", "--no-ttfa", "--device", "cpu")  # fmt: skip
+    rows = result["rows"]
+    assert [(r["batch"], r["depth"]) for r in rows] == [(1, 1), (1, 2), (1, 4)]
+    assert _all_finite_positive(r[key] for r in rows for key in ("ours_ms_per_frame", "naive_ms_per_frame", "speedup"))
+    assert "batch1_ours" in result["linear_fits"]
+
+
+def test_bench_codec_reports_real_time_factors(tmp_path):
+    result = _run(tmp_path, "codec", "--preset", "tiny", "--seconds", "1", "--repeats", "1", "--device", "cpu")
+    assert result["preset"] == "tiny" and result["audio_seconds"] > 0
+    keys = ("encode_rtf", "decode_rtf", "stream_decode_first_chunk_ms", "stream_encode_first_chunk_ms")
+    assert _all_finite_positive(result[key] for key in keys)
+
+
+def test_bench_train_step_compares_p0_and_p1(tmp_path):
+    result = _run(tmp_path, "train-step", "--preset", "tiny", "--batch", "2", "--frames", "8", "--steps", "1",
+                  "--device", "cpu")  # fmt: skip
+    by_p = {r["p"]: r for r in result["results"]}
+    assert set(by_p) == {0.0, 1.0}
+    assert by_p[0.0]["mean_depth"] == 32 and by_p[1.0]["mean_depth"] < 32  # p = 1 keeps at most 31 layers
+    assert by_p[1.0]["flops"] < by_p[0.0]["flops"]  # truncation is real compute truncation (counted, not timed)
+    assert _all_finite_positive(result["ratios"].values())
+
+
+def test_bench_train_runs_deepspeed_steps_for_each_p(tmp_path):
+    result = _run(tmp_path, "train", "--preset", "tiny", "--steps", "1", "--warmup", "1", "--tokens-per-batch", "256",
+                  "--frames", "20")  # fmt: skip
+    by_p = {r["p"]: r for r in result["results"]}
+    assert set(by_p) == {0.0, 1.0}
+    assert by_p[0.0]["mean_depth"] == 32 and by_p[1.0]["mean_depth"] < 32
+    assert by_p[0.0]["speedup_vs_baseline"] == 1.0 and by_p[0.0]["memory_vs_baseline"] == 1.0  # p = 0 is the baseline
+    keys = ("tokens_per_s", "step_s", "peak_memory_gb", "speedup_vs_baseline", "memory_vs_baseline")
+    assert _all_finite_positive(r[key] for r in by_p.values() for key in keys)
