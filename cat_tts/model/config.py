@@ -266,7 +266,7 @@ class CatTTSConfig(PretrainedConfig):
             local_hidden_size=384,
             local_ffn_hidden_size=2240,
             local_num_layers=4,
-            **_tiny_token_ids(),
+            **tiny_token_ids(),
             architectures=[OFFICIAL_ARCHITECTURE],
         )
 
@@ -291,7 +291,7 @@ class CatTTSConfig(PretrainedConfig):
             local_hidden_size=48,
             local_ffn_hidden_size=96,
             local_num_layers=2,
-            **_tiny_token_ids(),
+            **tiny_token_ids(),
             architectures=[OFFICIAL_ARCHITECTURE],
         )
 
@@ -309,7 +309,7 @@ class CatTTSConfig(PretrainedConfig):
         return presets[name]()
 
 
-def _tiny_token_ids() -> dict[str, int]:
+def tiny_token_ids() -> dict[str, int]:
     """Special ids of the tiny tokenizer (shared by the tiny and small presets)."""
     return {
         "pad_token_id": 500,

@@ -10,6 +10,8 @@ promises: the machine decides the absolute numbers.
 
 from __future__ import annotations
 
+import torch
+
 # subcommand name -> module (relative to this package) implementing it
 SUBCOMMANDS: dict[str, str] = {
     "train-step": "train_step",  # issue: model core (forward+backward at p=0 vs p=1)
@@ -17,3 +19,10 @@ SUBCOMMANDS: dict[str, str] = {
     "generate": "generate",  # issue: generation (frames/s vs a naive depth loop)
     "train": "train",  # issue: training (tokens/s and peak memory, p=0 vs p=1)
 }
+
+
+def sync(device: torch.device | str) -> None:
+    """Waits for the device's queued work, so wall-clock timings cover it (no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

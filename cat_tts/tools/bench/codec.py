@@ -17,8 +17,9 @@ import time
 
 import torch
 
-from cat_tts.codec import CatCodec, CodecConfig
+from cat_tts.codec import CodecConfig
 from cat_tts.codec.tiny import random_codec
+from cat_tts.tools.bench import sync
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,38 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
     best, result = float("inf"), None
     for _ in range(max(1, repeats)):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return best, result
 
 
-def _stream_decode(codec: CatCodec, codes: torch.Tensor, chunk: int, device: torch.device) -> tuple[float, float]:
-    """(first-chunk latency, total time) of a streaming decode from a fresh state."""
-    state = codec.new_stream_state(codes.shape[0])
+def _stream(step, inputs: torch.Tensor, chunk: int, state, device: torch.device) -> tuple[float, float]:
+    """(first-chunk latency, total time) of feeding `inputs` to `step(piece, state)` in `chunk`-long pieces along
+    its last axis, from a fresh state."""
     first = None
     start = time.perf_counter()
-    for i in range(0, codes.shape[2], chunk):
-        codec.decode_step(codes[:, :, i : i + chunk], state)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if first is None:
-            first = time.perf_counter() - start
-    return first, time.perf_counter() - start
-
-
-def _stream_encode(codec: CatCodec, wav: torch.Tensor, chunk: int, device: torch.device) -> tuple[float, float]:
-    state = codec.new_stream_state(wav.shape[0])
-    first = None
-    start = time.perf_counter()
-    for i in range(0, wav.shape[1], chunk):
-        codec.encode_step(wav[:, i : i + chunk], state)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    for i in range(0, inputs.shape[-1], chunk):
+        step(inputs[..., i : i + chunk], state)
+        sync(device)
         if first is None:
             first = time.perf_counter() - start
     return first, time.perf_counter() - start
@@ -95,8 +80,12 @@ def run(args: argparse.Namespace) -> dict:
         enc_s, enc = _timed(lambda: codec.encode(wav), device, args.repeats)
         codes = enc.codes
         dec_s, _ = _timed(lambda: codec.decode(codes), device, args.repeats)
-        sd_first, sd_total = _stream_decode(codec, codes, args.chunk_frames, device)
-        se_first, se_total = _stream_encode(codec, wav, args.chunk_frames * codec.frame_size, device)
+        sd_first, sd_total = _stream(
+            codec.decode_step, codes, args.chunk_frames, codec.new_stream_state(codes.shape[0]), device
+        )
+        se_first, se_total = _stream(
+            codec.encode_step, wav, args.chunk_frames * codec.frame_size, codec.new_stream_state(wav.shape[0]), device
+        )
 
     chunk_ms = 1000 * args.chunk_frames / codec.frame_rate
     result = {

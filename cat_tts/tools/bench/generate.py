@@ -28,6 +28,8 @@ import time
 import numpy as np
 import torch
 
+from cat_tts.tools.bench import sync
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depths", default="1,8,16,32", help="comma-separated depths K (default 1,8,16,32)")
@@ -48,18 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace):
     from cat_tts.model import CatTTSConfig
+    from cat_tts.model.config import tiny_token_ids
 
-    ids = dict(
-        pad_token_id=500,
-        im_start_token_id=501,
-        im_end_token_id=502,
-        audio_start_token_id=503,
-        audio_end_token_id=504,
-        audio_user_slot_token_id=505,
-        audio_assistant_gen_slot_token_id=506,
-        audio_assistant_delay_slot_token_id=507,
-        audio_pad_code=1024,
-    )
+    ids = tiny_token_ids()  # the make_tiny tokenizer's special ids
     if args.quick:
         lang = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
         sizes = dict(additional_mlp_ffn_hidden_size=64, local_hidden_size=48, local_ffn_hidden_size=96)
@@ -99,12 +92,6 @@ def _build_model(args: argparse.Namespace):
     return model.to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
 
 
-def _sync(device: torch.device) -> None:
-    """Waits for queued GPU work, so wall-clock times cover it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _prompt(model, batch: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     n = model.config.n_vq
@@ -124,7 +111,7 @@ def _time_cached(model, grid, mask, depth: int, frames: int) -> float:
     times = []
     t = time.perf_counter()
     for step in iter_frames(model, grid, mask, cfg):
-        _sync(grid.device)
+        sync(grid.device)
         now = time.perf_counter()
         if step.index > 0:  # the first step includes lazy allocations; time the rest
             times.append(now - t)
@@ -168,7 +155,7 @@ def _time_naive(model, grid, mask, depth: int, frames: int) -> float:
             position_ids=(mask.cumsum(-1) - 1)[:, -1:],
             past_key_values=cache,
         ).last_hidden_state[:, -1]
-        _sync(grid.device)
+        sync(grid.device)
         times.append(time.perf_counter() - start)
     return float(np.min(times))
 

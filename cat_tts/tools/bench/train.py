@@ -48,6 +48,7 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     from cat_tts.data.dataset import Utterance
     from cat_tts.data.samples import SampleBuilder
     from cat_tts.text.tiny_tokenizer import build_tiny_tokenizer
+    from cat_tts.tools.bench import sync
     from cat_tts.training.config import TrainConfig
     from cat_tts.training.deepspeed_config import build_deepspeed_config
     from cat_tts.training.loop import build_model, build_optimizer, setup_distributed
@@ -87,15 +88,14 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     depth_gen = torch.Generator().manual_seed(1)
     batches = [collator([sample] * per_batch, depth_gen).to(device) for _ in range(args.warmup + args.steps)]
     rss_before = _rss_bytes()
+    sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     rows = 0
     t0 = 0.0
     for i, batch in enumerate(batches):
         if i == args.warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             t0 = time.perf_counter()
         out = engine(
             input_ids=batch.input_ids,
@@ -108,8 +108,8 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
         engine.step()
         if i >= args.warmup:
             rows += batch.num_rows
+    sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from cat_tts.tools.bench import sync
+
 PRESETS = ("tiny", "small", "cat_tts_1.7b")
 
 
@@ -100,8 +102,7 @@ def _setup(options: dict[str, Any]) -> tuple[Any, Any]:
         depths = sample_depths(b, n, p, generator, device=device)
         out = model(ids, mask, labels, depths=depths, return_logits=False)  # as a training loop calls it
         out.loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         return float(depths.float().mean())
 
     return model, step
@@ -111,8 +112,8 @@ def _measure_memory(options: dict[str, Any], p: float, queue: Any) -> None:
     """Worker (fresh process per setting): peak memory of the first step."""
     model, step = _setup(options)
     generator = torch.Generator().manual_seed(options["seed"] + 1)
+    sync(options["device"])
     if options["device"].startswith("cuda"):
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         mean_depth = step(p, generator)
