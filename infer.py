@@ -202,11 +202,12 @@ def _save(path: Path, audio, sample_rate: int) -> None:
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     jobs = read_jobs(args.jsonl) if args.jsonl else None
+    from cat_tts.codec.config import bitrate_kbps
     from cat_tts.inference import CatTTS
 
     mode = None if args.mode == "auto" else args.mode
     tts = CatTTS.from_pretrained(model=args.model, codec=args.codec, device=args.device, dtype=args.dtype)
-    kbps = 0.125 * args.depth
+    kbps = bitrate_kbps(args.depth)
     print(f"depth K = {args.depth} layers, bitrate {kbps:.3f} kbps")
     sampling = sampling_kwargs(args)
 

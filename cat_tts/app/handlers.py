@@ -28,10 +28,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cat_tts.codec.config import KBPS_PER_LAYER, bitrate_kbps
+
 logger = logging.getLogger(__name__)
 
 NUM_LAYERS = 32  # RVQ layers of the CAT codec; the slider runs over depth K = 1..NUM_LAYERS
-KBPS_PER_LAYER = 0.125  # one layer = 12.5 frames/s x 10 bits (1024 codes) = 125 bit/s
 DEFAULT_SAMPLE_RATE = 24000  # CAT codec output rate, used when the pipeline does not say
 
 
@@ -67,9 +68,7 @@ class SpeechPipeline(Protocol):
     ) -> tuple[np.ndarray, int]: ...
 
 
-def kbps(depth: int) -> float:
-    """Bitrate of `depth` RVQ layers of the CAT codec in kbit/s (0.125 per layer; 4 kbps at 32)."""
-    return KBPS_PER_LAYER * depth
+kbps = bitrate_kbps  # the bitrate of depth K, as the demo shows it
 
 
 def format_kbps(depth: int) -> str:

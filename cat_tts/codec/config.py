@@ -17,6 +17,15 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# Bitrate of one RVQ layer of the released CAT codec: 12.5 frames/s x 10 bits (1024 codes) = 125 bit/s.
+KBPS_PER_LAYER = 0.125
+
+
+def bitrate_kbps(num_layers: int) -> float:
+    """Bitrate in kbit/s of decoding `num_layers` RVQ layers of the released CAT codec (4 kbps at 32)."""
+    return KBPS_PER_LAYER * num_layers
+
+
 # Top-level keys of the official config.json that carry no architectural meaning.
 _METADATA_KEYS = {
     "architectures",

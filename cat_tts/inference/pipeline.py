@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "OpenMOSS-Team/MOSS-TTS-Local-Transformer"
 DEFAULT_CODEC = "OpenMOSS-Team/MOSS-Audio-Tokenizer"
 SAMPLE_RATE = 24000
-KBPS_PER_LAYER = 0.125  # 10 bits x 12.5 frames/s
 
 Mode = Literal["clone", "continuation"]
 

@@ -19,12 +19,11 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from cat_tts.codec.config import bitrate_kbps
 from eval.seedtts.metrics import mean
 
 logger = logging.getLogger(__name__)
 
-KBPS_PER_LAYER = 0.125
-"""CAT codec bitrate per RVQ layer: 12.5 frames/s x 10 bits."""
 
 GROUND_TRUTH_DIR = "ground_truth"
 
@@ -35,7 +34,7 @@ class ReportError(ValueError):
 
 def kbps(depth: int | None) -> float | None:
     """Bitrate of depth K in kbps (None for ground truth)."""
-    return None if depth is None else depth * KBPS_PER_LAYER
+    return None if depth is None else bitrate_kbps(depth)
 
 
 def _pct(value: float | None) -> float | None:
