@@ -28,12 +28,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cat_tts.audio import DEFAULT_SAMPLE_RATE  # the CAT codec rate, used when the pipeline does not say
 from cat_tts.codec.config import KBPS_PER_LAYER, bitrate_kbps
 
 logger = logging.getLogger(__name__)
 
 NUM_LAYERS = 32  # RVQ layers of the CAT codec; the slider runs over depth K = 1..NUM_LAYERS
-DEFAULT_SAMPLE_RATE = 24000  # CAT codec output rate, used when the pipeline does not say
 
 
 class DemoInputError(ValueError):

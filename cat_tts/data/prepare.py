@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from cat_tts.audio import DEFAULT_SAMPLE_RATE
 from cat_tts.data.manifest import ManifestRow, read_manifest
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24000
 # Skip reasons, in the order the summary prints them.
 REASONS = ("missing", "unreadable", "empty", "silent", "too_long", "no_text")
 
@@ -110,7 +110,7 @@ def _load_one(path: str, max_seconds: float) -> tuple[np.ndarray | None, str | N
     if not os.path.exists(path):
         return None, "missing", f"file not found: {path}"
     try:
-        wav = load_audio(path, sample_rate=SAMPLE_RATE, max_seconds=max_seconds)
+        wav = load_audio(path, sample_rate=DEFAULT_SAMPLE_RATE, max_seconds=max_seconds)
     except Exception as err:  # AudioError, or a decoder error on a corrupt file
         return None, classify_audio_error(err), f"{type(err).__name__}: {err}"
     return np.asarray(loudness_normalize(wav), dtype=np.float32), None, ""
@@ -294,7 +294,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
                 records["manifest_index"].append(row.index)
                 records["codes"].append(codes[i])
                 records["num_frames"].append(codes[i].shape[1])
-                records["duration"].append(len(it["wav"]) / SAMPLE_RATE)
+                records["duration"].append(len(it["wav"]) / DEFAULT_SAMPLE_RATE)
                 records["ref_codes"].append(ref)
                 records["ref_num_frames"].append(ref.shape[1])
             bar.update(len(items))

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from cat_tts.audio import DEFAULT_SAMPLE_RATE
 from cat_tts.generation.loop import FRAME_RATE, FrameStep, GenerationConfig, iter_frames
 from cat_tts.generation.mixin import build_generation_config
 from cat_tts.generation.streaming import stream_audio
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "OpenMOSS-Team/MOSS-TTS-Local-Transformer"
 DEFAULT_CODEC = "OpenMOSS-Team/MOSS-Audio-Tokenizer"
-SAMPLE_RATE = 24000
 
 Mode = Literal["clone", "continuation"]
 
@@ -171,7 +171,7 @@ class CatTTS:
         self.config = config or SynthesisConfig()
         self.n_vq = int(model.config.n_vq)
         self.prompts = PromptBuilder(tokenizer, model.config.token_ids, self.n_vq)
-        self.sample_rate = int(getattr(codec, "sample_rate", SAMPLE_RATE))
+        self.sample_rate = int(getattr(codec, "sample_rate", DEFAULT_SAMPLE_RATE))
         self.frame_size = int(getattr(codec, "frame_size", 1920))
 
     # ------------------------------------------------------------------ loading
