@@ -1,0 +1,137 @@
+"""The generation settings, defined once: every entry point (model.generate, CatTTS, infer.py, the demo, the
+evaluator, the server) builds a `GenerationConfig` and nothing else.
+
+Sampling defaults are the released model's (model card: audio 1.0 / 0.95 / 50 / 1.1, channel 0 1.5 / 1.0 / 50).
+Sampling follows the Hugging Face processor order the released code uses: repetition penalty -> temperature ->
+top-k -> top-p -> draw; the draw is an exponential-noise argmax (Gumbel-max) keyed by (seed, frame, channel), so a
+seeded request gives the same frames alone or beside others.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, fields, replace
+from typing import Any, Literal
+
+from cat_tts.errors import InputError
+
+ControlTokens = Literal["audio", "full"]
+
+MAX_TEMPERATURE = 100.0  # above this the distribution is uniform for any practical purpose
+MAX_REPETITION_PENALTY = 100.0
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """What one generation request asks for. Validation raises `InputError` (a `ValueError`) naming the field,
+    the value and the allowed range.
+
+    `depth` is checked against the model's number of layers N by `check_model` (the only source of N is the model's
+    config); None means all N layers.
+    """
+
+    depth: int | None = None  # K: RVQ layers generated per frame, 1..N (bitrate 0.125 kbps x K); None = N
+    max_new_frames: int | None = None  # frame budget (80 ms each); None = derived from the text / prompt length
+    min_new_frames: int = 0  # audio_end is forbidden before this many frames
+    do_sample: bool = True  # False = greedy (argmax) for every channel
+    temperature: float = 1.0  # audio layers: softmax temperature; 0 = greedy for the audio layers
+    top_p: float = 0.95  # audio layers: nucleus mass kept, in (0, 1]; 1 disables
+    top_k: int = 50  # audio layers: keep the k most likely codes; 0 disables
+    repetition_penalty: float = 1.1  # audio layers: > 0; codes already in the layer's history are penalised; 1 = off
+    control_temperature: float = 1.5  # channel 0 (continue vs audio_end): temperature; 0 = greedy
+    control_top_p: float = 1.0  # channel 0: nucleus mass kept, in (0, 1]
+    control_top_k: int = 50  # channel 0: top-k; 0 disables
+    control_tokens: ControlTokens = "audio"  # "audio": channel 0 chooses between continuing and audio_end only;
+    # "full": channel 0 is sampled over the whole text vocabulary (exactly like the released code)
+    seed: int | None = None  # seeds this request's random stream; None = a fresh random seed
+
+    def __post_init__(self) -> None:
+        _check_int("depth", self.depth, 1, None, optional=True)
+        _check_int("max_new_frames", self.max_new_frames, 1, None, optional=True)
+        _check_int("min_new_frames", self.min_new_frames, 0, None)
+        if self.max_new_frames is not None and self.min_new_frames > self.max_new_frames:
+            raise InputError(
+                f"min_new_frames ({self.min_new_frames}) must not exceed max_new_frames ({self.max_new_frames})"
+            )
+        if not isinstance(self.do_sample, bool):
+            raise InputError(f"do_sample must be true or false, got {self.do_sample!r}")
+        for prefix in ("", "control_"):
+            _check_float(f"{prefix}temperature", getattr(self, f"{prefix}temperature"), 0.0, MAX_TEMPERATURE)
+            top_p = getattr(self, f"{prefix}top_p")
+            _check_float(f"{prefix}top_p", top_p, 0.0, 1.0)
+            if top_p == 0.0:
+                raise InputError(f"{prefix}top_p must be in (0, 1], got 0")
+            _check_int(f"{prefix}top_k", getattr(self, f"{prefix}top_k"), 0, None)
+        _check_float("repetition_penalty", self.repetition_penalty, 0.0, MAX_REPETITION_PENALTY)
+        if self.repetition_penalty == 0.0:
+            raise InputError(f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}], got 0")
+        if self.control_tokens not in ("audio", "full"):
+            raise InputError(f"control_tokens must be 'audio' or 'full', got {self.control_tokens!r}")
+        _check_int("seed", self.seed, 0, MAX_SEED, optional=True)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def audio_greedy(self) -> bool:
+        """True when the audio layers are decoded by argmax."""
+        return not self.do_sample or self.temperature == 0.0
+
+    @property
+    def control_greedy(self) -> bool:
+        """True when channel 0 is decoded by argmax."""
+        return not self.do_sample or self.control_temperature == 0.0
+
+    @property
+    def greedy(self) -> bool:
+        """True when every channel is decoded by argmax (the result does not depend on the seed)."""
+        return self.audio_greedy and self.control_greedy
+
+    def resolved_depth(self, n_vq: int) -> int:
+        """The depth K for a model with `n_vq` layers (checks the range)."""
+        self.check_model(n_vq)
+        return n_vq if self.depth is None else self.depth
+
+    def check_model(self, n_vq: int) -> None:
+        """Checks the depth against the model's number of layers."""
+        if self.depth is not None and self.depth > n_vq:
+            raise InputError(f"depth must be in 1..{n_vq} for this model, got {self.depth}")
+
+    def with_overrides(self, **overrides: Any) -> GenerationConfig:
+        """A copy with some fields replaced; unknown names raise `InputError` listing the allowed ones.
+
+        A value of None for a field whose default is not None keeps the current value (so CLI options that
+        were not given can be passed through as None).
+        """
+        names = {f.name: f for f in fields(self)}
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise InputError(f"unknown generation settings {unknown}; allowed: {sorted(names)}")
+        changes = {
+            k: v for k, v in overrides.items() if v is not None or names[k].default is None or names[k].default is MISSING
+        }
+        try:
+            return replace(self, **changes)
+        except TypeError as err:  # pragma: no cover - replace() only raises for unknown names, checked above
+            raise InputError(str(err)) from err
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of every setting, in declaration order."""
+        return tuple(f.name for f in fields(cls))
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise InputError(f"{name} must be {bound}, got {value}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be in [{low:g}, {high:g}], got {value:g}")
