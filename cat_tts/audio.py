@@ -46,8 +46,10 @@ def load_audio(
     path = Path(path)
     if not path.exists():
         raise AudioError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise AudioError(f"{path} is a directory, not an audio file")
     if not path.is_file():
-        raise AudioError(f"not a file: {path}")
+        raise AudioError(f"not a regular file: {path}")
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
     try:
@@ -76,6 +78,39 @@ def load_audio(
     if file_rate != sample_rate:
         wav = resample(wav, file_rate, sample_rate)
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def audio_from_array(
+    samples: np.ndarray, rate: int, sample_rate: int = DEFAULT_SAMPLE_RATE, max_seconds: float | None = None
+) -> np.ndarray:
+    """Checks in-memory audio like `load_audio` checks a file and brings it to mono float32 at `sample_rate`.
+
+    Args:
+        samples: `[S]` mono or `[channels, S]` / `[S, channels]` (the shorter axis is taken as channels).
+        rate: its sample rate in Hz.
+        sample_rate: output rate in Hz.
+        max_seconds: reject clips longer than this (None: no limit).
+
+    Returns:
+        [S] float32.
+
+    Raises:
+        AudioError: a bad rate or shape, empty, silent, NaN/inf, or too long.
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise AudioError(f"sample rate must be a positive integer, got {rate!r}")
+    try:
+        wav = np.asarray(samples, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise AudioError(f"samples must be a numeric array ({err})") from None
+    if wav.ndim == 2:
+        wav = wav.mean(axis=0) if wav.shape[0] < wav.shape[1] else wav.mean(axis=1)
+    if wav.ndim != 1:
+        raise AudioError(f"expected mono samples [S] or [channels, S], got shape {np.shape(samples)}")
+    _check_waveform(wav, "the given samples")
+    if max_seconds is not None and wav.size / rate > max_seconds:
+        raise AudioError(f"audio is {wav.size / rate:.1f} s long, over the {max_seconds:g} s limit (trim it)")
+    return np.ascontiguousarray(resample(wav, int(rate), sample_rate), dtype=np.float32)
 
 
 def resample(wav: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:

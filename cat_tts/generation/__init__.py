@@ -1,28 +1,35 @@
-"""Generation: pure sampling functions, the KV-cached frame loop, streaming."""
+"""Generation: the settings (`GenerationConfig`), tensor sampling, the continuous-batching engine, streaming decode.
 
-from cat_tts.generation.loop import (
+Every caller runs the engine: `CatTTSModel.generate` (a batch of prompt grids), `cat_tts.inference.CatTTS`
+(text + voice -> audio, one-shot, streaming, batch), infer.py, the demo, the evaluator and the server.
+"""
+
+from cat_tts.generation.config import GenerationConfig
+from cat_tts.generation.engine import (
+    Engine,
+    EngineClosed,
+    EngineConfig,
+    EngineStats,
     FrameStep,
-    GenerationConfig,
     GenerationOutput,
-    default_max_new_frames,
+    QueueFull,
+    Request,
+    RequestState,
     generate,
-    iter_frames,
 )
-from cat_tts.generation.mixin import CatTTSGenerationMixin, build_generation_config
-from cat_tts.generation.sampling import AUDIO_DEFAULTS, CONTROL_DEFAULTS, SamplingParams
 from cat_tts.generation.streaming import stream_audio
 
 __all__ = [
-    "AUDIO_DEFAULTS",
-    "CONTROL_DEFAULTS",
-    "CatTTSGenerationMixin",
+    "Engine",
+    "EngineClosed",
+    "EngineConfig",
+    "EngineStats",
     "FrameStep",
     "GenerationConfig",
     "GenerationOutput",
-    "SamplingParams",
-    "build_generation_config",
-    "default_max_new_frames",
+    "QueueFull",
+    "Request",
+    "RequestState",
     "generate",
-    "iter_frames",
     "stream_audio",
 ]

@@ -10,7 +10,7 @@ seeded request gives the same frames alone or beside others.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from cat_tts.errors import InputError
@@ -99,20 +99,15 @@ class GenerationConfig:
     def with_overrides(self, **overrides: Any) -> GenerationConfig:
         """A copy with some fields replaced; unknown names raise `InputError` listing the allowed ones.
 
-        A value of None for a field whose default is not None keeps the current value (so CLI options that
-        were not given can be passed through as None).
+        None means "keep the current value" (so options that were not given can be passed through as None); use
+        `dataclasses.replace` to set a field to None.
         """
-        names = {f.name: f for f in fields(self)}
-        unknown = sorted(set(overrides) - set(names))
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - names)
         if unknown:
             raise InputError(f"unknown generation settings {unknown}; allowed: {sorted(names)}")
-        changes = {
-            k: v for k, v in overrides.items() if v is not None or names[k].default is None or names[k].default is MISSING
-        }
-        try:
-            return replace(self, **changes)
-        except TypeError as err:  # pragma: no cover - replace() only raises for unknown names, checked above
-            raise InputError(str(err)) from err
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **changes) if changes else self
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
-"""The CatTTS pipeline: text + a reference clip -> speech in that voice at depth K.
+"""The CatTTS pipeline: text + a reference clip -> speech in that voice at depth K, on the inference engine.
 
-Shapes: B batch, K generated layers, N layers of the grid (32), F frames, S samples (24 kHz).
+Shapes: B batch, K generated layers, N layers of the grid (32), F frames, L reference frames, S samples (24 kHz).
 
 Two prompt modes (the released checkpoint supports both):
 * "clone": the reference clip sits in the user message; no transcript needed.
@@ -8,9 +8,10 @@ Two prompt modes (the released checkpoint supports both):
   start of the assistant's answer, which the model continues (the paper's inference mode). Chosen
   automatically when a transcript is given; can be forced with `mode=`.
 
-Long text is cleaned, split into sentence chunks, generated chunk by chunk with the same voice prompt and
-joined with a short cross-fade. The streaming path runs the same generator and the codec's streaming
-decoder, so its concatenated chunks equal the one-shot result.
+Long text is cleaned and split into sentence chunks; every chunk is one engine request with the same voice prompt, so
+the chunks of one text (and the texts of a batch, and concurrent callers) are generated together in the engine's
+batch; the audio is joined with a short cross-fade. Streaming decodes each request's frames as they arrive (one codec
+stream per request); its concatenated pieces equal the one-shot result.
 """
 
 from __future__ import annotations
@@ -26,26 +27,26 @@ import numpy as np
 import torch
 
 from cat_tts.audio import DEFAULT_SAMPLE_RATE
-from cat_tts.generation.loop import FRAME_RATE, FrameStep, GenerationConfig, iter_frames
-from cat_tts.generation.mixin import build_generation_config
-from cat_tts.generation.streaming import stream_audio
+from cat_tts.errors import InputError, ModelLoadError
+from cat_tts.generation import Engine, EngineConfig, GenerationConfig, Request, stream_audio
+from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL
 from cat_tts.text.normalize import clean_text, split_sentences
 from cat_tts.text.prompt import PromptBuilder, join_transcript
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "OpenMOSS-Team/MOSS-TTS-Local-Transformer"
-DEFAULT_CODEC = "OpenMOSS-Team/MOSS-Audio-Tokenizer"
-
 Mode = Literal["clone", "continuation"]
+ProgressCallback = Callable[[int], None]  # called with the number of frames just generated
 
-
-class InputError(ValueError):
-    """A user input (text, reference clip, depth, sampling value, path) is not usable; the message says why."""
-
-
-class ModelLoadError(InputError):
-    """A model or codec could not be loaded (hub unreachable, missing directory...)."""
+__all__ = [
+    "DEFAULT_CODEC",
+    "DEFAULT_MODEL",
+    "CatTTS",
+    "InputError",
+    "ModelLoadError",
+    "SynthesisConfig",
+    "frame_budget",
+]
 
 
 @dataclass(frozen=True)
@@ -57,28 +58,35 @@ class SynthesisConfig:
     max_reference_seconds: float = 30.0  # longer reference clips are rejected, > 0
     min_reference_seconds: float = 0.5  # shorter reference clips are rejected, >= 0.08 (one frame)
     normalize_reference: bool = True  # loudness-normalise the reference to -20 dBFS (+-3 dB), as upstream
+    lookahead_chunks: int = 2  # text chunks of one stream generated ahead of the one being played, >= 1
 
     def __post_init__(self) -> None:
         if not 10 <= self.max_chunk_chars <= 10000:
-            raise ValueError(f"max_chunk_chars must be in 10..10000, got {self.max_chunk_chars}")
+            raise InputError(f"max_chunk_chars must be in 10..10000, got {self.max_chunk_chars}")
         if not 0 <= self.crossfade_ms <= 1000:
-            raise ValueError(f"crossfade_ms must be in 0..1000, got {self.crossfade_ms}")
+            raise InputError(f"crossfade_ms must be in 0..1000, got {self.crossfade_ms}")
         if not self.max_reference_seconds > 0:
-            raise ValueError(f"max_reference_seconds must be > 0, got {self.max_reference_seconds}")
+            raise InputError(f"max_reference_seconds must be > 0, got {self.max_reference_seconds}")
         if not 0.08 <= self.min_reference_seconds <= self.max_reference_seconds:
-            raise ValueError(
+            raise InputError(
                 f"min_reference_seconds must be in 0.08..max_reference_seconds, got {self.min_reference_seconds}"
             )
+        if self.lookahead_chunks < 1:
+            raise InputError(f"lookahead_chunks must be >= 1, got {self.lookahead_chunks}")
 
 
-def frame_budget(text: str) -> int:
+def frame_budget(text: str, frame_rate: float) -> int:
     """Default `max_new_frames` for one text chunk: about 3x a normal speaking time, plus 3 s.
 
     Latin-script characters count 0.2 s, CJK characters 0.6 s (normal speech is ~0.07 s and ~0.22 s).
+
+    Args:
+        text: the chunk.
+        frame_rate: codec frames per second (`CatCodec.frame_rate`, 12.5 for CAT).
     """
     cjk = sum(1 for ch in text if "\u3040" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff")
     seconds = 3.0 + 0.2 * (len(text) - cjk) + 0.6 * cjk
-    return int(math.ceil(FRAME_RATE * seconds))
+    return int(math.ceil(frame_rate * seconds))
 
 
 class _Crossfader:
@@ -155,24 +163,48 @@ class _Voice:
     mode: Mode
 
 
+@dataclass
+class _Job:
+    """One text chunk to generate: its prompt and settings; `request` once submitted to the engine."""
+
+    text: str
+    voice: _Voice
+    config: GenerationConfig
+    instructions: str | None
+    request: Request | None = None
+
+
 class CatTTS:
-    """Zero-shot voice cloning at a chosen depth K (bitrate 0.125 kbps x K).
+    """Zero-shot voice cloning at a chosen depth K (bitrate 0.125 kbps x K), on a continuous-batching engine.
 
     Args:
         model: a loaded `CatTTSModel` (eval mode).
         codec: a loaded `CatCodec`.
         tokenizer: the model's text tokenizer.
         config: pipeline settings.
+        engine: an `EngineConfig` (slots, cache rows, compilation), or an existing `Engine` over `model`.
+
+    Concurrent callers share the engine's batch: call `start()` once (a background thread steps the engine), then
+    `synthesize`/`stream` from any number of threads. Without `start()`, each call drives the engine itself.
     """
 
-    def __init__(self, model: Any, codec: Any, tokenizer: Any, config: SynthesisConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        codec: Any,
+        tokenizer: Any,
+        config: SynthesisConfig | None = None,
+        engine: EngineConfig | Engine | None = None,
+    ) -> None:
         self.model = model
         self.codec = codec
         self.config = config or SynthesisConfig()
         self.n_vq = int(model.config.n_vq)
         self.prompts = PromptBuilder(tokenizer, model.config.token_ids, self.n_vq)
         self.sample_rate = int(getattr(codec, "sample_rate", DEFAULT_SAMPLE_RATE))
-        self.frame_size = int(getattr(codec, "frame_size", 1920))
+        self.frame_size = int(codec.frame_size)
+        self.frame_rate = float(codec.frame_rate)
+        self.engine = engine if isinstance(engine, Engine) else Engine(model, engine)
 
     # ------------------------------------------------------------------ loading
 
@@ -184,6 +216,7 @@ class CatTTS:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         config: SynthesisConfig | None = None,
+        engine: EngineConfig | None = None,
     ) -> CatTTS:
         """Loads the TTS model, its tokenizer and the codec from hub ids or local directories.
 
@@ -191,9 +224,10 @@ class CatTTS:
             model: MOSS-TTS-Local-Transformer directory or hub id (with its tokenizer files).
             codec: MOSS-Audio-Tokenizer directory or hub id.
             device: "cpu", "cuda", ... (default: cuda when available).
-            dtype: torch dtype or its name ("float32", "bfloat16", "float16"); default float32 on CPU,
-                bfloat16 on CUDA. The codec always runs in float32.
+            dtype: torch dtype or its name ("float32", "bfloat16", "float16", "auto"); default: bfloat16 on CUDA,
+                float32 on the CPU. The codec runs in float32.
             config: pipeline settings.
+            engine: engine settings (slots, cache rows, compilation).
 
         Raises:
             ModelLoadError: a directory is missing or the hub is unreachable (the message says how to pass
@@ -228,36 +262,56 @@ class CatTTS:
                 "(CatTTS.from_pretrained(model=DIR, codec=DIR)); `python -m cat_tts.tools.make_tiny OUT` writes "
                 "tiny random ones (OUT/model, OUT/codec) for offline checks"
             ) from err
-        return cls(tts.eval(), cat.eval(), tokenizer, config)
+        return cls(tts.eval(), cat.eval(), tokenizer, config, engine)
+
+    # ------------------------------------------------------------------ engine lifecycle
+
+    def start(self) -> None:
+        """Starts the engine's background thread so that concurrent callers share one batch (idempotent)."""
+        self.engine.start()
+
+    def warmup(self) -> None:
+        """Compiles / captures the engine's frame step now instead of at the first request."""
+        self.engine.warmup()
+
+    def close(self, grace_s: float = 0.0) -> None:
+        """Stops admitting; lets in-flight requests finish for up to `grace_s` seconds, then cancels the rest."""
+        self.engine.close(grace_s)
 
     # ------------------------------------------------------------------ public API
 
     def synthesize(
         self,
         text: str,
-        reference_audio: str | Path | tuple[np.ndarray, int],
+        reference_audio: str | Path | tuple[np.ndarray, int] | torch.Tensor,
         reference_text: str | None = None,
-        depth: int = 32,
+        depth: int | None = None,
         seed: int | None = None,
         mode: Mode | None = None,
         max_new_frames: int | None = None,
-        on_frame: Callable[[FrameStep], None] | None = None,
-        **sampling: Any,
+        instructions: str | None = None,
+        on_frame: ProgressCallback | None = None,
+        config: GenerationConfig | None = None,
+        wait: bool = True,
+        **settings: Any,
     ) -> tuple[np.ndarray, int]:
         """Speaks `text` in the voice of `reference_audio` at depth K.
 
         Args:
-            text: text to speak (any length; split into sentence chunks).
+            text: text to speak (any length; split into sentence chunks generated together).
             reference_audio: a file path, `(samples, sample_rate)` (mono or [channels, S]), or the `[N, L]` codes
                 returned by `encode_reference` (a voice encoded once and reused).
             reference_text: transcript of the reference; when given, continuation mode is used.
-            depth: K in 1..32 (bitrate 0.125 kbps x K).
+            depth: K in 1..N (bitrate 0.125 kbps x K); None = all N layers.
             seed: seed for reproducible sampling (chunk i uses seed + i).
             mode: force "clone" or "continuation" (continuation needs `reference_text`).
             max_new_frames: frame budget per chunk (default: from the chunk's length).
-            on_frame: called after every generated frame (progress bars).
-            **sampling: `do_sample`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `control_temperature`,
-                `control_top_p`, `control_top_k`, `control_tokens`, `min_new_frames`.
+            instructions: a style instruction for the prompt's instruction field (chat layout).
+            on_frame: called with the number of frames generated since the last call (progress bars).
+            config: generation settings; `depth`, `seed`, `max_new_frames` and keyword `settings` (`do_sample`,
+                `temperature`, `top_p`, `top_k`, `repetition_penalty`, `control_*`, `min_new_frames`) replace its
+                fields.
+            wait: when the engine's queue is full, wait for room (False: raise `QueueFull`).
 
         Returns:
             `(audio float32 [S], sample_rate)`.
@@ -265,110 +319,200 @@ class CatTTS:
         Raises:
             InputError: empty text, unusable reference, depth or sampling values out of range.
         """
-        chunks, voice, configs = self._prepare(text, reference_audio, reference_text, depth, seed, mode, sampling)
-        audios = [
-            self._generate_chunk(chunk, voice, cfg, max_new_frames, on_frame)
-            for chunk, cfg in zip(chunks, configs, strict=True)
-        ]
-        return self._join(audios), self.sample_rate
+        jobs = self._jobs(text, reference_audio, reference_text, depth, seed, mode, max_new_frames, instructions,
+                          config, settings)  # fmt: skip
+        self._submit(jobs, wait)
+        return self._join([self._collect(job, on_frame) for job in jobs]), self.sample_rate
 
     def stream(
         self,
         text: str,
-        reference_audio: str | Path | tuple[np.ndarray, int],
+        reference_audio: str | Path | tuple[np.ndarray, int] | torch.Tensor,
         reference_text: str | None = None,
-        depth: int = 32,
+        depth: int | None = None,
         seed: int | None = None,
         mode: Mode | None = None,
         max_new_frames: int | None = None,
+        instructions: str | None = None,
         frames_per_chunk: int = 4,
         first_chunk_frames: int = 1,
-        on_frame: Callable[[FrameStep], None] | None = None,
-        **sampling: Any,
+        on_frame: ProgressCallback | None = None,
+        config: GenerationConfig | None = None,
+        wait: bool = True,
+        **settings: Any,
     ) -> Iterator[np.ndarray]:
         """Like `synthesize`, but yields audio while frames are being generated.
 
-        The first audio comes after `first_chunk_frames` frames, then every `frames_per_chunk` frames.
-        The concatenation of the yielded arrays equals `synthesize(...)[0]` for the same arguments and seed.
+        The first audio comes after `first_chunk_frames` frames, then every `frames_per_chunk` frames; up to
+        `config.lookahead_chunks` text chunks are generated ahead. The concatenation of the yielded arrays equals
+        `synthesize(...)[0]` for the same arguments and seed. The generator is lazy: input errors and `QueueFull`
+        are raised by the first `next()`. Closing it cancels the generation and frees the engine's slots.
 
         Yields:
             float32 `[s]` pieces at `self.sample_rate`.
         """
         if frames_per_chunk < 1 or first_chunk_frames < 1:
             raise InputError("frames_per_chunk and first_chunk_frames must be >= 1")
-        chunks, voice, configs = self._prepare(text, reference_audio, reference_text, depth, seed, mode, sampling)
+        jobs = self._jobs(text, reference_audio, reference_text, depth, seed, mode, max_new_frames, instructions,
+                          config, settings)  # fmt: skip
+        ahead = self.config.lookahead_chunks
+        self._submit(jobs[:ahead], wait)
         fader = _Crossfader(self._overlap())
-        for chunk, cfg in zip(chunks, configs, strict=True):
-            out = fader.start_segment()
-            if out.size:
-                yield out
-            for piece in self._stream_chunk(
-                chunk, voice, cfg, max_new_frames, frames_per_chunk, first_chunk_frames, on_frame
-            ):
-                out = fader.push(piece)
+        try:
+            for i, job in enumerate(jobs):
+                if i + ahead < len(jobs):
+                    self._submit([jobs[i + ahead]], wait=True)
+                out = fader.start_segment()
                 if out.size:
                     yield out
-        out = fader.finish()
-        if out.size:
-            yield out
+                for piece in self._stream_job(job, frames_per_chunk, first_chunk_frames, on_frame):
+                    out = fader.push(piece)
+                    if out.size:
+                        yield out
+            out = fader.finish()
+            if out.size:
+                yield out
+        finally:
+            for job in jobs:
+                if job.request is not None and not job.request.done:
+                    job.request.cancel()
 
     def synthesize_batch(
         self,
         items: Sequence[dict],
-        depth: int = 32,
+        depth: int | None = None,
         seed: int | None = None,
-        batch_size: int = 8,
         max_new_frames: int | None = None,
-        on_frame: Callable[[FrameStep], None] | None = None,
-        **sampling: Any,
+        on_frame: ProgressCallback | None = None,
+        config: GenerationConfig | None = None,
+        **settings: Any,
     ) -> list[tuple[np.ndarray, int]]:
-        """Synthesises several utterances, generating up to `batch_size` text chunks at once (left padding).
+        """Synthesises several utterances together (their text chunks share the engine's batch).
 
         Args:
-            items: dicts with `text`, `reference_audio` and optional `reference_text`, `mode`.
-            depth, seed, max_new_frames, sampling: as in `synthesize` (seed + batch index per batch).
-            batch_size: text chunks generated together.
+            items: dicts with `text`, `reference_audio` and optional `reference_text`, `mode`, `seed`,
+                `instructions`.
+            depth, max_new_frames, config, settings: as in `synthesize`.
+            seed: item i uses `item["seed"]` if given, else seed + i (so an item gives the same audio as
+                `synthesize(..., seed=...)` with that seed, alone or in a batch).
 
         Returns:
             One `(audio, sample_rate)` per item, in order.
+
+        Raises:
+            InputError: naming the item ("item 3: ...") whose input is unusable.
         """
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        jobs = []  # (item index, chunk text, voice)
-        encoded: dict[str, torch.Tensor] = {}  # reference path -> codes, so a shared voice is encoded once
+        per_item: list[list[_Job]] = []
+        encoded: dict[str, torch.Tensor] = {}  # reference path -> codes: a shared voice is encoded once
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "text" not in item or "reference_audio" not in item:
                 raise InputError(f"item {i} must be a dict with 'text' and 'reference_audio'")
             ref = item["reference_audio"]
+            item_seed = item.get("seed", None if seed is None else seed + i)
             try:
-                chunks, voice, _ = self._prepare(
-                    item["text"], ref, item.get("reference_text"), depth, None, item.get("mode"), sampling,
-                    codes=encoded.get(str(ref)) if isinstance(ref, (str, Path)) else None,
-                )  # fmt: skip
+                codes = encoded.get(str(ref)) if isinstance(ref, (str, Path)) else None
+                jobs = self._jobs(item["text"], codes if codes is not None else ref, item.get("reference_text"),
+                                  depth, item_seed, item.get("mode"), max_new_frames, item.get("instructions"),
+                                  config, settings)  # fmt: skip
             except InputError as err:
                 raise InputError(f"item {i}: {err}") from err
             if isinstance(ref, (str, Path)):
-                encoded[str(ref)] = voice.codes
-            jobs += [(i, chunk, voice) for chunk in chunks]
-        results: list[list[np.ndarray]] = [[] for _ in items]
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start : start + batch_size]
-            cfg = self._config(depth, None if seed is None else seed + start // batch_size, sampling)
-            grids = [self._grid(chunk, voice) for _, chunk, voice in batch]
-            input_ids, mask = self.prompts.pad_left(grids)
-            budget = max_new_frames or max(frame_budget(chunk) for _, chunk, _ in batch)
-            cfg = _replace(cfg, max_new_frames=budget)
-            out = self.model.generate(
-                input_ids.to(self._device()),
-                mask.to(self._device()),
-                on_frame=on_frame,
-                **_config_kwargs(cfg),
-            )
-            for b, (i, chunk, voice) in enumerate(batch):
-                _warn_unusual(out.lengths[b], out.finished[b], budget, chunk)
-                codes = out.frames[b : b + 1, : int(out.lengths[b]), 1:].transpose(1, 2)  # [1, K, F]
-                results[i].append(self._decode(codes, voice))
-        return [(self._join(parts), self.sample_rate) for parts in results]
+                encoded[str(ref)] = jobs[0].voice.codes
+            per_item.append(jobs)
+        all_jobs = [job for jobs in per_item for job in jobs]
+        try:
+            for job in all_jobs:
+                self._submit([job], wait=True)
+            return [(self._join([self._collect(j, on_frame) for j in jobs]), self.sample_rate) for jobs in per_item]
+        finally:
+            for job in all_jobs:
+                if job.request is not None and not job.request.done:
+                    job.request.cancel()
+
+    def encode_reference(self, reference_audio: str | Path | tuple[np.ndarray, int]) -> torch.Tensor:
+        """Loads, normalises and encodes a reference clip into `[N, L]` codes (all layers)."""
+        wav = self._load_reference(reference_audio)
+        x = torch.from_numpy(wav)[None].to(self._codec_device())  # [1, S]
+        with torch.inference_mode():
+            enc = self.codec.encode(x, num_layers=self.n_vq)
+        length = int(enc.lengths[0]) if getattr(enc, "lengths", None) is not None else enc.codes.shape[-1]
+        return enc.codes[0, :, :length].cpu()  # [N, L]
+
+    def generation_config(
+        self, depth: int | None = None, seed: int | None = None, config: GenerationConfig | None = None, **settings
+    ) -> GenerationConfig:
+        """The validated `GenerationConfig` for these arguments (InputError names a bad field)."""
+        try:
+            cfg = (config or GenerationConfig()).with_overrides(depth=depth, seed=seed, **settings)
+            cfg.check_model(self.n_vq)
+        except (TypeError, ValueError) as err:
+            raise InputError(str(err)) from err
+        return cfg
+
+    # ------------------------------------------------------------------ internals
+
+    def _jobs(self, text, reference_audio, reference_text, depth, seed, mode, max_new_frames, instructions, config,
+              settings) -> list[_Job]:  # fmt: skip
+        if not isinstance(text, str):
+            raise InputError(f"text must be a string, got {type(text).__name__}")
+        cleaned = clean_text(text)
+        if not cleaned:
+            raise InputError("text is empty (after removing whitespace and control characters)")
+        if mode not in (None, "clone", "continuation"):
+            raise InputError(f"mode must be 'clone' or 'continuation', got {mode!r}")
+        if reference_text is not None:
+            if not isinstance(reference_text, str):
+                raise InputError(f"reference_text must be a string, got {type(reference_text).__name__}")
+            reference_text = clean_text(reference_text).replace("\n\n", " ") or None
+        if instructions is not None and not isinstance(instructions, str):
+            raise InputError(f"instructions must be a string, got {type(instructions).__name__}")
+        if mode == "continuation" and reference_text is None:
+            raise InputError("continuation mode needs the reference transcript (reference_text)")
+        mode = mode or ("continuation" if reference_text else "clone")
+        base = self.generation_config(depth, None, config, max_new_frames=max_new_frames, **settings)
+        if seed is None:
+            seed = base.seed
+        voice = _Voice(self._voice_codes(reference_audio), reference_text, mode)  # after the cheap checks
+        chunks = split_sentences(cleaned, self.config.max_chunk_chars)
+        jobs = []
+        for i, chunk in enumerate(chunks):
+            cfg = base.with_overrides(seed=None if seed is None else seed + i)
+            jobs.append(_Job(chunk, voice, cfg, instructions or None))
+        return jobs
+
+    def _submit(self, jobs: list[_Job], wait: bool) -> None:
+        for job in jobs:
+            if job.request is not None:
+                continue
+            grid = self._grid(job)
+            budget = job.config.max_new_frames
+            if budget is None:  # from the text, within what a slot holds
+                room = self.engine.config.max_rows - self.engine.config.sync_every - grid.shape[0]
+                budget = max(1, min(frame_budget(job.text, self.frame_rate), room))
+            job.request = self.engine.submit(grid, job.config, max_new_frames=budget, wait=wait)
+
+    def _collect(self, job: _Job, on_frame: ProgressCallback | None) -> np.ndarray:
+        """Waits for one job's frames and decodes them (prefix decode at the job's K)."""
+        request = job.request
+        for chunk in request.chunks():
+            if on_frame is not None:
+                on_frame(chunk.shape[0])
+        _warn_unusual(request, job.text)
+        return self._decode(request.frames[:, 1:].t()[None], job.voice)  # [1, K, F]
+
+    def _stream_job(self, job: _Job, frames_per_chunk: int, first_chunk_frames: int, on_frame) -> Iterator[np.ndarray]:
+        request = job.request
+        prefix = job.voice.codes[: request.depth] if job.voice.mode == "continuation" else None  # [K, L]
+
+        def chunks():
+            for chunk in request.chunks():
+                if on_frame is not None:
+                    on_frame(chunk.shape[0])
+                yield chunk
+
+        for audio in stream_audio(chunks(), self.codec, first_chunk_frames, frames_per_chunk, prefix):
+            yield audio.numpy()
+        _warn_unusual(request, job.text)
 
     def _voice_codes(self, reference_audio) -> torch.Tensor:
         """Codes `[N, L]` of a reference: encoded from audio, or checked if already codes (a saved voice)."""
@@ -385,20 +529,6 @@ class CatTTS:
             raise InputError(f"reference codes must be in 0..{vocab - 1}")
         return codes.long().cpu()
 
-    def encode_reference(self, reference_audio: str | Path | tuple[np.ndarray, int]) -> torch.Tensor:
-        """Loads, normalises and encodes a reference clip into `[N, L]` codes (all layers)."""
-        wav = self._load_reference(reference_audio)
-        x = torch.from_numpy(wav)[None].to(self._device())  # [1, S]
-        with torch.inference_mode():
-            enc = self.codec.encode(x, num_layers=self.n_vq)
-        length = int(enc.lengths[0]) if getattr(enc, "lengths", None) is not None else enc.codes.shape[-1]
-        return enc.codes[0, :, :length].cpu()  # [N, L]
-
-    # ------------------------------------------------------------------ internals
-
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def _overlap(self) -> int:
         return int(round(self.config.crossfade_ms * self.sample_rate / 1000.0))
 
@@ -410,47 +540,16 @@ class CatTTS:
         out.append(fader.finish())
         return np.concatenate(out).astype(np.float32)
 
-    def _config(self, depth: int, seed: int | None, sampling: dict) -> GenerationConfig:
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.n_vq:
-            raise InputError(f"depth must be an integer in 1..{self.n_vq}, got {depth!r}")
-        unknown = set(sampling) - _SAMPLING_KEYS
-        if unknown:
-            raise InputError(f"unknown sampling options {sorted(unknown)}; allowed: {sorted(_SAMPLING_KEYS)}")
-        try:
-            return build_generation_config(depth=depth, seed=seed, **sampling)
-        except (TypeError, ValueError) as err:
-            raise InputError(f"invalid sampling setting: {err}") from err
-
-    def _prepare(self, text, reference_audio, reference_text, depth, seed, mode, sampling, codes=None):
-        if not isinstance(text, str):
-            raise InputError(f"text must be a string, got {type(text).__name__}")
-        cleaned = clean_text(text)
-        if not cleaned:
-            raise InputError("text is empty (after removing whitespace and control characters)")
-        if mode not in (None, "clone", "continuation"):
-            raise InputError(f"mode must be 'clone' or 'continuation', got {mode!r}")
-        if reference_text is not None:
-            reference_text = clean_text(reference_text).replace("\n\n", " ") or None
-        if mode == "continuation" and reference_text is None:
-            raise InputError("continuation mode needs the reference transcript (reference_text)")
-        mode = mode or ("continuation" if reference_text else "clone")
-        self._config(depth, seed, sampling)  # fail fast, before touching the reference audio
-        chunks = split_sentences(cleaned, self.config.max_chunk_chars)
-        configs = [self._config(depth, None if seed is None else seed + i, sampling) for i in range(len(chunks))]
-        if codes is None:
-            codes = self._voice_codes(reference_audio)
-        voice = _Voice(codes, reference_text, mode)
-        return chunks, voice, configs
-
     def _load_reference(self, reference_audio) -> np.ndarray:
-        from cat_tts.audio import AudioError, load_audio, loudness_normalize
+        from cat_tts.audio import AudioError, audio_from_array, load_audio, loudness_normalize
 
         cfg = self.config
         try:
             if isinstance(reference_audio, (str, Path)):
                 wav = load_audio(reference_audio, sample_rate=self.sample_rate, max_seconds=cfg.max_reference_seconds)
             elif isinstance(reference_audio, tuple) and len(reference_audio) == 2:
-                wav = _array_reference(reference_audio, self.sample_rate, cfg.max_reference_seconds)
+                samples, rate = reference_audio
+                wav = audio_from_array(samples, rate, self.sample_rate, cfg.max_reference_seconds)
             else:
                 raise InputError(
                     "reference_audio must be a file path, a (samples, sample_rate) tuple or codes from encode_reference"
@@ -466,18 +565,12 @@ class CatTTS:
             wav = loudness_normalize(wav, target_db=-20.0, max_gain_db=3.0)
         return np.ascontiguousarray(wav, dtype=np.float32)
 
-    def _grid(self, chunk: str, voice: _Voice) -> torch.Tensor:
+    def _grid(self, job: _Job) -> torch.Tensor:
+        voice = job.voice
+        fields = {} if job.instructions is None else {"instruction": job.instructions}
         if voice.mode == "continuation":
-            return self.prompts.continuation(join_transcript(voice.text or "", chunk), voice.codes)
-        return self.prompts.voice_clone(chunk, voice.codes)
-
-    def _generate_chunk(self, chunk, voice, cfg, max_new_frames, on_frame) -> np.ndarray:
-        grid = self._grid(chunk, voice)[None].to(self._device())  # [1, T, 1+N]
-        cfg = _replace(cfg, max_new_frames=max_new_frames or frame_budget(chunk))
-        out = self.model.generate(grid, None, on_frame=on_frame, **_config_kwargs(cfg))
-        _warn_unusual(out.lengths[0], out.finished[0], cfg.max_new_frames, chunk)
-        codes = out.frames[:, : int(out.lengths[0]), 1:].transpose(1, 2)  # [1, K, F]
-        return self._decode(codes, voice)
+            return self.prompts.continuation(join_transcript(voice.text or "", job.text), voice.codes, **fields)
+        return self.prompts.voice_clone(job.text, voice.codes, **fields)
 
     def _decode(self, codes: torch.Tensor, voice: _Voice) -> np.ndarray:
         """Prefix-decodes `[1, K, F]` codes; continuation decodes after the prefix audio for codec context."""
@@ -486,7 +579,7 @@ class CatTTS:
             return np.zeros(0, dtype=np.float32)
         skip = 0
         if voice.mode == "continuation":
-            prefix = voice.codes[:k].to(codes.device)[None]  # [1, K, L]
+            prefix = voice.codes[:k][None]  # [1, K, L]
             codes = torch.cat([prefix, codes], dim=-1)
             skip = prefix.shape[-1] * self.frame_size
         with torch.inference_mode():
@@ -499,67 +592,17 @@ class CatTTS:
         except (AttributeError, StopIteration):
             return torch.device("cpu")
 
-    def _stream_chunk(self, chunk, voice, cfg, max_new_frames, frames_per_chunk, first_chunk_frames, on_frame):
-        """Generates one text chunk and yields decoded audio as frames arrive (codec streaming decode)."""
-        grid = self._grid(chunk, voice)[None].to(self._device())
-        cfg = _replace(cfg, max_new_frames=max_new_frames or frame_budget(chunk))
-        prefix = voice.codes[: cfg.depth][None] if voice.mode == "continuation" else None  # [1, K, L]
 
-        def steps():
-            for step in iter_frames(self.model, grid, None, cfg):
-                if on_frame is not None:
-                    on_frame(step)
-                yield step
-
-        for audio in stream_audio(steps(), self.codec, first_chunk_frames, frames_per_chunk, prefix):
-            yield audio.numpy()
-
-
-_SAMPLING_KEYS = {
-    "do_sample",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "control_temperature",
-    "control_top_p",
-    "control_top_k",
-    "control_tokens",
-    "min_new_frames",
-}
-
-
-def _warn_unusual(length: torch.Tensor, finished: torch.Tensor, budget: int | None, chunk: str) -> None:
+def _warn_unusual(request: Request, chunk: str) -> None:
     """Logs generations that produced no audio or ran into the frame budget (a runaway)."""
-    if int(length) == 0:
+    if request.finish_reason not in ("audio_end", "budget"):
+        return
+    if request.num_frames == 0:
         logger.warning("the model ended without audio for %r (random tiny weights do this: try min_new_frames)", chunk)
-    elif not bool(finished):
-        logger.warning("generation hit the %s-frame budget for %r; the audio may be cut or rambling", budget, chunk)
-
-
-def _replace(cfg: GenerationConfig, **changes) -> GenerationConfig:
-    from dataclasses import replace
-
-    return replace(cfg, **changes)
-
-
-def _config_kwargs(cfg: GenerationConfig) -> dict:
-    """Flat keyword arguments of `CatTTSModel.generate` for a config."""
-    return dict(
-        depth=cfg.depth,
-        max_new_frames=cfg.max_new_frames,
-        min_new_frames=cfg.min_new_frames,
-        do_sample=cfg.do_sample,
-        temperature=cfg.audio.temperature,
-        top_p=cfg.audio.top_p,
-        top_k=cfg.audio.top_k,
-        repetition_penalty=cfg.audio.repetition_penalty,
-        control_temperature=cfg.control.temperature,
-        control_top_p=cfg.control.top_p,
-        control_top_k=cfg.control.top_k,
-        control_tokens=cfg.control_tokens,
-        seed=cfg.seed,
-    )
+    elif request.finish_reason == "budget":
+        logger.warning(
+            "generation hit the %s-frame budget for %r; the audio may be cut or rambling", request.budget, chunk
+        )
 
 
 def _load_tokenizer(auto_tokenizer: Any, directory: str | Path) -> Any:
@@ -595,28 +638,3 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
     if dtype not in names:
         raise InputError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
     return names[dtype]
-
-
-def _array_reference(ref: tuple, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """Validates an in-memory `(samples, rate)` reference and brings it to mono float32 at `sample_rate`."""
-    from cat_tts.audio import AudioError
-
-    samples, rate = ref
-    wav = np.asarray(samples, dtype=np.float32)
-    if not isinstance(rate, (int, np.integer)) or rate <= 0:
-        raise AudioError(f"sample rate must be a positive integer, got {rate!r}")
-    if wav.ndim == 2:
-        wav = wav.mean(axis=0) if wav.shape[0] < wav.shape[1] else wav.mean(axis=1)
-    if wav.ndim != 1 or wav.size == 0:
-        raise AudioError(f"expected mono samples [S] or [channels, S], got shape {np.shape(samples)}")
-    if not np.isfinite(wav).all():
-        raise AudioError("reference samples contain NaN or infinity")
-    if wav.size / rate > max_seconds:
-        raise AudioError(f"reference is {wav.size / rate:.1f} s long; the limit is {max_seconds:g} s (trim it)")
-    if float(np.abs(wav).max()) < 1e-4:
-        raise AudioError("reference audio is silent")
-    if rate != sample_rate:
-        import soxr
-
-        wav = soxr.resample(wav, rate, sample_rate).astype(np.float32)
-    return wav

@@ -14,7 +14,10 @@ prefix swap done in `cat_tts.model.checkpoint`.
 
 For generation, `DepthKVCache` keeps the keys/values of the positions processed so far for one frame;
 with no positional encoding and causal attention, feeding positions one at a time through the cache
-gives the same outputs as one pass over the whole sequence.
+gives the same outputs as one pass over the whole sequence. `DepthTransformer.step` is the static form the
+inference engine uses: one new position whose index is a tensor, written in place into the preallocated cache,
+attending over the whole capacity under a mask (fixed shapes and addresses: compiled once, capturable as a CUDA
+graph, the same code for every position).
 """
 
 from __future__ import annotations
@@ -119,6 +122,43 @@ class DepthAttention(nn.Module):
         out = self._attend(q, k, v)  # [M, L, H, Dh]
         return self.o_proj(out.reshape(m, length, self.num_heads * self.head_dim))
 
+    def step(self, x: torch.Tensor, cache: DepthKVCache, layer: int, position: torch.Tensor) -> torch.Tensor:
+        """One new position with static shapes: no slicing by Python ints, no host synchronisation.
+
+        Args:
+            x: `[M, Dd]` the new position of each sequence.
+            cache: the preallocated cache; the new key/value are written at `position` in place.
+            layer: index of this block in the cache.
+            position: 0-dim int64 tensor, the index of the new position (the same for every sequence).
+
+        Returns:
+            `[M, Dd]`.
+        """
+        m = x.shape[0]
+        q = self.q_norm(self.q_proj(x).view(m, 1, self.num_heads, self.head_dim)).transpose(1, 2)  # [M, H, 1, Dh]
+        k = self.k_norm(self.k_proj(x).view(m, 1, self.num_kv_heads, self.head_dim)).transpose(1, 2)  # [M, Hk, 1, Dh]
+        v = self.v_proj(x).view(m, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [M, Hk, 1, Dh]
+        index = position.view(1)
+        keys, values = cache.keys[layer], cache.values[layer]  # [M, Hk, P, Dh], P = capacity
+        keys.index_copy_(2, index, k)
+        values.index_copy_(2, index, v)
+        seen = torch.arange(keys.shape[2], device=x.device) <= position  # [P] positions written so far
+        # An additive mask (not a boolean one): on the CPU, SDPA with a boolean mask takes a kernel whose threading
+        # overhead dwarfs a 1 x 33 attention; on CUDA both are fine.
+        bias = torch.zeros(seen.shape, dtype=q.dtype, device=x.device).masked_fill(~seen, torch.finfo(q.dtype).min)
+        groups = self.num_heads // self.num_kv_heads
+        if self.attn_implementation == "eager":
+            k_all = keys.repeat_interleave(groups, dim=1)  # [M, H, P, Dh]
+            v_all = values.repeat_interleave(groups, dim=1)
+            scores = torch.matmul(q, k_all.transpose(2, 3)) * self.scaling + bias  # [M, H, 1, P]
+            probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            out = torch.matmul(probs, v_all)  # [M, H, 1, Dh]
+        else:  # sdpa (flash-attn takes no mask; one query over <= 33 keys gains nothing from it)
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=bias.view(1, 1, 1, -1), scale=self.scaling, enable_gqa=groups > 1
+            )  # [M, H, 1, Dh]
+        return self.o_proj(out.reshape(m, self.num_heads * self.head_dim))
+
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Causal attention; q `[M, H, L, Dh]`, k/v `[M, Hk, P, Dh]` (queries = last L of P) -> `[M, L, H, Dh]`."""
         q_len, kv_len = q.shape[2], k.shape[2]
@@ -161,6 +201,11 @@ class DepthBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: DepthKVCache | None = None, layer: int = 0) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def step(self, x: torch.Tensor, cache: DepthKVCache, layer: int, position: torch.Tensor) -> torch.Tensor:
+        """`forward` for one new position `x [M, Dd]` at tensor index `position` (see `DepthAttention.step`)."""
+        x = x + self.self_attn.step(self.input_layernorm(x), cache, layer, position)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -214,4 +259,22 @@ class DepthTransformer(nn.Module):
                 x = layer(x, cache, i)
         if cache is not None:
             cache.length += x.shape[1]
+        return self.norm(x)
+
+    def step(self, x: torch.Tensor, cache: DepthKVCache, position: torch.Tensor) -> torch.Tensor:
+        """Runs one new position through every block with static shapes (the inference engine's depth step).
+
+        Position `p` of a frame sees positions 0..p of the same frame: the caller feeds positions 0, 1, ... in order;
+        a frame restarts at position 0 (older entries are masked out, then overwritten). `cache.length` is unused.
+
+        Args:
+            x: `[M, Dd]` the new position of each sequence.
+            cache: preallocated for M sequences (`new_cache`).
+            position: 0-dim int64 tensor on x's device, the position index (0..capacity-1).
+
+        Returns:
+            `[M, Dd]` final-normed output of that position.
+        """
+        for i, layer in enumerate(self.layers):
+            x = layer.step(x, cache, i, position)
         return self.norm(x)

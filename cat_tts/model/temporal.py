@@ -5,6 +5,14 @@ asks this module for a language config, a temporal model, or a Qwen3 checkpoint'
 
 The temporal model is a stock `Qwen3Model` driven by `inputs_embeds` (the summed per-channel
 frame embeddings); its output is the final-normed last hidden state `[B, T, D]`.
+
+For inference, `SlotKVCache` is a transformers `Cache` with static shapes: a pool of S slots of R rows each,
+preallocated once. Each slot holds one request's rows at columns 0..len-1 (its own positions, no padding), so
+requests of different lengths share a batch without left padding; `run_temporal` drives the stock `Qwen3Model`
+with per-slot positions and an explicit attention mask (which rows each query may see).
+
+Shapes: S slots, R rows per slot, B slots in a step (a prefix of the pool), L new rows, P visible columns,
+Hk key/value heads, Dh head dim, D width.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 
 import torch
 from transformers import Qwen3Config, Qwen3Model
+from transformers.cache_utils import Cache
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 logger = logging.getLogger(__name__)
@@ -125,3 +134,125 @@ def read_qwen3_config(directory: str | Path) -> Qwen3Config:
     if getattr(config, "model_type", None) != "qwen3":
         raise ValueError(f"{directory} does not hold a Qwen3 checkpoint (model_type={config.model_type!r})")
     return config
+
+
+class SlotKVCache(Cache):
+    """Preallocated temporal keys/values for a pool of slots (a transformers `Cache`, so `Qwen3Model` writes into it).
+
+    Two ways to write, chosen before each forward:
+    * decode (default): the forward runs the first B slots with one new row each; slot b's row is written at column
+      `write_columns[b]` (a tensor the caller owns and updates in place: no host synchronisation, fixed addresses), and
+      attention sees all R columns of the B slots (the caller's mask says which are valid);
+    * prefill (`prefill(slot, start)`): the forward runs one slot's next L prompt rows, written at columns
+      start..start+L-1; attention sees columns 0..start+L-1 of that slot.
+
+    Args:
+        config: the temporal Qwen3 config (layers, KV heads, head dim).
+        slots: S, the number of slots.
+        rows: R, the capacity of each slot (prompt rows + generated frames).
+        write_columns: `[S]` int64 tensor on `device`: the column each slot's next decode row goes to.
+        dtype, device: of the buffers.
+    """
+
+    def __init__(
+        self,
+        config: Qwen3Config,
+        slots: int,
+        rows: int,
+        write_columns: torch.Tensor,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        super().__init__(layers=[])
+        kv_heads = config.num_key_value_heads or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (slots, kv_heads, rows, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.write_columns = write_columns
+        self._prefill: tuple[int, int] | None = None
+
+    @property
+    def rows(self) -> int:
+        """R, the capacity of each slot."""
+        return self.keys[0].shape[2]
+
+    @property
+    def slots(self) -> int:
+        """S, the number of slots."""
+        return self.keys[0].shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes held by the buffers."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def prefill(self, slot: int, start: int) -> None:
+        """The next forward writes prompt rows of `slot` from column `start` (call `decode()` afterwards)."""
+        self._prefill = (slot, start)
+
+    def decode(self) -> None:
+        """The next forwards write one row per slot at `write_columns` (the default)."""
+        self._prefill = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Stores the new keys/values `[B, Hk, L, Dh]` and returns what attention sees (`[B, Hk, P, Dh]` each)."""
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self._prefill is not None:
+            slot, start = self._prefill
+            end = start + key_states.shape[2]
+            if end > self.rows:
+                raise ValueError(f"slot capacity is {self.rows} rows; cannot write rows {start}..{end - 1}")
+            keys[slot : slot + 1, :, start:end] = key_states
+            values[slot : slot + 1, :, start:end] = value_states
+            return keys[slot : slot + 1, :, :end], values[slot : slot + 1, :, :end]
+        b, heads, _, dim = key_states.shape
+        column = self.write_columns[:b].clamp(max=self.rows - 1).view(b, 1, 1, 1).expand(b, heads, 1, dim)
+        keys[:b].scatter_(2, column, key_states)
+        values[:b].scatter_(2, column, value_states)
+        return keys[:b], values[:b]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        # Positions are always passed explicitly (per slot), so transformers never needs this.
+        return 0
+
+    def reset_slot(self, slot: int) -> None:
+        """Zeroes one slot (not needed for correctness: masks hide stale rows; for tidy memory dumps)."""
+        for t in self.keys + self.values:
+            t[slot].zero_()
+
+
+def run_temporal(
+    temporal: Qwen3Model,
+    inputs_embeds: torch.Tensor,
+    position_ids: torch.Tensor,
+    visible: torch.Tensor,
+    cache: SlotKVCache,
+) -> torch.Tensor:
+    """Runs the stock `Qwen3Model` on new rows against a `SlotKVCache` with an explicit mask.
+
+    Args:
+        temporal: the temporal model.
+        inputs_embeds: `[B, L, D]` new rows.
+        position_ids: `[B, L]` their positions (per slot).
+        visible: `[B, L, P]` bool, True where a new row may attend to a column of what the cache returns.
+        cache: the slot cache (in decode or prefill mode).
+
+    Returns:
+        `[B, L, D]` final-normed hidden states.
+    """
+    # An additive mask for every implementation: transformers' eager attention adds it, and on the CPU SDPA with a
+    # boolean mask takes a kernel whose threading overhead dominates small decode steps.
+    dtype = inputs_embeds.dtype
+    mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
+    mask = mask[:, None]  # [B, 1, L, P]
+    if getattr(temporal, "has_sliding_layers", False):
+        raise NotImplementedError("sliding-window temporal layers are not supported by the slot cache")
+    masks = {"full_attention": mask}  # a prepared mask bypasses transformers' own mask construction
+    out = temporal(
+        inputs_embeds=inputs_embeds,
+        attention_mask=masks,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.last_hidden_state

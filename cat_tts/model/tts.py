@@ -31,17 +31,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from cat_tts.generation.mixin import CatTTSGenerationMixin
 from cat_tts.model.config import CatTTSConfig, TokenIds
 from cat_tts.model.depth import DepthKVCache, DepthTransformer
 from cat_tts.model.layers import RMSNorm, SwiGLU
-from cat_tts.model.temporal import build_temporal, resolve_attn_implementation, set_temporal_gradient_checkpointing
+from cat_tts.model.temporal import (
+    SlotKVCache,
+    build_temporal,
+    resolve_attn_implementation,
+    run_temporal,
+    set_temporal_gradient_checkpointing,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cat_tts.generation import GenerationConfig, GenerationOutput
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +93,21 @@ class TTSOutput:
         return dense.view(b, t, -1)
 
 
-class CatTTSModel(CatTTSGenerationMixin, nn.Module):
+class ChannelModules(NamedTuple):
+    """The modules of one output channel c, as the inference engine's code step takes them (the same compiled step
+    serves every audio channel because these are arguments, not attributes looked up by index)."""
+
+    embedding: nn.Embedding  # table of channel c's tokens (fed back into the depth transformer and the next frame)
+    adapter: SwiGLU  # depth width -> temporal width
+    norm: RMSNorm  # pre-head norm
+    head: nn.Linear  # temporal width -> V_c
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits `[..., V_c]` of this channel from depth outputs `h [..., Dd]`."""
+        return self.head(self.norm(self.adapter(h)))
+
+
+class CatTTSModel(nn.Module):
     """Temporal Qwen3 + depth transformer over the `[B, T, 1+N]` token grid.
 
     Args:
@@ -208,6 +231,74 @@ class CatTTSModel(CatTTSGenerationMixin, nn.Module):
     def new_depth_cache(self, batch: int) -> DepthKVCache:
         """An empty depth KV cache for `batch` frames on the model's device and dtype."""
         return self.depth.new_cache(batch, self.dtype, self.device)
+
+    # ------------------------------------------------------------------ inference primitives (the engine's vocabulary)
+    def channel_modules(self, channel: int) -> ChannelModules:
+        """The embedding, adapter, norm and head of channel `channel` (0 = text/control, 1..N = RVQ layers)."""
+        return ChannelModules(
+            self.embeddings[channel], self.depth_output[channel], self.head_norms[channel], self.heads[channel]
+        )
+
+    def to_depth(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared adapter from temporal width to depth width: `[..., D]` -> `[..., Dd]` (a frame's temporal state
+        becomes depth position 0; every sampled token's embedding becomes the next position)."""
+        return self.depth_input(x)
+
+    def depth_step(self, x: torch.Tensor, cache: DepthKVCache, position: torch.Tensor) -> torch.Tensor:
+        """One depth position with static shapes: `x [M, Dd]` at tensor index `position` -> `[M, Dd]`."""
+        return self.depth.step(x, cache, position)
+
+    def control_logits(self, h: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """Channel-0 logits from depth outputs `h [M, Dd]`.
+
+        Args:
+            h: depth outputs of position 0.
+            candidates: `[n]` token ids to score (e.g. continue / audio_end): only those rows of the text head are
+                computed (the release's head has 155648 rows). None = the whole text vocabulary.
+
+        Returns:
+            `[M, n]` or `[M, V_text]`.
+        """
+        x = self.head_norms[0](self.depth_output[0](h))  # [M, D]
+        if candidates is None:
+            return self.heads[0](x)
+        return x @ self.heads[0].weight[candidates].t()  # [M, n]
+
+    def new_temporal_cache(self, slots: int, rows: int, write_columns: torch.Tensor) -> SlotKVCache:
+        """A preallocated temporal cache for `slots` requests of up to `rows` rows each (see `SlotKVCache`)."""
+        return SlotKVCache(self.temporal.config, slots, rows, write_columns, self.dtype, self.device)
+
+    def temporal_step(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, visible: torch.Tensor, cache: SlotKVCache
+    ) -> torch.Tensor:
+        """Runs new temporal rows `[B, L, D]` at `position_ids [B, L]` against a slot cache; `visible [B, L, P]` says
+        which cached columns each row attends to. Returns final-normed states `[B, L, D]`."""
+        return run_temporal(self.temporal, inputs_embeds, position_ids, visible, cache)
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        config: GenerationConfig | None = None,
+        on_frame: Any = None,
+        **settings: Any,
+    ) -> GenerationOutput:
+        """Generates speech frames at depth K for a batch of prompt grids (runs the inference engine).
+
+        Args:
+            input_ids: `[B, T, 1+N]` prompt grids, left-padded (`cat_tts.text.PromptBuilder.pad_left`).
+            attention_mask: `[B, T]` (1 = real row) or None.
+            config: a `cat_tts.generation.GenerationConfig`; keyword `settings` replace its fields (`depth=8`,
+                `do_sample=False`, `temperature=...`, `seed=...`). Row b of a seeded batch uses seed + b.
+            on_frame: called with each `FrameStep` (progress bars).
+
+        Returns:
+            `GenerationOutput` (`.frames [B, F, 1+K]`, `.lengths [B]`, `.finished [B]`, timings).
+        """
+        from cat_tts.generation.engine import generate
+
+        return generate(self, input_ids, attention_mask, config, on_frame=on_frame, **settings)
 
     # ------------------------------------------------------------------ inputs
     def _check_grid(self, grid: torch.Tensor, name: str) -> None:

@@ -64,23 +64,30 @@ def test_continuation_audio_excludes_the_prefix(tiny_tts, ref_wav):
 
 def test_long_text_is_split_generated_per_chunk_and_joined(tiny_tts, ref_wav, monkeypatch):
     cfg = SynthesisConfig(max_chunk_chars=40, crossfade_ms=10)
-    tts = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer, cfg)
-    calls = []
-    original = tts.model.generate
-    monkeypatch.setattr(tts.model, "generate", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    tts = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer, cfg, engine=tiny_tts.engine)
+    prompts = []
+    original = tts.engine.submit
+    monkeypatch.setattr(tts.engine, "submit", lambda grid, *a, **k: prompts.append(grid) or original(grid, *a, **k))
     text = "First sentence is here. Second one follows it.\n\nA new paragraph starts. It ends now."
     audio, _ = tts.synthesize(text, ref_wav, depth=2, seed=0, **FIXED)
     # "First ... Second ..." is over 40 characters: two chunks; the second paragraph fits in one
-    assert len(calls) == 3
+    assert len(prompts) == 3
+    assert tts.engine.stats().frame_steps > 0
     overlap = int(0.010 * SR)
     assert audio.size == 3 * 5 * FRAME - 2 * overlap
+    # every chunk is its own engine request with the same voice prompt: it gives the same audio alone
+    alone, _ = tts.synthesize("Second one follows it.", ref_wav, depth=2, seed=1, **FIXED)
+    no_fade = SynthesisConfig(max_chunk_chars=40, crossfade_ms=0)
+    chunk = CatTTS(tts.model, tts.codec, tts.prompts.tokenizer, no_fade, engine=tts.engine)
+    joined, _ = chunk.synthesize(text, ref_wav, depth=2, seed=0, **FIXED)
+    np.testing.assert_array_equal(joined[5 * FRAME : 10 * FRAME], alone)
 
 
 @pytest.mark.parametrize("reference_text", [None, "A tone."])
 @pytest.mark.parametrize("first, every", [(1, 1), (1, 3), (2, 4)])
 def test_streaming_audio_equals_one_shot_audio(tiny_tts, ref_wav, reference_text, first, every):
     cfg = SynthesisConfig(max_chunk_chars=20, crossfade_ms=30)
-    tts = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer, cfg)
+    tts = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer, cfg, engine=tiny_tts.engine)
     kw = dict(reference_text=reference_text, depth=6, seed=7, min_new_frames=4, max_new_frames=7)
     text = "One sentence here. And another one."
     one_shot, _ = tts.synthesize(text, ref_wav, **kw)
@@ -96,8 +103,10 @@ def test_first_stream_piece_arrives_after_the_first_frame(tiny_tts, ref_wav):
     stream = tiny_tts.stream("Hello.", ref_wav, depth=2, seed=0, on_frame=frames.append, **FIXED)
     first = next(stream)
     held_back = int(0.050 * SR)  # the cross-fade tail waits for the next chunk or the end
-    assert len(frames) == 1 and first.size == FRAME - held_back
+    assert frames == [1] and first.size == FRAME - held_back
     stream.close()
+    stats = tiny_tts.engine.stats()
+    assert stats.busy_slots == 0 and stats.queued_requests == 0  # closing the stream freed its slot
 
 
 def test_batch_equals_one_by_one_when_greedy(tiny_tts, ref_wav):
@@ -107,7 +116,7 @@ def test_batch_equals_one_by_one_when_greedy(tiny_tts, ref_wav):
         {"text": "A slightly longer sentence than the others.", "reference_audio": ref_wav},
     ]
     kw = dict(depth=3, do_sample=False, **FIXED)
-    batch = tiny_tts.synthesize_batch(items, batch_size=3, **kw)
+    batch = tiny_tts.synthesize_batch(items, **kw)
     assert len(batch) == 3
     for item, (audio, sr) in zip(items, batch, strict=True):
         single, _ = tiny_tts.synthesize(item["text"], item["reference_audio"], item.get("reference_text"), **kw)
@@ -135,14 +144,16 @@ def bad_files(tmp_path_factory):
         (dict(ref="silent.wav"), "silent"),
         (dict(ref="long.wav"), "limit"),
         (dict(ref="short.wav"), "too short"),
-        (dict(depth=0), "depth must be an integer in 1..32"),
-        (dict(depth=33), "depth must be an integer in 1..32"),
+        (dict(depth=0), "depth must be >= 1"),
+        (dict(depth=33), "depth must be in 1..32"),
         (dict(depth="8"), "depth must be an integer"),
         (dict(top_p=0.0), "top_p"),
         (dict(top_k=-1), "top_k"),
         (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature=-0.5), "temperature"),
         (dict(repetition_penalty=-1.0), "repetition_penalty"),
-        (dict(beam_size=4), "unknown sampling options"),
+        (dict(min_new_frames=9, max_new_frames=3), "min_new_frames"),
+        (dict(beam_size=4), "unknown generation settings"),
         (dict(mode="continuation"), "needs the reference transcript"),
         (dict(mode="sing"), "mode must be"),
     ],
