@@ -18,6 +18,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from cat_tts.model.temporal import is_language_config, make_language_config
+from cat_tts.text.prompt import DEFAULT_LAYOUT, LAYOUTS
 
 # The `architectures` entry of the released config.json (a name the official format readers look for).
 OFFICIAL_ARCHITECTURE = "MossTTSDelayModel"
@@ -66,6 +67,9 @@ class CatTTSConfig(PretrainedConfig):
         local_ffn_hidden_size: FFN width of the depth transformer.
         local_hidden_size: width of the depth transformer.
         local_num_layers: number of depth transformer blocks.
+        prompt_layout: the prompt layout the model was trained with: "chat" (the released checkpoint's ChatML
+            format) or "plain" (text, then audio: the paper's pre-training format); see `cat_tts.text.prompt`.
+            Absent from the released config.json, hence "chat" by default; written by `save_pretrained`.
         **kwargs: other `PretrainedConfig` fields (architectures, dtype, ...), kept and written back.
 
     Raises:
@@ -94,6 +98,7 @@ class CatTTSConfig(PretrainedConfig):
         local_ffn_hidden_size: int = 8960,  # depth transformer FFN width
         local_hidden_size: int = 1536,  # depth transformer width
         local_num_layers: int = 4,  # depth transformer blocks
+        prompt_layout: str = DEFAULT_LAYOUT,  # prompt layout the model was trained with: "chat" | "plain"
         **kwargs: Any,
     ) -> None:
         self.language_config = (
@@ -120,6 +125,7 @@ class CatTTSConfig(PretrainedConfig):
         self.local_ffn_hidden_size = local_ffn_hidden_size
         self.local_hidden_size = local_hidden_size
         self.local_num_layers = local_num_layers
+        self.prompt_layout = prompt_layout
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.validate_fields()
 
@@ -154,6 +160,8 @@ class CatTTSConfig(PretrainedConfig):
                 continue
             if value is None or not (0 <= value < self.vocab_size):
                 raise ValueError(f"{name} must be a text token id in [0, {self.vocab_size}), got {value!r}")
+        if self.prompt_layout not in LAYOUTS:
+            raise ValueError(f"prompt_layout must be one of {' | '.join(LAYOUTS)}, got {self.prompt_layout!r}")
         if not (self.initializer_range > 0):
             raise ValueError(f"initializer_range must be > 0, got {self.initializer_range}")
 

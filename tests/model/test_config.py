@@ -68,6 +68,7 @@ def test_reads_an_official_style_config_json(tmp_path):
     from cat_tts.model.checkpoint import read_config
 
     cfg = read_config(tmp_path)
+    assert cfg.prompt_layout == "chat"  # the released config.json has no prompt_layout: the released layout
     assert cfg.token_ids.audio_end == 504 and cfg.depth_num_kv_heads == 2 and cfg.depth_head_dim == 16
     assert cfg.language_config.rope_parameters["rope_theta"] == 1e6
     back = cfg.to_dict()
@@ -84,6 +85,7 @@ def test_reads_an_official_style_config_json(tmp_path):
         ("local_num_layers", -1, "local_num_layers"),
         ("audio_pad_code", 2000, "audio_pad_code must be in"),
         ("audio_end_token_id", 600, "audio_end_token_id must be a text token id"),
+        ("prompt_layout", "continuation", r"prompt_layout must be one of chat \| plain, got 'continuation'"),
     ],
 )
 def test_invalid_fields_are_named(field, value, match):
@@ -100,3 +102,15 @@ def test_pretrained_config_save_and_load(tmp_path):
     loaded = CatTTSConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == cfg.to_dict()
     assert loaded.token_ids == cfg.token_ids
+
+
+def test_prompt_layout_is_written_and_read_back(tmp_path):
+    from cat_tts.model import CatTTSModel
+    from cat_tts.model.checkpoint import read_config
+
+    cfg = CatTTSConfig.tiny()
+    cfg.prompt_layout = "plain"
+    CatTTSModel(cfg).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["prompt_layout"] == "plain"
+    assert read_config(tmp_path).prompt_layout == "plain"
+    assert CatTTSModel.from_pretrained(tmp_path).config.prompt_layout == "plain"
