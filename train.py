@@ -6,6 +6,11 @@
 
 Settings come from the YAML config (see cat_tts/training/config.py); the flags below override single
 fields, `--set section.field=value` any field. `--print-deepspeed` prints the DeepSpeed JSON the run uses.
+`--resume` continues from the newest intact checkpoint (every file checked against the checkpoint's manifest;
+a damaged newer checkpoint is named and moved aside).
+
+Exit codes: 0 done; 2 a user error (bad config, data, --out, checkpoint; one line on stderr); 3 the loss
+became NaN/inf; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, default=None, help="checkpoint interval in steps (run.save_every)")
     parser.add_argument("--log-every", type=int, default=None, help="logging interval in steps (run.log_every)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in the run directory"
+        "--resume",
+        action="store_true",
+        help="continue from the newest intact checkpoint in the run directory (damaged ones are named and set aside)",
     )
     parser.add_argument(
         "--set",
@@ -78,22 +85,35 @@ def _quote(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML scalar: paths stay strings
 
 
+def _error(err: BaseException) -> int:
+    from cat_tts.errors import USER_ERROR_EXIT_CODE
+
+    print(f"train.py: error: {err}", file=sys.stderr)
+    return USER_ERROR_EXIT_CODE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from cat_tts.errors import UserError
+
     try:
         cfg = load_config(args)
-    except (OSError, ValueError) as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        return 2
+    except (UserError, OSError) as err:
+        return _error(err)
     if args.print_deepspeed:
         from cat_tts.training.deepspeed_config import deepspeed_config_json
 
         try:
             print(deepspeed_config_json(cfg, args.device_type), end="")
-        except ValueError as err:
-            print(f"train.py: error: {err}", file=sys.stderr)
-            return 2
+        except UserError as err:
+            return _error(err)
         return 0
+    from cat_tts.data.prepare import check_output_dir
+
+    try:
+        check_output_dir(cfg.run.out, "--out")  # before DeepSpeed is even imported
+    except UserError as err:
+        return _error(err)
     import os
 
     rank = int(os.environ.get("RANK", 0))
@@ -110,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 3
-    except (OSError, ValueError, ImportError) as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        return 1
+    except (UserError, OSError, ImportError) as err:  # any other exception is a bug: keep its traceback
+        return _error(err)
     if rank == 0:
         print(f"train.py: done at step {result.step}; checkpoint {result.checkpoint}; model {result.model_dir}")
     return 0

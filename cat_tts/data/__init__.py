@@ -1,7 +1,7 @@
-"""Training data: manifests, codec pre-extraction into dataset shards, sample formats, token-budget batches.
+"""Training data: manifests, codec pre-extraction into shards, samples in a prompt layout, token-budget batches.
 
 manifest.jsonl --(python -m cat_tts.data.prepare)--> DIR/shards/* --(PreparedDataset)--> Utterance
-Utterance --(SampleBuilder: continuation | chat)--> TrainingSample --(BatchStream + Collator)--> Batch
+Utterance --(SampleBuilder: plain | chat layout)--> TrainingSample --(BatchStream + Collator)--> Batch
 """
 
 from cat_tts.data.collate import Batch, BatchStream, Collator, plan_batches

@@ -7,7 +7,7 @@ inside pools of shuffled samples so padding stays small while batch order stays 
 Everything random is derived from `(seed, epoch, batch index)`, so the stream can be resumed exactly from
 `(epoch, position)` without storing generator states, and every rank builds the same epoch plan.
 
-Shapes: B samples, R rows (longest sample), N audio layers.
+Shapes: B samples of a batch, R rows (longest sample), N RVQ layers, U utterances of the dataset.
 """
 
 from __future__ import annotations
@@ -20,16 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cat_tts.data.samples import IGNORE, SampleBuilder, TrainingSample
+from cat_tts.data.samples import SampleBuilder, TrainingSample
+from cat_tts.errors import InputError
+from cat_tts.model import IGNORE_INDEX
+from cat_tts.model.psd import PAPER_DEPTH_RANGE, check_depth_range, sample_depths
 
 logger = logging.getLogger(__name__)
-
-
-def sample_depths(batch: int, n_vq: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample PSD depths: with probability p a uniform K in 1..n_vq-1, else n_vq. Returns LongTensor [B]."""
-    from cat_tts.model.psd import sample_depths as model_sample_depths
-
-    return model_sample_depths(batch, n_vq, p, generator=generator)  # the model's sampler: one definition of PSD
 
 
 def _seed(*parts: int) -> int:
@@ -42,7 +38,7 @@ class Batch:
 
     input_ids: torch.Tensor  # [B, R, 1+N]
     attention_mask: torch.Tensor  # [B, R] bool, False on padding rows
-    labels: torch.Tensor  # [B, R, 1+N], IGNORE on padding and unsupervised entries
+    labels: torch.Tensor  # [B, R, 1+N], IGNORE_INDEX on padding and unsupervised entries
     depths: torch.Tensor  # [B] PSD depth K of each sample (N = all layers)
     ids: list[str]  # utterance ids, for error messages
     num_rows: int  # real (non-padding) rows in the batch
@@ -61,22 +57,26 @@ class Batch:
 
 
 class Collator:
-    """Right-pads samples into a batch and draws their PSD depths.
+    """Right-pads samples into a batch and draws their PSD depths (`cat_tts.model.psd.sample_depths`).
 
     Args:
         pad_id: text pad token (channel 0 of padding rows).
         audio_pad_code: audio pad code (channels 1..N of padding rows).
-        n_vq: audio layers N.
+        n_vq: RVQ layers N.
         p: PSD probability (0 = always all N layers).
+        depth_range: where a truncated sample's depth K is drawn from: "1..N-1" (the paper) or "1..N".
     """
 
-    def __init__(self, pad_id: int, audio_pad_code: int, n_vq: int, p: float) -> None:
+    def __init__(
+        self, pad_id: int, audio_pad_code: int, n_vq: int, p: float, depth_range: str = PAPER_DEPTH_RANGE
+    ) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p = {p} is invalid; allowed: 0.0 .. 1.0")
         self.pad_id = pad_id
         self.audio_pad_code = audio_pad_code
         self.n_vq = n_vq
         self.p = p
+        self.depth_range = check_depth_range(depth_range)
 
     def __call__(self, samples: Sequence[TrainingSample], generator: torch.Generator) -> Batch:
         if not samples:
@@ -85,14 +85,14 @@ class Collator:
         width = 1 + self.n_vq
         input_ids = torch.full((b, r, width), self.audio_pad_code, dtype=torch.long)  # [B, R, 1+N]
         input_ids[:, :, 0] = self.pad_id
-        labels = torch.full((b, r, width), IGNORE, dtype=torch.long)  # [B, R, 1+N]
+        labels = torch.full((b, r, width), IGNORE_INDEX, dtype=torch.long)  # [B, R, 1+N]
         mask = torch.zeros(b, r, dtype=torch.bool)  # [B, R]
         for i, s in enumerate(samples):
             n = s.input_ids.shape[0]
             input_ids[i, :n] = s.input_ids
             labels[i, :n] = s.labels
             mask[i, :n] = True
-        depths = sample_depths(b, self.n_vq, self.p, generator)  # [B]
+        depths = sample_depths(b, self.n_vq, self.p, generator, depth_range=self.depth_range)  # [B]
         return Batch(
             input_ids=input_ids,
             attention_mask=mask,
@@ -113,7 +113,7 @@ def plan_batches(
     packed greedily (`count x longest <= budget`), and the batches are shuffled.
 
     Args:
-        lengths: `[S]` rows per sample; negative = leave the sample out.
+        lengths: `[U]` rows per sample; negative = leave the sample out.
         budget: the token budget of one batch.
         seed, epoch: determine the plan (the same on every rank).
         pool_batches: pool size in batches of typical length (larger = less padding, less randomness).
@@ -151,10 +151,10 @@ def plan_batches(
 
 
 def choose_references(speakers: Sequence[str | None], explicit: np.ndarray, seed: int, epoch: int) -> np.ndarray:
-    """Chat format: for each utterance, another utterance of the same speaker to serve as reference.
+    """Chat layout: for each utterance, another utterance of the same speaker to serve as reference.
 
     Returns:
-        `[S]` indices; -1 = no reference (no speaker label, or the speaker's only utterance); -2 = use the
+        `[U]` indices; -1 = no reference (no speaker label, or the speaker's only utterance); -2 = use the
         utterance's own explicit reference clip (manifest `ref_audio`).
     """
     rng = np.random.default_rng(_seed(seed, epoch, 1))
@@ -204,11 +204,11 @@ class BatchStream:
     Args:
         dataset: a `PreparedDataset` (or any object with `num_frames`, `ref_frames`, `speakers`, `texts`,
             `ids`, `__len__` and `__getitem__ -> Utterance`).
-        builder: the `SampleBuilder` (format a or b).
+        builder: the `SampleBuilder` (its prompt layout).
         collator: the `Collator`.
         budget: token budget per micro-batch.
         max_frames: longer utterances are left out.
-        max_reference_frames: chat format: references are cut to this many frames.
+        max_reference_frames: chat layout: references are cut to this many frames.
         seed: seeds batch order, references and PSD depths.
         rank, world_size: every rank takes an equal share of each epoch's batches.
         num_workers: DataLoader workers building batches.
@@ -233,8 +233,8 @@ class BatchStream:
         self.epoch = 0
         self.position = 0  # batches of the current epoch this rank has consumed
         tokenized = builder.tokenizer(list(dataset.texts), add_special_tokens=False)["input_ids"]
-        self.text_tokens = np.asarray([len(t) for t in tokenized], dtype=np.int64)  # [S]
-        self.frames = np.asarray(dataset.num_frames, dtype=np.int64)  # [S]
+        self.text_tokens = np.asarray([len(t) for t in tokenized], dtype=np.int64)  # [U]
+        self.frames = np.asarray(dataset.num_frames, dtype=np.int64)  # [U]
         self.too_long_frames = int((self.frames > max_frames).sum())
         if self.too_long_frames:
             logger.info("leaving out %d utterances longer than %d frames", self.too_long_frames, max_frames)
@@ -244,7 +244,7 @@ class BatchStream:
     def _plan(self, epoch: int) -> tuple[list[list[int]], np.ndarray | None, list[int]]:
         refs = None
         ref_frames = np.zeros(len(self.frames), dtype=np.int64)
-        if self.builder.format == "chat":
+        if self.builder.layout == "chat":
             refs = choose_references(self.dataset.speakers, np.asarray(self.dataset.ref_frames), self.seed, epoch)
             own = np.asarray(self.dataset.ref_frames, dtype=np.int64)
             ref_frames = np.where(refs == -2, own, np.where(refs >= 0, self.frames[np.maximum(refs, 0)], 0))
@@ -262,7 +262,7 @@ class BatchStream:
             logger.warning("%d samples do not fit data.tokens_per_batch = %d and are left out", too_long, self.budget)
         per_rank = len(batches) // self.world_size
         if per_rank == 0:
-            raise ValueError(
+            raise InputError(
                 f"the dataset gives {len(batches)} batch(es) per epoch, fewer than the {self.world_size} rank(s); "
                 "use more data or a smaller data.tokens_per_batch"
             )

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cat_tts.errors import InputError
+
 
 @dataclass
 class Utterance:
@@ -24,7 +26,36 @@ class Utterance:
     speaker: str | None = None
     language: str | None = None
     ref_codes: torch.Tensor | None = None  # [K, T'] int64, an explicit reference clip (manifest `ref_audio`)
-    fields: dict[str, Any] = field(default_factory=dict)  # other prompt fields of the chat format
+    fields: dict[str, Any] = field(default_factory=dict)  # other user-message fields of the chat layout
+
+
+def find_shards(path: str | Path) -> tuple[Path, list[str]]:
+    """The complete shards of a prepared directory (cheap: no data is read).
+
+    Args:
+        path: the `--out` directory of `cat_tts.data.prepare` (or its `shards/` subdirectory).
+
+    Returns:
+        `(shard directory, shard names)`.
+
+    Raises:
+        InputError: the directory does not exist, or holds no complete shard.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        what = "is a file" if root.exists() else "does not exist"
+        raise InputError(
+            f"the prepared data directory {root} {what}; create it with `python -m cat_tts.data.prepare MANIFEST "
+            f"--codec PATH --out {root}`"
+        )
+    shard_dir = root / "shards" if (root / "shards").is_dir() else root
+    names = sorted(p.stem for p in shard_dir.glob("rank*.json") if (shard_dir / p.stem).is_dir())
+    if not names:
+        raise InputError(
+            f"no prepared shards in {root}; create them with `python -m cat_tts.data.prepare MANIFEST "
+            f"--codec PATH --out {root}`"
+        )
+    return shard_dir, names
 
 
 class PreparedDataset:
@@ -34,7 +65,7 @@ class PreparedDataset:
         path: the `--out` directory of `cat_tts.data.prepare` (or its `shards/` subdirectory).
 
     Raises:
-        FileNotFoundError: if the directory holds no complete shard.
+        InputError: if the directory holds no complete shard.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -43,13 +74,7 @@ class PreparedDataset:
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError("reading prepared data needs `datasets`: pip install 'cat-tts[train]'") from err
         root = Path(path)
-        shard_dir = root / "shards" if (root / "shards").is_dir() else root
-        names = sorted(p.stem for p in shard_dir.glob("rank*.json") if (shard_dir / p.stem).is_dir())
-        if not names:
-            raise FileNotFoundError(
-                f"no prepared shards in {root}; create them with `python -m cat_tts.data.prepare MANIFEST "
-                f"--codec PATH --out {root}`"
-            )
+        shard_dir, names = find_shards(root)
         parts = [load_from_disk(str(shard_dir / n)) for n in names]
         self.path = root
         self._ds = concatenate_datasets(parts) if len(parts) > 1 else parts[0]

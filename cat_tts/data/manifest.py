@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Optional user-message fields of the official chat format, kept verbatim for the chat sample format.
+from cat_tts.errors import InputError
+
+# Optional user-message fields of the official chat format, kept verbatim for the chat prompt layout.
 PROMPT_FIELDS = ("instruction", "tokens", "quality", "sound_event", "ambient_sound")
 _KNOWN = {"id", "audio", "text", "speaker", "ref_audio", "reference_audio", "reference", "language", *PROMPT_FIELDS}
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest line that cannot be used (names the file and line)."""
 
 
@@ -33,8 +35,8 @@ class ManifestRow:
     id: str  # utterance id ("id" field, else the audio file stem + index)
     audio: str  # absolute path of the target audio
     text: str  # its transcript
-    speaker: str | None = None  # speaker label (chat format: references come from the same speaker)
-    ref_audio: str | None = None  # explicit reference clip for the chat format
+    speaker: str | None = None  # speaker label (chat layout: references come from the same speaker)
+    ref_audio: str | None = None  # explicit reference clip for the chat layout
     language: str | None = None  # language tag, kept for the chat prompt
     fields: dict[str, Any] = field(default_factory=dict)  # other official prompt fields (PROMPT_FIELDS)
 
@@ -95,12 +97,14 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         The rows in file order.
 
     Raises:
-        FileNotFoundError: if the file does not exist.
-        ManifestError: for a line that is not valid JSON or lacks `audio` / `text` (names file and line).
+        ManifestError: if the file does not exist, or for a line that is not valid JSON or lacks `audio` / `text`
+            (names the file and line).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"the manifest {path} is a directory; pass the JSONL file (one utterance per line)")
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise ManifestError(f"manifest not found: {path}")
     base = path.resolve().parent
     rows: list[ManifestRow] = []
     with open(path, encoding="utf-8") as f:

@@ -12,7 +12,8 @@ Rows whose audio (or explicit reference) is missing, unreadable, empty, silent o
 counted and listed in `DIR/prepare_report*.jsonl`. Under several processes (`torchrun`, the deepspeed
 launcher, or `--rank/--world-size`) rank r takes manifest rows r, r+W, r+2W, ... and encodes on its own
 GPU. A shard becomes visible only when complete, so a rerun continues with the first missing shard.
-The run ends with a summary and exits 0 unless no usable utterance remains.
+The run ends with a summary and exits 0; a user error (bad manifest or option, unwritable `--out`, no usable
+utterance) is one line on stderr and exit code 2.
 
 Shapes: B batch, S samples, K = 32 layers, T frames.
 """
@@ -25,6 +26,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ import torch
 
 from cat_tts.audio import DEFAULT_SAMPLE_RATE
 from cat_tts.data.manifest import ManifestRow, read_manifest
+from cat_tts.errors import USER_ERROR_EXIT_CODE, InputError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +62,15 @@ class PrepareConfig:
 
     def validate(self) -> PrepareConfig:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size = {self.batch_size} is invalid; allowed: >= 1")
+            raise UserError(f"batch_size = {self.batch_size} is invalid; allowed: >= 1")
         if self.num_workers < 0:
-            raise ValueError(f"num_workers = {self.num_workers} is invalid; allowed: >= 0")
+            raise UserError(f"num_workers = {self.num_workers} is invalid; allowed: >= 0")
         if self.shard_size < 1:
-            raise ValueError(f"shard_size = {self.shard_size} is invalid; allowed: >= 1")
+            raise UserError(f"shard_size = {self.shard_size} is invalid; allowed: >= 1")
         if self.max_seconds <= 0:
-            raise ValueError(f"max_seconds = {self.max_seconds} is invalid; allowed: > 0")
+            raise UserError(f"max_seconds = {self.max_seconds} is invalid; allowed: > 0")
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank = {self.rank} is invalid for world_size = {self.world_size}; allowed: 0..W-1")
+            raise UserError(f"rank = {self.rank} is invalid for world_size = {self.world_size}; allowed: 0..W-1")
         return self
 
 
@@ -84,6 +87,32 @@ class PrepareSummary:
     @property
     def total_skipped(self) -> int:
         return sum(self.skipped.values())
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Creates `path` if needed and checks that files can be written into it, before any work is done.
+
+    Args:
+        path: the output directory.
+        flag: how the user named it (for the message), e.g. "--out".
+
+    Returns:
+        The directory.
+
+    Raises:
+        InputError: one line naming the path and the reason (it is a file, a parent is a file, no permission...).
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} is a file, not a directory; choose a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise InputError(f"cannot write to {flag} {path} ({reason}); choose a writable directory") from None
+    return path
 
 
 def classify_audio_error(err: Exception) -> str:
@@ -219,15 +248,16 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         The summary over all complete shards of this rank.
 
     Raises:
-        FileNotFoundError / ManifestError: for a missing or malformed manifest.
+        ManifestError: for a missing or malformed manifest.
+        UserError: for an unusable option or an output directory that cannot be written.
     """
     from tqdm import tqdm
 
     from cat_tts.codec import CatCodec
 
     cfg.validate()
+    out = check_output_dir(cfg.out)
     rows = [r for r in read_manifest(cfg.manifest) if r.index % cfg.world_size == cfg.rank]
-    out = Path(cfg.out)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     chunks = [rows[i : i + cfg.shard_size] for i in range(0, len(rows), cfg.shard_size)]
@@ -371,9 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         summary = prepare(cfg)
-    except (OSError, ValueError, ImportError) as err:
+    except (UserError, OSError, ImportError) as err:
         print(f"prepare: error: {err}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT_CODE
     skipped = ", ".join(f"{r} {n}" for r, n in summary.skipped.items()) or "none"
     print(
         f"prepare: kept {summary.kept} utterances ({summary.hours:.3f} h) in {summary.shards} shard(s); "
@@ -381,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if summary.kept == 0:
         print("prepare: error: no usable utterance remains; see the report for the reasons", file=sys.stderr)
-        return 1
+        return USER_ERROR_EXIT_CODE
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic, complete, resumable, and exported in Hugging Face format.
+"""Training checkpoints: atomic, verified on resume, and exported in Hugging Face format.
 
 Layout of a run directory:
 
@@ -8,11 +8,16 @@ Layout of a run directory:
         rng/rank00000.json    Python / NumPy generator state of each rank (+ .safetensors: torch CPU/CUDA states)
         config.yaml           the resolved TrainConfig
         model/                Hugging Face-format export (safetensors + config + tokenizer): from_pretrained loads it
+        manifest.json         every other file with its size and SHA-256; written last
     RUN_DIR/model/            the final model (same format)
 
-A checkpoint is written under a hidden temporary name and renamed when every rank has finished, so a
-directory named `step-*` is always complete; `--resume` takes the newest one. Only the last
-`run.keep_last` are kept.
+A checkpoint is written under a hidden temporary name; when every rank has finished, rank 0 writes the
+manifest (atomically) and renames the directory, so a directory named `step-*` is complete when written.
+`--resume` trusts a checkpoint only if its manifest is present and every listed file has its size and checksum
+(disk errors, a truncated copy, a file edited or deleted later): it takes the newest intact checkpoint, and moves
+each damaged newer one aside (`step-*.damaged`), naming it and the reason. A checkpoint without a manifest, or
+without its trainer state, is incomplete. Rotation keeps the last `run.keep_last` checkpoints and only ever
+deletes checkpoints older than the one just written (which is intact), so the last intact checkpoint survives.
 
 The `deepspeed/` files are DeepSpeed's own (pickled) state: `--resume` reads only files this training
 code wrote into the run directory. Models are shared as the `model/` export (safetensors only).
@@ -20,6 +25,7 @@ code wrote into the run directory. Models are shared as the `model/` export (saf
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,31 +38,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from cat_tts.errors import CheckpointError
+
 logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 DEEPSPEED_TAG = "state"
+MANIFEST = "manifest.json"  # written last: {"format", "step", "files": {relative path: {"bytes", "sha256"}}}
+TRAINER_STATE = "trainer_state.json"
+MANIFEST_FORMAT = 1
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """The directory of the checkpoint of optimizer step `step`."""
     return Path(run_dir) / "checkpoints" / f"step-{step:08d}"
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Every `step-*` checkpoint directory of a run (intact or not), oldest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [
-        p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / "trainer_state.json").exists()
-    ]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    return sorted(found, key=_step_of)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+def _step_of(path: Path) -> int:
+    return int(_STEP_DIR.match(path.name).group(1))
 
 
 def remove_incomplete(run_dir: str | Path) -> None:
@@ -64,9 +72,160 @@ def remove_incomplete(run_dir: str | Path) -> None:
     root = Path(run_dir) / "checkpoints"
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(".") and p.name.endswith(".tmp"):
-                logger.info("removing incomplete checkpoint %s", p)
+            if p.name.startswith(".") and (p.name.endswith(".tmp") or p.name.endswith(".old")):
+                logger.info("removing the incomplete checkpoint %s (an interrupted save)", p)
                 shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | Path, step: int) -> Path:
+    """Lists every file of a checkpoint directory with its size and SHA-256 in `manifest.json` (atomically).
+
+    Args:
+        directory: the checkpoint directory (everything else must already be written).
+        step: the checkpoint's optimizer step.
+
+    Returns:
+        The manifest path.
+    """
+    directory = Path(directory)
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel == MANIFEST:
+            continue
+        files[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    tmp = directory / f".{MANIFEST}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"format": MANIFEST_FORMAT, "step": step, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST)
+    return directory / MANIFEST
+
+
+def verify_checkpoint(directory: str | Path) -> str | None:
+    """Checks a checkpoint against its manifest.
+
+    Args:
+        directory: a `step-*` checkpoint directory.
+
+    Returns:
+        None when the checkpoint is intact, else the reason it is not (one line, naming the file).
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        if not (directory / TRAINER_STATE).is_file():
+            return f"incomplete: no {MANIFEST} and no {TRAINER_STATE}"
+        return f"incomplete: no {MANIFEST} (the save did not finish, or an older cat-tts wrote it)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        step = int(manifest["step"])
+        if not isinstance(files, dict):
+            raise TypeError("files is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{MANIFEST} is damaged ({type(err).__name__}: {err})"
+    if TRAINER_STATE not in files:
+        return f"incomplete: its manifest lists no {TRAINER_STATE}"
+    for rel, entry in sorted(files.items()):
+        path = directory / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        size = path.stat().st_size
+        if size != entry.get("bytes"):
+            return f"{rel} has {size} bytes, the manifest says {entry.get('bytes')} (truncated or overwritten)"
+        if _sha256(path) != entry.get("sha256"):
+            return f"{rel} does not match its checksum (damaged or edited)"
+    try:
+        state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
+        if int(state["step"]) != step or not isinstance(state["data"], dict):
+            raise ValueError(f"step {state['step']} in a manifest of step {step}")
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{TRAINER_STATE} is unusable ({type(err).__name__}: {err})"
+    if _STEP_DIR.match(directory.name) and _step_of(directory) != step:
+        return f"the manifest is of step {step}, not {_step_of(directory)}"
+    return None
+
+
+def _set_aside(path: Path) -> Path:
+    """Renames a damaged checkpoint to `step-N.damaged` (`.damaged-2`, ... if taken), out of resume and rotation."""
+    target = path.with_name(f"{path.name}.damaged")
+    k = 2
+    while target.exists():
+        target = path.with_name(f"{path.name}.damaged-{k}")
+        k += 1
+    os.replace(path, target)
+    return target
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest intact checkpoint of a run (rank 0 only; it may move damaged checkpoints aside).
+
+    Checkpoints are verified newest first. When an intact one is found, every damaged newer one is renamed to
+    `step-N.damaged` and reported (a warning naming its path and what is wrong); nothing is deleted.
+
+    Args:
+        run_dir: the run directory.
+
+    Returns:
+        The checkpoint directory, or None when the run has no checkpoint at all.
+
+    Raises:
+        CheckpointError: checkpoints exist but none is intact (one line naming each and its problem); nothing is
+            moved then.
+    """
+    damaged: list[tuple[Path, str]] = []
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(ckpt)
+        if problem is None:
+            for path, reason in damaged:
+                moved = _set_aside(path)
+                logger.warning(
+                    "checkpoint %s is damaged: %s; moved it to %s and resuming from %s instead",
+                    path,
+                    reason,
+                    moved.name,
+                    ckpt,
+                )
+            return ckpt
+        damaged.append((ckpt, problem))
+    if damaged:
+        listing = "; ".join(f"{path} ({reason})" for path, reason in damaged)
+        raise CheckpointError(
+            f"no intact checkpoint to resume from: {listing}. Start a new run (another --out), or start one from a "
+            "checkpoint's model export with --init RUN_DIR/checkpoints/step-N"
+        )
+    return None
+
+
+def rotate_checkpoints(run_dir: str | Path, newest: Path, keep_last: int) -> list[Path]:
+    """Deletes old checkpoints so that `keep_last` remain; only checkpoints older than `newest` are deleted.
+
+    Args:
+        run_dir: the run directory.
+        newest: the checkpoint just written (intact: its manifest was computed from its files).
+        keep_last: checkpoints to keep, `newest` included (>= 1).
+
+    Returns:
+        The deleted directories.
+    """
+    older = [p for p in list_checkpoints(run_dir) if _step_of(p) < _step_of(newest)]
+    doomed = older[: max(0, len(older) - (keep_last - 1))]
+    for old in doomed:
+        shutil.rmtree(old, ignore_errors=True)
+    return doomed
 
 
 # ---------------------------------------------------------------------------- RNG
@@ -139,7 +298,7 @@ def save_checkpoint(
     export: bool = True,
     keep_last: int = 3,
 ) -> Path:
-    """Saves a complete checkpoint atomically (every rank must call it).
+    """Saves a complete checkpoint atomically, with its manifest, then rotates old ones (every rank must call it).
 
     Args:
         engine: the DeepSpeed engine (model, optimizer and scheduler state).
@@ -149,7 +308,7 @@ def save_checkpoint(
         config_yaml: the resolved config.
         tokenizer: saved with the Hugging Face export.
         export: also write the `model/` export.
-        keep_last: complete checkpoints to keep.
+        keep_last: checkpoints to keep (the new one included).
 
     Returns:
         The final checkpoint directory.
@@ -175,31 +334,52 @@ def save_checkpoint(
     _barrier()
     if rank == 0:
         (tmp / "config.yaml").write_text(config_yaml)
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
-        if final.exists():  # saving the same step twice (e.g. a resumed run that saves at once)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep_last]:
+        (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+        write_manifest(tmp, step)  # last: a directory with a valid manifest holds everything listed in it
+        if final.exists():  # saving the same step twice (a resumed run that saves at once): swap, then delete
+            old = final.parent / f".{final.name}.old"
             shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        rotate_checkpoints(run_dir, final, keep_last)
     _barrier()
     return final
 
 
 def load_checkpoint(engine: Any, ckpt: str | Path) -> dict[str, Any]:
-    """Restores engine state and this rank's RNG state from a complete checkpoint; returns the trainer state."""
+    """Restores engine state and this rank's RNG state from a verified checkpoint; returns the trainer state.
+
+    Raises:
+        CheckpointError: naming the checkpoint, when DeepSpeed or the RNG state cannot be loaded from it.
+    """
     from safetensors.torch import load_file
 
     ckpt = Path(ckpt)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    load_path, _ = engine.load_checkpoint(
-        str(ckpt / "deepspeed"), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    try:
+        load_path, _ = engine.load_checkpoint(
+            str(ckpt / "deepspeed"), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    except Exception as err:  # DeepSpeed raises anything from pickle/zip/KeyError to RuntimeError on a bad file
+        raise CheckpointError(
+            f"could not load the engine state of checkpoint {ckpt / 'deepspeed'}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0][:300] if str(err) else ''}"
+        ) from err
     if load_path is None:
-        raise FileNotFoundError(f"DeepSpeed could not load the engine state from {ckpt / 'deepspeed'}")
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+        raise CheckpointError(f"DeepSpeed found no engine state in {ckpt / 'deepspeed'}")
+    try:
+        state = json.loads((ckpt / TRAINER_STATE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"could not read {ckpt / TRAINER_STATE}: {err}") from err
     rng_json = ckpt / "rng" / f"rank{rank:05d}.json"
     if rng_json.exists():
-        set_rng_state(json.loads(rng_json.read_text()), load_file(str(rng_json.with_suffix(".safetensors"))))
+        try:
+            set_rng_state(json.loads(rng_json.read_text()), load_file(str(rng_json.with_suffix(".safetensors"))))
+        except Exception as err:  # JSON, safetensors header or generator-state errors
+            raise CheckpointError(f"could not restore the RNG state {rng_json}: {type(err).__name__}: {err}") from err
     else:
         logger.warning("no RNG state for rank %d in %s (different world size?)", rank, ckpt)
     return state

@@ -2,7 +2,11 @@
 
 A YAML file holds the sections below (each optional; missing fields keep their defaults). Unknown
 sections or keys are an error, so a typo never silently falls back to a default. Command-line
-overrides use dotted names: `--set optim.lr=1e-4 --set data.tokens_per_batch=8192`.
+overrides use dotted names: `--set optim.lr=1e-4 --set data.tokens_per_batch=8192`. Every problem is a
+`cat_tts.errors.UserError` naming the field, the value and what is allowed.
+
+Renamed fields that are still read, with a warning: `data.format` (now `data.prompt_layout`) and its value
+"continuation" (now "plain": "continuation" only names an inference prompt mode).
 
 The DeepSpeed JSON is generated from this config (`cat_tts.training.deepspeed_config`), so batch size,
 accumulation, clipping and precision have one source.
@@ -11,6 +15,7 @@ accumulation, clipping and precision have one source.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,15 +24,22 @@ from typing import Any
 
 import yaml
 
+from cat_tts.errors import InputError, UserError
+from cat_tts.model.psd import DEPTH_RANGES, PAPER_DEPTH_RANGE
+from cat_tts.text.prompt import DEPRECATED_LAYOUT_NAMES, LAYOUTS, check_layout
+
+logger = logging.getLogger(__name__)
+
 PRESETS = ("tiny", "small", "cat_tts_1_7b")
 ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
-FORMATS = ("continuation", "chat")
 PRECISIONS = ("auto", "bf16", "fp32")
+# Old field names -> new ones, still read with a warning.
+RENAMED_FIELDS = {("data", "format"): "prompt_layout"}
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ValueError(f"{name} = {value!r} is invalid; allowed: {allowed}")
+        raise UserError(f"{name} = {value!r} is invalid; allowed: {allowed}")
 
 
 @dataclass
@@ -70,20 +82,23 @@ class DataSection:
 
     # prepared dataset directory (output of `python -m cat_tts.data.prepare`); `train.py --data` overrides it
     path: str | None = None
-    # sample layout: "continuation" = text tokens then the frames (training from Qwen3, the paper);
+    # prompt layout of the samples, recorded in the exported model's config so that inference builds the same grids:
+    # "plain" = text tokens, then the frames (the paper's format, training from a Qwen3 LM);
     # "chat" = the official chat format with a reference clip of the same speaker (fine-tuning the release)
-    format: str = "continuation"
+    prompt_layout: str = "plain"
     # token budget of one micro-batch on one rank: samples x longest sample (rows = text tokens + frames)
     tokens_per_batch: int = 4096
     # utterances with more frames than this are left out of training (12.5 frames per second)
     max_frames: int = 750
-    # chat format: the longest reference clip in frames (a longer one is cut to its first frames)
+    # chat layout: the longest reference clip in frames (a longer one is cut to its first frames)
     max_reference_frames: int = 250
     # DataLoader worker processes building batches (0 = in the training process)
     num_workers: int = 0
 
     def validate(self) -> None:
-        _check(self.format in FORMATS, "data.format", self.format, " | ".join(FORMATS))
+        if self.prompt_layout in DEPRECATED_LAYOUT_NAMES:
+            self.prompt_layout = check_layout(self.prompt_layout, "data.prompt_layout")  # the new name, with a warning
+        _check(self.prompt_layout in LAYOUTS, "data.prompt_layout", self.prompt_layout, " | ".join(LAYOUTS))
         _check(self.tokens_per_batch >= 16, "data.tokens_per_batch", self.tokens_per_batch, ">= 16")
         _check(self.max_frames >= 1, "data.max_frames", self.max_frames, ">= 1")
         _check(self.max_reference_frames >= 1, "data.max_reference_frames", self.max_reference_frames, ">= 1")
@@ -94,11 +109,16 @@ class DataSection:
 class PSDSection:
     """Progressive Sequence Dropout: which RVQ depth each training sample keeps."""
 
-    # probability that a sample keeps a uniform prefix of K in 1..N-1 layers (else all N); the paper uses 1.0
+    # probability that a sample keeps a random prefix of K layers (drawn from depth_range) instead of all N layers;
+    # the paper uses 1.0; 0 = the plain model (every sample keeps all N)
     p: float = 1.0
+    # where K is drawn from (uniformly) when dropout fires: "1..N-1" = the paper (at p = 1 layer N is then never
+    # trained); "1..N" = every depth, so that at p = 1 every layer is trained (the shipped recipes use it)
+    depth_range: str = PAPER_DEPTH_RANGE
 
     def validate(self) -> None:
         _check(0.0 <= self.p <= 1.0, "psd.p", self.p, "0.0 .. 1.0")
+        _check(self.depth_range in DEPTH_RANGES, "psd.depth_range", self.depth_range, " | ".join(DEPTH_RANGES))
 
 
 @dataclass
@@ -197,7 +217,7 @@ class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
 
     def validate(self) -> TrainConfig:
-        """Checks every section; raises ValueError naming the field, its value and the allowed range."""
+        """Checks every section; raises UserError naming the field, its value and the allowed range."""
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
         return self
@@ -209,23 +229,25 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Builds a config from nested dicts; unknown sections or keys raise ValueError."""
-        return _from_dict(cls, data or {}, "").validate()
+        """Builds a config from nested dicts; unknown sections or keys raise UserError."""
+        return _from_dict(cls, _renamed(data or {}), "").validate()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Reads a YAML file (see `configs/`)."""
         path = Path(path)
+        if path.is_dir():
+            raise InputError(f"the config {path} is a directory; pass a YAML file such as configs/tiny.yaml")
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+            raise InputError(f"config file not found: {path}")
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
         if data is not None and not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+            raise UserError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
         try:
             return cls.from_dict(data or {})
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -237,32 +259,58 @@ class TrainConfig:
         """Returns a copy with `section.field=value` overrides applied (values parsed as YAML scalars).
 
         Raises:
-            ValueError: for a malformed override, an unknown name or a value of the wrong type.
+            UserError: for a malformed override, an unknown name or a value of the wrong type.
         """
         data = self.to_dict()
         for item in overrides:
             name, sep, raw = item.partition("=")
             parts = name.strip().split(".")
             if not sep or len(parts) != 2 or not all(parts):
-                raise ValueError(f"override {item!r} must look like section.field=value (e.g. optim.lr=1e-4)")
+                raise UserError(f"override {item!r} must look like section.field=value (e.g. optim.lr=1e-4)")
             section, key = parts
+            key = _new_name(section, key)
             if section not in data:
-                raise ValueError(f"override {item!r}: unknown section {section!r}; known: {', '.join(data)}")
+                raise UserError(f"override {item!r}: unknown section {section!r}; known: {', '.join(data)}")
             if key not in data[section]:
-                raise ValueError(f"override {item!r}: unknown field {section}.{key}; known: {', '.join(data[section])}")
+                raise UserError(f"override {item!r}: unknown field {section}.{key}; known: {', '.join(data[section])}")
             data[section][key] = yaml.safe_load(raw) if raw.strip() else None
         return TrainConfig.from_dict(data)
 
 
+def _new_name(section: str, key: str) -> str:
+    """The current name of field `section.key` (an old name is mapped, with a warning)."""
+    new = RENAMED_FIELDS.get((section, key))
+    if new is None:
+        return key
+    logger.warning("%s.%s is the old name of %s.%s; write %s", section, key, section, new, new)
+    return new
+
+
+def _renamed(data: Any) -> Any:
+    """`data` with old field names replaced by the current ones (see `RENAMED_FIELDS`)."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for (section, old), new in RENAMED_FIELDS.items():
+        fields = out.get(section)
+        if isinstance(fields, dict) and old in fields:
+            if new in fields:
+                raise UserError(f"{section}.{old} is the old name of {section}.{new}; give only {new}")
+            fields = dict(fields)
+            fields[_new_name(section, old)] = fields.pop(old)
+            out[section] = fields
+    return out
+
+
 def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ValueError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise UserError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"section {prefix!r}" if prefix else "the config"
-        raise ValueError(f"unknown key(s) {unknown} in {where}; known: {sorted(names)}")
+        raise UserError(f"unknown key(s) {unknown} in {where}; known: {sorted(names)}")
     kwargs = {}
     for name, value in data.items():
         full = f"{prefix}.{name}" if prefix else name
@@ -298,4 +346,4 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
-    raise ValueError(f"{name} = {value!r} has the wrong type; expected {getattr(hint, '__name__', hint)}")
+    raise UserError(f"{name} = {value!r} has the wrong type; expected {getattr(hint, '__name__', hint)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cat_tts.errors import UserError
 from cat_tts.training.config import TrainConfig
 
 
@@ -20,7 +21,7 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if precision == "auto":
         return "bf16" if device_type == "cuda" else "fp32"
     if precision == "bf16" and device_type != "cuda":
-        raise ValueError("deepspeed.precision = 'bf16' needs a CUDA device; use 'fp32' (or 'auto') on CPU")
+        raise UserError("deepspeed.precision = 'bf16' needs a CUDA device; use 'fp32' (or 'auto') on CPU")
     return precision
 
 

@@ -1,7 +1,9 @@
 """The training loop: an explicit loop over a DeepSpeed engine.
 
-    setup (distributed, seeds) -> model + tokenizer -> batch stream -> AdamW + warmup/cosine -> DeepSpeed
-    -> [resume] -> for each optimizer step: grad_accum micro-batches (forward, finite check, backward, step)
+    check the run directory and data -> setup (distributed, seeds) -> [pick the newest intact checkpoint]
+    -> model + tokenizer (the run's prompt layout recorded in its config) -> batch stream -> AdamW + warmup/cosine
+    -> DeepSpeed -> [resume] -> for each optimizer step: grad_accum micro-batches (forward, finite check,
+    backward, step)
     -> log (rank 0) -> checkpoint every run.save_every and at the end -> final Hugging Face export
 
 Runs as one process (CPU or one GPU; a single-process gloo/NCCL group is created) or under the
@@ -26,8 +28,9 @@ from typing import Any
 
 import torch
 
+from cat_tts.errors import CheckpointError, InputError, UserError
 from cat_tts.training.checkpoint import (
-    latest_checkpoint,
+    find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
     remove_incomplete,
@@ -154,13 +157,66 @@ def load_tokenizer(cfg: TrainConfig) -> Any:
         path = m.init[len("qwen3:") :] if m.init.startswith("qwen3:") else _checkpoint_model_dir(m.init)
     if path is None:
         if m.preset != "tiny":
-            raise ValueError(f"model.tokenizer is required for a random init of the {m.preset} preset")
+            raise UserError(f"model.tokenizer is required for a random init of the {m.preset} preset")
         from cat_tts.text.tiny_tokenizer import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:  # not a tokenizer directory, unknown hub id, ...
+        raise CheckpointError(f"could not load the tokenizer from {path!r}: {str(err).splitlines()[0][:300]}") from err
+
+
+def record_prompt_layout(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Writes the run's prompt layout into the model's config, so that every export records it.
+
+    Inference builds its prompts in the layout of the model's config (`PromptBuilder.for_model`); a model
+    trained in another layout than its `model.init` checkpoint's is told so in the log.
+    """
+    before = getattr(model.config, "prompt_layout", None)
+    layout = cfg.data.prompt_layout
+    if cfg.model.init is not None and not cfg.model.init.startswith("qwen3:") and before != layout:
+        logger.warning(
+            "model.init %s was trained with the %r prompt layout; this run trains the %r layout (data.prompt_layout), "
+            "and its exports record %r",
+            cfg.model.init,
+            before,
+            layout,
+            layout,
+        )
+    model.config.prompt_layout = layout
+
+
+def check_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    """Checks, before any work, that the run directory can be written and the data exists.
+
+    Returns:
+        The run directory (created if needed).
+
+    Raises:
+        InputError: an unwritable or file `run.out`, existing checkpoints without `resume`, missing data.
+    """
+    from cat_tts.data.dataset import find_shards
+    from cat_tts.data.prepare import check_output_dir
+
+    run_dir = check_output_dir(cfg.run.out, "--out")
+    if not resume and list_checkpoints(run_dir):
+        raise InputError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
+    if cfg.data.path is None:
+        raise InputError("no training data: pass --data DIR (a directory made by `python -m cat_tts.data.prepare`)")
+    find_shards(cfg.data.path)
+    return run_dir
+
+
+def _broadcast(value: Any) -> Any:
+    """Rank 0's `value` on every rank (a picklable object)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -186,12 +242,10 @@ def build_stream(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, rank:
     from cat_tts.data.dataset import PreparedDataset
     from cat_tts.data.samples import SampleBuilder
 
-    if cfg.data.path is None:
-        raise ValueError("no training data: pass --data DIR (a directory made by `python -m cat_tts.data.prepare`)")
     config = model.config
     ids = config.token_ids
-    builder = SampleBuilder(tokenizer, ids, config.n_vq, cfg.data.format)
-    collator = Collator(ids.pad, ids.audio_pad_code, config.n_vq, cfg.psd.p)
+    builder = SampleBuilder(tokenizer, ids, config.n_vq, cfg.data.prompt_layout)
+    collator = Collator(ids.pad, ids.audio_pad_code, config.n_vq, cfg.psd.p, cfg.psd.depth_range)
     return BatchStream(
         PreparedDataset(cfg.data.path),
         builder,
@@ -331,7 +385,8 @@ def train(
 
     Args:
         cfg: the resolved training config.
-        resume: continue from the newest complete checkpoint in `cfg.run.out`.
+        resume: continue from the newest intact checkpoint in `cfg.run.out` (damaged newer ones are reported and
+            moved aside; see `cat_tts.training.checkpoint`).
         progress: show a progress bar (rank 0).
         on_step: called as `on_step(step, loss)` after every optimizer step (and after its checkpoint, if any).
 
@@ -340,25 +395,26 @@ def train(
 
     Raises:
         NonFiniteLossError: when the loss becomes NaN/inf (nothing is saved for that step).
-        ValueError / FileNotFoundError: for bad configs, data or checkpoints.
+        UserError: for a bad config, data, run directory or init checkpoint; CheckpointError (a UserError) when
+            `resume` finds checkpoints but none is intact.
     """
+    cfg.validate()
+    run_dir = check_run_dir(cfg, resume)  # before any work: a bad --out or --data fails at once
+    rank, world, device = setup_distributed()
     import deepspeed
 
-    cfg.validate()
-    rank, world, device = setup_distributed()
-    run_dir = Path(cfg.run.out)
+    ckpt = None
+    if resume:
+        ckpt = _broadcast(find_resume_checkpoint(run_dir) if rank == 0 else None)
+        if ckpt is None:
+            logger.warning("--resume: no checkpoint in %s yet, starting from the beginning", run_dir)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete(run_dir)
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if not resume and list_checkpoints(run_dir):
-        raise ValueError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
-    if resume and ckpt is None:
-        logger.warning("--resume: no complete checkpoint in %s, starting from the beginning", run_dir)
 
     seed_everything(cfg.run.seed)
     tokenizer = load_tokenizer(cfg)
     model = build_model(cfg, device)
+    record_prompt_layout(model, cfg)
     if cfg.deepspeed.zero_stage == 3:
         use_uniform_graph(model, cfg)
     stream = build_stream(cfg, model, tokenizer, rank, world)
@@ -395,25 +451,28 @@ def train(
             logger.info("resumed from %s at step %d", ckpt, step)
     if rank == 0:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        if cfg.psd.p == 1.0 and (cfg.model.init is None or cfg.model.init.startswith("qwen3:")):
-            # PSD draws K from 1..N-1 with probability p: at p = 1 the last layer never gets a loss, so a model
-            # trained from scratch cannot generate it. Fine-tuning a trained checkpoint keeps the released layer.
+        if cfg.psd.p == 1.0 and cfg.psd.depth_range == "1..N-1":
+            # With the paper's range no sample keeps all N layers at p = 1: layer N never gets a loss, so a model
+            # trained from scratch cannot generate it (a fine-tuned one keeps layer N as in model.init).
             logger.warning(
-                "psd.p = 1.0: every sample keeps at most %d of %d layers, so layer %d is never trained; "
-                "use psd.p < 1 (e.g. --set psd.p=0.9) if the model must generate all %d layers",
+                "psd.p = 1.0 with psd.depth_range = 1..N-1 (the paper's): every sample keeps at most %d of %d "
+                "layers, so layer %d is never trained; set psd.depth_range: 1..N (as the shipped configs do) to "
+                "train every layer",
                 model.n_vq - 1,
-                model.n_vq,
                 model.n_vq,
                 model.n_vq,
             )
         logger.info(
-            "training %.1fM parameters on %d rank(s), %s, ZeRO-%d, %s, PSD p=%.2f, from step %d to %d",
+            "training %.1fM parameters on %d rank(s), %s, ZeRO-%d, %s, %s prompt layout, PSD p=%.2f over %s, "
+            "from step %d to %d",
             n_params / 1e6,
             world,
             device.type,
             cfg.deepspeed.zero_stage,
             precision,
+            cfg.data.prompt_layout,
             cfg.psd.p,
+            cfg.psd.depth_range,
             step,
             cfg.run.max_steps,
         )

@@ -8,7 +8,8 @@ import torch
 from memory_dataset import N_VQ, MemoryDataset, make_utterances
 
 from cat_tts.data.collate import BatchStream, Collator, choose_references, plan_batches
-from cat_tts.data.samples import IGNORE, SampleBuilder, TrainingSample
+from cat_tts.data.samples import SampleBuilder, TrainingSample
+from cat_tts.model import IGNORE_INDEX as IGNORE
 
 
 def test_plan_respects_the_budget_and_uses_every_fitting_sample_once():
@@ -63,21 +64,27 @@ def test_collator_right_pads_and_masks():
     assert (batch.depths == N_VQ).all()  # p = 0: every sample keeps all layers
 
 
+@pytest.mark.parametrize("depth_range", ["1..N-1", "1..N"])
 @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
-def test_collator_depth_distribution_matches_p(p):
-    coll = Collator(pad_id=500, audio_pad_code=1024, n_vq=N_VQ, p=p)
+def test_collator_depth_distribution_matches_p_and_range(p, depth_range):
+    coll = Collator(pad_id=500, audio_pad_code=1024, n_vq=N_VQ, p=p, depth_range=depth_range)
     gen = torch.Generator().manual_seed(123)
     depths = torch.cat([coll(_samples(8), gen).depths for _ in range(2500)])  # 20000 draws
-    n = depths.numel()
-    full = (depths == N_VQ).float().mean().item()
     assert depths.min() >= 1 and depths.max() <= N_VQ
-    assert abs(full - (1 - p)) < 4 * np.sqrt(max(p * (1 - p), 1e-9) / n) + 1e-9
-    if p > 0:
-        # truncated depths are uniform over 1..N-1: chi-square against the expected counts
-        counts = torch.bincount(depths[depths < N_VQ], minlength=N_VQ)[1:N_VQ].double()
-        expected = counts.sum() / (N_VQ - 1)
-        chi2 = float(((counts - expected) ** 2 / expected).sum())
-        assert chi2 < 61.1  # 30 degrees of freedom, p-value 0.0005
+    if p == 0:
+        assert (depths == N_VQ).all()  # the plain model
+        return
+    # expected counts: a truncated depth is uniform over 1..top, the rest keep all N layers
+    top = N_VQ - 1 if depth_range == "1..N-1" else N_VQ
+    prob = torch.zeros(N_VQ + 1, dtype=torch.float64)
+    prob[1 : top + 1] = p / top
+    prob[N_VQ] += 1 - p
+    counts = torch.bincount(depths, minlength=N_VQ + 1).double()
+    support = prob > 0
+    assert (counts[~support] == 0).all()  # p = 1 with the paper's range: never all N layers
+    expected = prob[support] * depths.numel()
+    chi2 = float(((counts[support] - expected) ** 2 / expected).sum())
+    assert chi2 < {30: 62.2, 31: 63.6}[int(support.sum()) - 1]  # chi-square quantile at p-value 0.0005
 
 
 def test_references_come_from_the_same_speaker_and_never_the_utterance_itself():
@@ -93,8 +100,8 @@ def test_references_come_from_the_same_speaker_and_never_the_utterance_itself():
     assert seen == {2, 3}
 
 
-def _stream(dataset, tokenizer, token_ids, fmt="continuation", **kw):
-    builder = SampleBuilder(tokenizer, token_ids, N_VQ, fmt)
+def _stream(dataset, tokenizer, token_ids, layout="plain", **kw):
+    builder = SampleBuilder(tokenizer, token_ids, N_VQ, layout)
     coll = Collator(token_ids.pad, token_ids.audio_pad_code, N_VQ, p=0.5)
     return BatchStream(dataset, builder, coll, budget=kw.pop("budget", 120), max_frames=18, seed=7, **kw)
 
@@ -136,7 +143,7 @@ def test_ranks_get_disjoint_equal_shares(memory_dataset, tokenizer, token_ids):
 
 def test_chat_stream_pairs_each_utterance_with_a_same_speaker_reference(tokenizer, token_ids):
     ds = MemoryDataset(make_utterances(12, seed=3, max_frames=8, speakers=3))
-    s = _stream(ds, tokenizer, token_ids, fmt="chat", budget=400)
+    s = _stream(ds, tokenizer, token_ids, layout="chat", budget=400)
     for batch in _take(iter(s), s.batches_per_epoch()):
         for b in range(len(batch.ids)):
             rows = batch.input_ids[b][batch.attention_mask[b]]

@@ -60,5 +60,7 @@ def test_bad_lines_name_file_and_line(tmp_path, line, message):
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="manifest not found"):
+    with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(tmp_path / "nope.jsonl")
+    with pytest.raises(ManifestError, match="is a directory; pass the JSONL file"):
+        read_manifest(tmp_path)

@@ -10,6 +10,7 @@ import torch
 
 from cat_tts.data.dataset import PreparedDataset
 from cat_tts.data.prepare import PrepareConfig, main, prepare
+from cat_tts.errors import USER_ERROR_EXIT_CODE
 
 SR = 24000
 
@@ -119,18 +120,37 @@ def test_prepare_skips_and_reports_bad_rows_and_resumes(tmp_path, codec_dir, cap
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == stamp
 
 
-def test_prepare_exits_nonzero_when_nothing_is_usable(tmp_path, codec_dir, capsys):
+def test_prepare_exits_with_the_user_error_code_when_nothing_is_usable(tmp_path, codec_dir, capsys):
     m = _manifest(tmp_path, [{"audio": "nope.wav", "text": "x"}])
-    assert (
-        main([str(m), "--codec", str(codec_dir), "--out", str(tmp_path / "d"), "--num-workers", "0", "--device", "cpu"])
-        == 1
-    )
+    argv = [str(m), "--codec", str(codec_dir), "--out", str(tmp_path / "d"), "--num-workers", "0", "--device", "cpu"]
+    assert main(argv) == USER_ERROR_EXIT_CODE
     assert "no usable utterance" in capsys.readouterr().err
+
+
+def test_unwritable_out_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    m = _manifest(tmp_path, [{"audio": "a.wav", "text": "x"}])
+    (tmp_path / "file").write_text("not a directory")
+    # the codec does not exist either: the output directory is checked first, before anything is loaded
+    for out, reason in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "cannot write to --out")):
+        assert main([str(m), "--codec", str(tmp_path / "no-codec"), "--out", str(out)]) == USER_ERROR_EXIT_CODE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and reason in err and str(out) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [(["--batch-size", "0"], "batch_size = 0"), (["--rank", "3", "--world-size", "2"], "rank = 3")],
+)
+def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, message):
+    m = _manifest(tmp_path, [{"audio": "a.wav", "text": "x"}])
+    assert main([str(m), "--codec", "c", "--out", str(tmp_path / "d"), *extra]) == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
 
 
 def test_prepare_rejects_a_bad_manifest_in_one_line(tmp_path, codec_dir, capsys):
     m = tmp_path / "m.jsonl"
     m.write_text('{"text": "no audio"}\n')
-    assert main([str(m), "--codec", str(codec_dir), "--out", str(tmp_path / "d")]) == 2
+    assert main([str(m), "--codec", str(codec_dir), "--out", str(tmp_path / "d")]) == USER_ERROR_EXIT_CODE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing the required field 'audio'" in err

@@ -1,11 +1,13 @@
-"""Sample formats: grid layout and shifted labels (continuation = paper, chat = official)."""
+"""Training samples in both prompt layouts (plain = the paper, chat = official): grids and shifted labels."""
 
 from __future__ import annotations
 
 import torch
 
 from cat_tts.data.dataset import Utterance
-from cat_tts.data.samples import IGNORE, SampleBuilder, shift_labels
+from cat_tts.data.samples import SampleBuilder, shift_labels
+from cat_tts.model import IGNORE_INDEX as IGNORE
+from cat_tts.text.prompt import PromptBuilder
 
 N = 32
 
@@ -24,11 +26,11 @@ def test_shift_labels_is_next_row_with_prompt_and_pad_codes_ignored():
             assert int(labels[t, c]) == expect
 
 
-def test_continuation_grid_layout(tokenizer, token_ids):
-    b = SampleBuilder(tokenizer, token_ids, N, "continuation")
+def test_plain_grid_layout(tokenizer, token_ids):
+    b = SampleBuilder(tokenizer, token_ids, N, "plain")
     codes = torch.randint(0, 1024, (N, 5))
     text_ids = b.text_ids("hello world")
-    grid, loss_start = b.continuation_example("hello world", codes)
+    grid, loss_start = b.prompt_builder.training_example("hello world", codes)
     L = len(text_ids)
     assert grid.shape == (L + 5 + 2, 1 + N)
     assert grid[:L, 0].tolist() == text_ids
@@ -40,12 +42,13 @@ def test_continuation_grid_layout(tokenizer, token_ids):
     pad_rows = torch.cat([grid[: L + 1, 1:], grid[-1:, 1:]])
     assert (pad_rows == token_ids.audio_pad_code).all()
     assert loss_start == L + 1  # the first frame is the first target
-    # the generation prompt is exactly the rows before the first target
-    assert torch.equal(b.continuation_prompt("hello world"), grid[:loss_start])
+    # the generation prompt of a model trained this way is exactly the rows before the first target
+    prompt = PromptBuilder(tokenizer, token_ids, N, layout="plain").generation_prompt("hello world", None, None)
+    assert torch.equal(prompt.grid, grid[:loss_start]) and prompt.prefix_codes is None
 
 
-def test_continuation_labels_supervise_frames_and_stop_token_only(tokenizer, token_ids):
-    b = SampleBuilder(tokenizer, token_ids, N, "continuation")
+def test_plain_labels_supervise_frames_and_stop_token_only(tokenizer, token_ids):
+    b = SampleBuilder(tokenizer, token_ids, N)  # plain is the default layout
     codes = torch.randint(0, 1024, (N, 4))
     s = b.build(Utterance(id="x", text="one two", codes=codes))
     L = len(b.text_ids("one two"))
@@ -59,7 +62,7 @@ def test_continuation_labels_supervise_frames_and_stop_token_only(tokenizer, tok
     assert b.estimate_rows(L, 4) == s.input_ids.shape[0]
 
 
-def test_chat_format_uses_the_prompt_builder_and_supervises_the_assistant_audio(tokenizer, token_ids):
+def test_chat_layout_uses_the_prompt_builder_and_supervises_the_assistant_audio(tokenizer, token_ids):
     b = SampleBuilder(tokenizer, token_ids, N, "chat")
     codes = torch.randint(0, 1024, (N, 6))
     ref = torch.randint(0, 1024, (N, 3))
@@ -79,3 +82,8 @@ def test_chat_format_uses_the_prompt_builder_and_supervises_the_assistant_audio(
     text_tokens = len(b.text_ids("she sells sea shells"))
     est = b.estimate_rows(text_tokens, 6, 3)
     assert s.input_ids.shape[0] <= est <= s.input_ids.shape[0] + 4
+
+
+def test_the_old_format_name_continuation_means_the_plain_layout(tokenizer, token_ids, caplog):
+    b = SampleBuilder(tokenizer, token_ids, N, "continuation")
+    assert b.layout == "plain" and "old name" in caplog.text

@@ -45,6 +45,7 @@ def _rank_depths(data: Path, steps: int) -> list[list[list[int]]]:
     return depths
 
 
+@pytest.mark.slow  # two torchrun processes plus one reference run: 20-50 s each on 2 CPU cores
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_two_ranks_equal_one_rank_with_accumulation(tmp_path, zero_stage):
     from safetensors.torch import load_file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from memory_dataset import make_utterances, write_prepared
 
@@ -11,11 +12,12 @@ ROOT = Path(__file__).resolve().parents[2]
 FRAMES = 4
 
 
+@pytest.mark.slow  # ~15-30 s on 2 CPU cores
 def test_overfit_two_utterances_then_greedy_generation_reproduces_them(tmp_path):
     from transformers import AutoTokenizer
 
-    from cat_tts.data.samples import SampleBuilder
     from cat_tts.model import CatTTSModel
+    from cat_tts.text.prompt import PromptBuilder
     from cat_tts.training.config import TrainConfig
     from cat_tts.training.loop import train
 
@@ -29,7 +31,7 @@ def test_overfit_two_utterances_then_greedy_generation_reproduces_them(tmp_path)
             "run.save_every=1000",
             "run.log_every=10",
             "run.tensorboard=false",
-            "psd.p=0",  # every layer is trained on every step (p=1 would never supervise layer 32)
+            "psd.p=0",  # every layer is trained on every step: the fastest way to overfit
             "optim.lr=1e-2",
             "optim.warmup_steps=10",
             "optim.min_lr_ratio=0.05",
@@ -40,9 +42,10 @@ def test_overfit_two_utterances_then_greedy_generation_reproduces_them(tmp_path)
     assert result.losses[100] < 0.05
 
     model = CatTTSModel.from_pretrained(result.model_dir).eval()  # through the exported checkpoint
-    builder = SampleBuilder(AutoTokenizer.from_pretrained(result.model_dir), model.config.token_ids, 32)
+    assert model.config.prompt_layout == "plain"  # tiny.yaml's layout, recorded in the export
+    builder = PromptBuilder.for_model(AutoTokenizer.from_pretrained(result.model_dir), model.config)
     for utt in utts:
-        prompt = builder.continuation_prompt(utt.text)[None]  # [1, L+1, 33]
+        prompt = builder.generation_prompt(utt.text, None, None).grid[None]  # [1, L+1, 33]
         out = model.generate(prompt, depth=32, max_new_frames=FRAMES + 4, do_sample=False, repetition_penalty=1.0)
         assert out.lengths.tolist() == [FRAMES] and out.finished.tolist() == [True]  # stops after the last frame
         assert torch.equal(out.frames[0, :FRAMES, 1:].t(), utt.codes)

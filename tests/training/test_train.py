@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from cat_tts.errors import USER_ERROR_EXIT_CODE
+
 ROOT = Path(__file__).resolve().parents[2]
 SR = 24000
 
@@ -128,7 +130,7 @@ def test_zero2_run_learns_resumes_exactly_and_exports(prepared, tmp_path):
     assert [_losses(crash)[s] for s in range(1, 9)] == [losses[s] for s in range(1, 9)]
 
     # without --resume an existing run directory is refused (nothing is overwritten)
-    assert _run(cli, prepared, part, "--max-steps", "8") == 1
+    assert _run(cli, prepared, part, "--max-steps", "8") == USER_ERROR_EXIT_CODE
 
     # a training checkpoint directory is a valid --init (its model/ export is loaded)
     from cat_tts.training.config import TrainConfig
@@ -188,14 +190,12 @@ def test_non_finite_loss_stops_naming_step_and_samples_and_saves_nothing(prepare
     assert not (out / "model").exists()
 
 
-def test_chat_format_run_and_the_export_drives_infer_py(prepared, tmp_path, capsys):
-    """Fine-tuning layout (official chat format with same-speaker references), then infer.py on the export."""
+def test_chat_layout_run_and_the_export_drives_infer_py(prepared, tmp_path, capsys):
+    """Fine-tuning layout (the official chat layout with same-speaker references), then infer.py on the export."""
     cli = _train_cli()
     out = tmp_path / "chat"
-    assert (
-        _run(cli, prepared, out, "--max-steps", "2", "--set", "data.format=chat", "--set", "data.tokens_per_batch=200")
-        == 0
-    )
+    extra = ("--set", "data.prompt_layout=chat", "--set", "data.tokens_per_batch=200")
+    assert _run(cli, prepared, out, "--max-steps", "2", *extra) == 0
     losses = _losses(out)
     assert sorted(losses) == [1, 2] and all(np.isfinite(v) for v in losses.values())
 
@@ -278,9 +278,9 @@ def test_resume_is_exact_with_accumulation_and_loader_workers(prepared, tmp_path
 def test_missing_or_unprepared_data_is_a_one_line_error(tmp_path, capsys):
     cli = _train_cli()
     argv = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(tmp_path / "run"), "--no-progress"]
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == USER_ERROR_EXIT_CODE
     assert "no training data: pass --data" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert cli.main([*argv, "--data", str(tmp_path / "empty")]) == 1
+    assert cli.main([*argv, "--data", str(tmp_path / "empty")]) == USER_ERROR_EXIT_CODE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no prepared shards" in err and "cat_tts.data.prepare" in err

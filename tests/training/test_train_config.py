@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cat_tts.errors import UserError
 from cat_tts.training.config import TrainConfig
 from cat_tts.training.deepspeed_config import build_deepspeed_config, deepspeed_config_json, resolve_precision
 from cat_tts.training.schedule import lr_factor
@@ -51,8 +52,10 @@ def test_wrong_types_and_ranges_name_the_field():
         TrainConfig.from_dict({"run": {"max_steps": "ten"}})
     with pytest.raises(ValueError, match=r"psd\.p = 1\.5.*0\.0 \.\. 1\.0"):
         TrainConfig.from_dict({"psd": {"p": 1.5}})
-    with pytest.raises(ValueError, match=r"data\.format = 'packed'"):
-        TrainConfig.from_dict({"data": {"format": "packed"}})
+    with pytest.raises(UserError, match=r"data\.prompt_layout = 'packed' is invalid; allowed: chat \| plain"):
+        TrainConfig.from_dict({"data": {"prompt_layout": "packed"}})
+    with pytest.raises(UserError, match=r"psd\.depth_range = '0\.\.N' is invalid; allowed: 1\.\.N-1 \| 1\.\.N"):
+        TrainConfig.from_dict({"psd": {"depth_range": "0..N"}})
     with pytest.raises(ValueError, match=r"deepspeed\.zero_stage"):
         TrainConfig.from_dict({"deepspeed": {"zero_stage": 4}})
 
@@ -115,3 +118,23 @@ def test_cli_prints_deepspeed_json_and_rejects_bad_config_in_one_line(tmp_path):
     res = subprocess.run([sys.executable, "train.py", "--config", str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "unknown key" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_old_data_format_names_are_read_as_the_plain_or_chat_layout(tmp_path, caplog):
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  format: continuation\n")
+    assert TrainConfig.from_yaml(old).data.prompt_layout == "plain"
+    assert "data.format is the old name of data.prompt_layout" in caplog.text
+    assert "'continuation' is the old name of the 'plain' prompt layout" in caplog.text
+    assert TrainConfig().with_overrides(["data.format=chat"]).data.prompt_layout == "chat"
+    with pytest.raises(UserError, match="give only prompt_layout"):
+        TrainConfig.from_dict({"data": {"format": "chat", "prompt_layout": "plain"}})
+
+
+def test_shipped_recipes_train_every_layer_and_say_why():
+    for name in SHIPPED:
+        cfg = TrainConfig.from_yaml(ROOT / "configs" / f"{name}.yaml")
+        # at p = 1 the paper's range 1..N-1 would never train layer N: every recipe draws from 1..N
+        assert cfg.psd.p == 1.0 and cfg.psd.depth_range == "1..N", name
+        assert "layer 32" in (ROOT / "configs" / f"{name}.yaml").read_text(), name
+    assert TrainConfig().psd.depth_range == "1..N-1"  # the paper's range stays the default of the field
