@@ -64,6 +64,10 @@ class EngineClosed(UserError):
     """The engine no longer admits requests (it is shutting down)."""
 
 
+class EngineError(RuntimeError):
+    """The engine failed while running a request (the traceback is in the log); other requests are unaffected."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How the engine is sized and run. Validation raises `InputError` naming the field."""
@@ -619,7 +623,7 @@ class Engine:
             with self._mutex:
                 if not self._accepting:
                     raise EngineClosed("the engine is shutting down and no longer accepts requests")
-                if len(self._queue) < self.config.max_queue or self._free_slots() > len(self._queue):
+                if len(self._queue) < self._free_slots() + self.config.max_queue:
                     request = Request(self, next(self._ids), prompt, config, depth, budget)
                     self._queue.append(request)
                     self._changed.notify_all()
@@ -671,9 +675,7 @@ class Engine:
     def can_admit(self) -> bool:
         """True when a `submit` now would not raise `QueueFull` / `EngineClosed`."""
         with self._mutex:
-            return self._accepting and (
-                len(self._queue) < self.config.max_queue or self._free_slots() > len(self._queue)
-            )
+            return self._accepting and (len(self._queue) < self._free_slots() + self.config.max_queue)
 
     def warmup(self) -> None:
         """Captures the CUDA graphs / compiles the units for every bucket before the first request (idempotent).
@@ -831,12 +833,13 @@ class Engine:
         for slot, request in admitted:
             self._setup_slot(slot, request)
         did_prefill = self._prefill_once()
-        running = [s for s, r in enumerate(self._slots) if r is not None and r.state == RequestState.RUNNING]
+        running = self._running()
+        if running and self._window and any(self._slots[s].frames_run == 0 for s in running):
+            self._sync(self._bucket(running))  # a request starts: the frames of the current window go out first
+            running = self._running()
         if not running:
             return did_prefill or bool(admitted)
-        b = next(size for size in self._buckets if size > max(running))
-        if self._window and any(self._slots[s].frames_run == 0 for s in running):
-            self._sync(b)  # a request starts: frames of the current window go out first
+        b = self._bucket(running)
         k_max = max(self._slots[s].depth for s in running)
         full = any(self._slots[s].config.control_tokens == "full" for s in running)
         self._frame(b, k_max, full)
@@ -855,6 +858,13 @@ class Engine:
         if self._window == self.config.sync_every or first or over_budget:
             self._sync(b)
         return True
+
+    def _running(self) -> list[int]:
+        return [s for s, r in enumerate(self._slots) if r is not None and r.state == RequestState.RUNNING]
+
+    def _bucket(self, running: list[int]) -> int:
+        """The smallest batch bucket that holds every generating slot (slots fill from index 0)."""
+        return next(size for size in self._buckets if size > max(running))
 
     def _frame(self, b: int, k_max: int, full: bool) -> None:
         """One frame for the first `b` slots: depth positions 0..k_max, then the temporal step."""
@@ -1028,11 +1038,13 @@ class Engine:
         self._counters[key[state]] += 1
 
     def _fail_all(self, error: BaseException) -> None:
+        message = f"the engine failed while running this request ({type(error).__name__}: {error})"
         with self._mutex:
             for slot, request in enumerate(self._slots):
                 if request is not None:
                     self._slots[slot] = None
-                    request.error = error
+                    request.error = EngineError(message)  # a fresh error per request: the original's traceback
+                    # (logged) holds the step's frames, which must not keep requests alive
                     self._end(request, RequestState.FAILED, "error")
             self._window = 0
             self._changed.notify_all()

@@ -1,11 +1,11 @@
-"""Streaming decode of generated frames equals the one-shot decode of the same frames."""
+"""Streaming decode of a request's frames equals the one-shot decode of the same frames."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cat_tts.generation import GenerationConfig, iter_frames, stream_audio
+from cat_tts.generation import Engine, EngineConfig, GenerationConfig, stream_audio
 
 
 @pytest.fixture(scope="module")
@@ -20,22 +20,25 @@ def codec():
 @pytest.mark.parametrize("with_prefix", [False, True])
 def test_streamed_audio_equals_one_shot_decode(golden_model, golden, codec, first, every, with_prefix):
     k = 6
-    cfg = GenerationConfig(depth=k, max_new_frames=9, min_new_frames=7, seed=5)
-    steps = list(iter_frames(golden_model, golden["grid_clone"][None], None, cfg))
-    frames = torch.stack([s.tokens[0, 1:] for s in steps if bool(s.is_audio[0])], dim=-1)[None]  # [1, K, F]
-    prefix = golden["ref_codes"][:k][None] if with_prefix else None
-    pieces = list(stream_audio(iter(steps), codec, first, every, prefix))
+    engine = Engine(golden_model, EngineConfig(max_slots=2, max_rows=128, sync_every=3))
+    request = engine.submit(golden["grid_clone"], GenerationConfig(depth=k, max_new_frames=9, min_new_frames=7, seed=5))
+    prefix = golden["ref_codes"][:k] if with_prefix else None  # [K, L]
+    pieces = list(stream_audio(request.chunks(), codec, first, every, prefix))
+    frames = request.frames[:, 1:].t()[None]  # [1, K, F]
     sizes = [p.numel() // codec.frame_size for p in pieces]
-    assert sizes[0] == min(first, frames.shape[-1]) and sum(sizes) == frames.shape[-1]
-    full_codes = frames if prefix is None else torch.cat([prefix, frames], dim=-1)
+    assert sizes[0] >= min(first, frames.shape[-1]) and sum(sizes) == frames.shape[-1]
+    full_codes = frames if prefix is None else torch.cat([prefix[None], frames], dim=-1)
     with torch.inference_mode():
         full = codec.decode(full_codes).audio[0]
     skip = 0 if prefix is None else prefix.shape[-1] * codec.frame_size
     torch.testing.assert_close(torch.cat(pieces), full[skip:], atol=1e-5, rtol=1e-4)
 
 
-def test_stream_audio_rejects_batches(golden_model, golden, codec):
-    cfg = GenerationConfig(depth=2, max_new_frames=2, do_sample=False)
-    steps = iter_frames(golden_model, golden["batch_input_ids"], golden["batch_attention_mask"], cfg)
-    with pytest.raises(ValueError, match="one utterance"):
-        list(stream_audio(steps, codec))
+def test_the_first_piece_comes_after_the_first_frame(golden_model, golden, codec):
+    engine = Engine(golden_model, EngineConfig(max_slots=2, max_rows=128, sync_every=8))
+    request = engine.submit(golden["grid_clone"], GenerationConfig(depth=4, max_new_frames=12, min_new_frames=12))
+    pieces = stream_audio(request.chunks(), codec, first_chunk_frames=1, frames_per_chunk=4)
+    first = next(pieces)
+    assert first.numel() == codec.frame_size  # one frame, not a whole sync window
+    assert request.frames_run == 1
+    pieces.close()

@@ -1,11 +1,12 @@
-"""The KV-cached frame loop: parity with the official code, cached == recomputed, sampling behaviour."""
+"""The engine computes the released model's function: golden frames of the official code, cached == recomputed."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cat_tts.generation import GenerationConfig, default_max_new_frames, generate
+from cat_tts.errors import InputError
+from cat_tts.generation import Engine, EngineConfig, GenerationConfig, generate
 
 AUDIO_END = 504
 GEN_SLOT = 506
@@ -103,12 +104,15 @@ def test_greedy_batch_with_left_padding_matches_official(golden_model, golden):
     assert (out.frames[short, int(out.lengths[short]) :, 1:] == golden_model.config.audio_pad_code).all()
 
 
+@pytest.mark.parametrize("prefill_chunk", [7, 256])
 @pytest.mark.parametrize("k", [1, 7, 32])
 @pytest.mark.parametrize("control", ["full", "audio"])
-def test_cached_generation_equals_recomputed_from_scratch(golden_model, golden, k, control):
+def test_cached_generation_equals_recomputed_from_scratch(golden_model, golden, k, control, prefill_chunk):
     grid = golden["grid_clone"][None]
     mask = torch.ones(grid.shape[:2], dtype=torch.long)
-    out = golden_model.generate(grid, depth=k, max_new_frames=12, do_sample=False, control_tokens=control)
+    engine = Engine(golden_model, EngineConfig(max_slots=2, max_rows=128, prefill_chunk=prefill_chunk))
+    out = generate(golden_model, grid, None, depth=k, max_new_frames=12, do_sample=False, control_tokens=control,
+                   engine=engine)  # fmt: skip
     (expected,) = naive_generate(golden_model, grid, mask, k, 12, control)
     assert torch.equal(out.frames[0, : int(out.lengths[0])], expected)
 
@@ -122,26 +126,23 @@ def test_cached_batch_generation_equals_recomputed_from_scratch(golden_model, go
         assert torch.equal(out.frames[b, : int(out.lengths[b])], expected[b])
 
 
-def test_one_frame_costs_k_plus_1_single_position_depth_steps(golden_model, golden):
+def test_a_frame_costs_one_single_position_depth_step_per_channel(golden_model, golden):
     calls = []
     depth = golden_model.depth
-    original = depth.forward
+    original = depth.step
 
-    def spy(x, cache=None):
-        calls.append((x.shape[1], cache is not None))
-        return original(x, cache)
+    def spy(x, cache, position):
+        calls.append((x.shape, int(position)))
+        return original(x, cache, position)
 
-    depth.forward = spy
+    depth.step = spy
     try:
-        out = golden_model.generate(
-            golden["grid_clone"][None], depth=16, max_new_frames=5, do_sample=False, control_tokens="audio"
-        )
+        out = golden_model.generate(golden["grid_clone"][None], depth=16, max_new_frames=5, min_new_frames=5, seed=0)
     finally:
-        del depth.forward
-    assert all(length == 1 and cached for length, cached in calls)  # one new position per call, always cached
-    audio_steps = int(out.lengths[0])
-    end_steps = out.steps - audio_steps  # the audio_end step stops after channel 0
-    assert len(calls) == audio_steps * 17 + end_steps * 1
+        del depth.step
+    assert out.steps == 5
+    assert [p for _, p in calls] == list(range(17)) * 5  # positions 0..K, one new position per call
+    assert all(shape == calls[0][0] for shape, _ in calls)  # static shapes: [slots, Dd] every time
 
 
 def test_audio_control_never_computes_the_text_head(golden_model, golden):
@@ -157,17 +158,6 @@ def test_audio_control_never_computes_the_text_head(golden_model, golden):
         del head.forward
     rows = out.frames[0, : int(out.lengths[0])]
     assert (rows[:, 0] == GEN_SLOT).all()
-
-
-def test_seeded_sampling_is_reproducible(golden_model, golden):
-    grid = golden["batch_input_ids"]
-    mask = golden["batch_attention_mask"]
-    kw = dict(depth=8, max_new_frames=8, min_new_frames=8, temperature=1.5, top_k=0, top_p=1.0)
-    a = golden_model.generate(grid, mask, seed=123, **kw)
-    b = golden_model.generate(grid, mask, seed=123, **kw)
-    c = golden_model.generate(grid, mask, seed=124, **kw)
-    assert torch.equal(a.frames, b.frames) and torch.equal(a.lengths, b.lengths)
-    assert not torch.equal(a.frames, c.frames)
 
 
 def test_sampling_never_emits_the_pad_code_and_respects_min_frames(golden_model, golden):
@@ -188,7 +178,19 @@ def test_budget_stops_a_runaway_generation(golden_model, golden):
     )
     assert out.frames.shape == (1, 3, 2) and int(out.lengths[0]) == 3 and not bool(out.finished[0])
     assert out.codes.shape == (1, 1, 3)
-    assert default_max_new_frames(torch.ones(1, 40)) == int(12.5 * (5 + 40))
+
+
+def test_seeded_sampling_is_reproducible_and_the_seed_matters(golden_model, golden):
+    grid, mask = golden["batch_input_ids"], golden["batch_attention_mask"]
+    kw = dict(depth=8, max_new_frames=8, min_new_frames=8, temperature=1.5, top_k=0, top_p=1.0)
+    a = golden_model.generate(grid, mask, seed=123, **kw)
+    b = golden_model.generate(grid, mask, seed=123, **kw)
+    c = golden_model.generate(grid, mask, seed=124, **kw)
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.lengths, b.lengths)
+    assert not torch.equal(a.frames, c.frames)
+    # row b of a seeded batch uses seed + b, and a request's draws do not depend on its neighbours
+    alone = golden_model.generate(grid[1:], mask[1:], seed=124, **kw)
+    assert torch.equal(a.frames[1, : int(a.lengths[1])], alone.frames[0, : int(alone.lengths[0])])
 
 
 @pytest.mark.parametrize(
@@ -198,17 +200,20 @@ def test_budget_stops_a_runaway_generation(golden_model, golden):
         (dict(depth=33), "depth"),
         (dict(max_new_frames=0), "max_new_frames"),
         (dict(top_p=0.0), "top_p"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(min_new_frames=5, max_new_frames=2), "min_new_frames"),
         (dict(control_tokens="text"), "control_tokens"),
+        (dict(beams=2), "unknown generation settings"),
     ],
 )
 def test_invalid_generation_arguments_raise_clear_errors(golden_model, golden, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         golden_model.generate(golden["grid_plain"][None], **kwargs)
 
 
-def test_generate_function_accepts_a_config(golden_model, golden):
+def test_generate_accepts_a_config_and_overrides(golden_model, golden):
     cfg = GenerationConfig(depth=2, max_new_frames=4, do_sample=False)
     out = generate(golden_model, golden["grid_plain"][None], None, cfg)
-    out2 = generate(golden_model, golden["grid_plain"][None], None, GenerationConfig(), depth=2, max_new_frames=4,
-                    do_sample=False)  # fmt: skip
+    out2 = golden_model.generate(golden["grid_plain"][None], config=GenerationConfig(), depth=2, max_new_frames=4,
+                                 do_sample=False)  # fmt: skip
     assert torch.equal(out.frames, out2.frames)
