@@ -31,7 +31,7 @@ from cat_tts.errors import InputError, ModelLoadError
 from cat_tts.generation import Engine, EngineConfig, GenerationConfig, Request, stream_audio
 from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL
 from cat_tts.text.normalize import clean_text, split_sentences
-from cat_tts.text.prompt import PromptBuilder, join_transcript
+from cat_tts.text.prompt import Prompt, PromptBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -155,22 +155,13 @@ class _Crossfader:
 
 
 @dataclass
-class _Voice:
-    """An encoded reference: codes of all N layers, optional transcript, prompt mode."""
-
-    codes: torch.Tensor  # [N, L]
-    text: str | None
-    mode: Mode
-
-
-@dataclass
 class _Job:
     """One text chunk to generate: its prompt and settings; `request` once submitted to the engine."""
 
     text: str
-    voice: _Voice
+    prompt: Prompt  # grid [T, 1+N] in the model's layout, and the prefix frames it ends with (or None)
     config: GenerationConfig
-    instructions: str | None
+    reference_codes: torch.Tensor  # [N, L] the voice (all layers)
     request: Request | None = None
 
 
@@ -200,7 +191,7 @@ class CatTTS:
         self.codec = codec
         self.config = config or SynthesisConfig()
         self.n_vq = int(model.config.n_vq)
-        self.prompts = PromptBuilder(tokenizer, model.config.token_ids, self.n_vq)
+        self.prompts = PromptBuilder.for_model(tokenizer, model.config)  # the layout the model was trained with
         self.sample_rate = int(getattr(codec, "sample_rate", DEFAULT_SAMPLE_RATE))
         self.frame_size = int(codec.frame_size)
         self.frame_rate = float(codec.frame_rate)
@@ -417,7 +408,7 @@ class CatTTS:
             except InputError as err:
                 raise InputError(f"item {i}: {err}") from err
             if isinstance(ref, (str, Path)):
-                encoded[str(ref)] = jobs[0].voice.codes
+                encoded[str(ref)] = jobs[0].reference_codes
             per_item.append(jobs)
         all_jobs = [job for jobs in per_item for job in jobs]
         try:
@@ -468,23 +459,23 @@ class CatTTS:
             raise InputError(f"instructions must be a string, got {type(instructions).__name__}")
         if mode == "continuation" and reference_text is None:
             raise InputError("continuation mode needs the reference transcript (reference_text)")
-        mode = mode or ("continuation" if reference_text else "clone")
         base = self.generation_config(depth, None, config, max_new_frames=max_new_frames, **settings)
         if seed is None:
             seed = base.seed
-        voice = _Voice(self._voice_codes(reference_audio), reference_text, mode)  # after the cheap checks
-        chunks = split_sentences(cleaned, self.config.max_chunk_chars)
+        fields = {} if not instructions else {"instruction": instructions}
+        codes = self._voice_codes(reference_audio)  # after the cheap checks
         jobs = []
-        for i, chunk in enumerate(chunks):
+        for i, chunk in enumerate(split_sentences(cleaned, self.config.max_chunk_chars)):
+            prompt = self.prompts.generation_prompt(chunk, codes, reference_text, mode, **fields)
             cfg = base.with_overrides(seed=None if seed is None else seed + i)
-            jobs.append(_Job(chunk, voice, cfg, instructions or None))
+            jobs.append(_Job(chunk, prompt, cfg, codes))
         return jobs
 
     def _submit(self, jobs: list[_Job], wait: bool) -> None:
         for job in jobs:
             if job.request is not None:
                 continue
-            grid = self._grid(job)
+            grid = job.prompt.grid
             budget = job.config.max_new_frames
             if budget is None:  # from the text, within what a slot holds
                 room = self.engine.config.max_rows - self.engine.config.sync_every - grid.shape[0]
@@ -498,11 +489,11 @@ class CatTTS:
             if on_frame is not None:
                 on_frame(chunk.shape[0])
         _warn_unusual(request, job.text)
-        return self._decode(request.frames[:, 1:].t()[None], job.voice)  # [1, K, F]
+        return self._decode(request.frames[:, 1:].t()[None], job.prompt.prefix_codes)  # [1, K, F]
 
     def _stream_job(self, job: _Job, frames_per_chunk: int, first_chunk_frames: int, on_frame) -> Iterator[np.ndarray]:
         request = job.request
-        prefix = job.voice.codes[: request.depth] if job.voice.mode == "continuation" else None  # [K, L]
+        prefix = None if job.prompt.prefix_codes is None else job.prompt.prefix_codes[: request.depth]  # [K, L]
 
         def chunks():
             for chunk in request.chunks():
@@ -565,21 +556,15 @@ class CatTTS:
             wav = loudness_normalize(wav, target_db=-20.0, max_gain_db=3.0)
         return np.ascontiguousarray(wav, dtype=np.float32)
 
-    def _grid(self, job: _Job) -> torch.Tensor:
-        voice = job.voice
-        fields = {} if job.instructions is None else {"instruction": job.instructions}
-        if voice.mode == "continuation":
-            return self.prompts.continuation(join_transcript(voice.text or "", job.text), voice.codes, **fields)
-        return self.prompts.voice_clone(job.text, voice.codes, **fields)
-
-    def _decode(self, codes: torch.Tensor, voice: _Voice) -> np.ndarray:
-        """Prefix-decodes `[1, K, F]` codes; continuation decodes after the prefix audio for codec context."""
+    def _decode(self, codes: torch.Tensor, prefix_codes: torch.Tensor | None) -> np.ndarray:
+        """Prefix-decodes `[1, K, F]` codes; a prompt that ends with audio (`prefix_codes [N, L]`) is decoded first
+        for codec context and its samples dropped."""
         k = codes.shape[1]
         if codes.shape[-1] == 0:
             return np.zeros(0, dtype=np.float32)
         skip = 0
-        if voice.mode == "continuation":
-            prefix = voice.codes[:k][None]  # [1, K, L]
+        if prefix_codes is not None:
+            prefix = prefix_codes[:k][None]  # [1, K, L]
             codes = torch.cat([prefix, codes], dim=-1)
             skip = prefix.shape[-1] * self.frame_size
         with torch.inference_mode():
