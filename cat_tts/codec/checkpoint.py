@@ -13,6 +13,17 @@ import re
 
 import torch
 
+from cat_tts.errors import CheckpointError
+
+__all__ = [
+    "CheckpointError",
+    "from_official_name",
+    "from_official_state_dict",
+    "match_official_keys",
+    "to_official_name",
+    "to_official_state_dict",
+]
+
 # (pattern over our names, replacement giving the official name); applied in order.
 _OURS_TO_OFFICIAL: list[tuple[str, str]] = [
     (r"^(encoder|decoder)\.(\d+)\.layers\.", r"\1.\2.transformer.layers."),
@@ -32,10 +43,6 @@ _OFFICIAL_TO_OURS: list[tuple[str, str]] = [
     (r"\.parametrizations\.weight\.original0$", r".weight_g"),
     (r"\.parametrizations\.weight\.original1$", r".weight_v"),
 ]
-
-
-class CheckpointError(ValueError):
-    """The checkpoint does not fit the architecture its config.json describes."""
 
 
 def _apply(rules: list[tuple[str, str]], name: str) -> str:
@@ -59,40 +66,41 @@ def to_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {to_official_name(k): v.contiguous() for k, v in state.items()}
 
 
-def from_official_state_dict(
-    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str = "checkpoint"
-) -> dict[str, torch.Tensor]:
-    """Rename official/legacy keys to ours and check them strictly against the model's parameters.
+def match_official_keys(
+    stored: dict[str, tuple[int, ...]], expected: dict[str, torch.Size], source: str = "checkpoint"
+) -> dict[str, str]:
+    """Pair the checkpoint's official/legacy keys with our parameter names and check them strictly.
+
+    Only names and shapes are needed (from the safetensors headers), so a mismatch is reported before any
+    weight is read.
 
     Args:
-        tensors: the checkpoint's tensors by their stored names.
+        stored: the checkpoint's stored names -> stored shapes.
         expected: our parameter names -> shapes.
         source: what to call the checkpoint in error messages.
 
     Returns:
-        Our state dict.
+        Our parameter name -> the stored key that holds it.
 
     Raises:
         CheckpointError: listing missing keys (in the official spelling), unexpected keys (as stored),
             keys given twice under two spellings, and shape mismatches.
     """
-    ours: dict[str, torch.Tensor] = {}
     stored_as: dict[str, str] = {}
     duplicated, unexpected = [], []
-    for key, tensor in tensors.items():
+    for key in stored:
         name = from_official_name(key)
         if name not in expected:
             unexpected.append(key)
-        elif name in ours:
+        elif name in stored_as:
             duplicated.append(f"{stored_as[name]} / {key}")
         else:
-            ours[name] = tensor
             stored_as[name] = key
-    missing = sorted(to_official_name(n) for n in expected if n not in ours)
+    missing = sorted(to_official_name(n) for n in expected if n not in stored_as)
     wrong_shape = [
-        f"{stored_as[n]}: stored {tuple(t.shape)}, expected {tuple(expected[n])}"
-        for n, t in ours.items()
-        if tuple(t.shape) != tuple(expected[n])
+        f"{key}: stored {tuple(stored[key])}, expected {tuple(expected[n])}"
+        for n, key in stored_as.items()
+        if tuple(stored[key]) != tuple(expected[n])
     ]
     problems = []
     for title, items in (
@@ -110,4 +118,24 @@ def from_official_state_dict(
             + "; ".join(problems)
             + ". Check that config.json and the weights come from the same checkpoint."
         )
-    return ours
+    return stored_as
+
+
+def from_official_state_dict(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Rename official/legacy keys to ours and check them strictly against the model's parameters.
+
+    Args:
+        tensors: the checkpoint's tensors by their stored names.
+        expected: our parameter names -> shapes.
+        source: what to call the checkpoint in error messages.
+
+    Returns:
+        Our state dict.
+
+    Raises:
+        CheckpointError: see `match_official_keys`.
+    """
+    pairs = match_official_keys({k: tuple(v.shape) for k, v in tensors.items()}, expected, source)
+    return {name: tensors[key] for name, key in pairs.items()}

@@ -15,7 +15,6 @@ functions for any chunk sizes.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cat_tts.codec.checkpoint import CheckpointError, from_official_state_dict, to_official_state_dict
+from cat_tts.codec.checkpoint import match_official_keys, to_official_state_dict
 from cat_tts.codec.config import CodecConfig, PatchConfig
 from cat_tts.codec.patch import Patch
 from cat_tts.codec.quantizer import ResidualLFQ
@@ -360,39 +359,57 @@ class CatCodec(nn.Module):
     def from_pretrained(
         cls,
         path_or_hub_id: str | Path,
-        dtype: torch.dtype | None = None,
+        dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
     ) -> CatCodec:
         """Load a MOSS-Audio-Tokenizer checkpoint (config.json + model.safetensors [+ index]).
 
         The module stack is built from the checkpoint's own config.json; weights load strictly (both the
-        `parametrizations.weight.original0/1` and `weight_g`/`weight_v` weight-norm spellings are accepted).
+        `parametrizations.weight.original0/1` and `weight_g`/`weight_v` weight-norm spellings are accepted),
+        and names and shapes are checked before any weight is read.
+
+        Memory: in float32 on the CPU the parameters are memory-mapped views of the file (nothing is copied;
+        pages are read when first used). Anywhere else (a GPU, or another dtype) the codec is created on
+        `device` in its final dtypes and filled tensor by tensor, so no full host copy is ever held.
 
         Args:
             path_or_hub_id: a local directory, or a Hugging Face hub id (e.g. "OpenMOSS-Team/MOSS-Audio-Tokenizer").
-            dtype: compute dtype of the transformer stages (default float32; bfloat16 allowed). The quantizer
-                always runs in float32.
+            dtype: compute dtype of the transformer stages: None / "auto" = float32 (see
+                `cat_tts.hub.resolve_dtype`), or a name / torch dtype (bfloat16 allowed). The quantizer always
+                runs in float32.
             device: where to put the model (default CPU).
 
         Raises:
-            FileNotFoundError: no such directory/hub repo or a file is missing.
-            CheckpointError: the weights do not match the config (lists missing/unexpected keys).
+            ModelLoadError: no such directory, not a codec directory, hub unreachable (see `resolve_checkpoint`).
+            CheckpointError: the weights do not match the config (lists missing/unexpected keys), or a damaged file.
+            InputError: an unknown dtype name.
         """
+        from cat_tts.hub import SafetensorsCheckpoint, checkpoint_files, read_safetensors, resolve_dtype
+
         directory = _resolve_checkpoint(path_or_hub_id)
         config = CodecConfig.from_json(directory / CONFIG_NAME)
-        tensors = _read_safetensors(directory)
+        device = torch.device(device if device is not None else "cpu")
+        dtype = resolve_dtype(dtype, device, kind="codec")
+        files = checkpoint_files(directory)
         with torch.device("meta"):
             model = cls(config)
         expected = {k: v.shape for k, v in model.state_dict().items()}
-        state = from_official_state_dict(tensors, expected, source=str(directory))
-        state = {k: v.float() for k, v in state.items()}
-        model.load_state_dict(state, strict=True, assign=True)
-        model.eval()
-        if dtype is not None and dtype != torch.float32:
-            model.set_dtype(dtype)
-        if device is not None:
-            model.to(device)
-        return model
+        if device.type == "cpu" and dtype == torch.float32:
+            tensors = read_safetensors(files, mmap=True)  # views of the file: nothing is read yet
+            pairs = match_official_keys({k: tuple(v.shape) for k, v in tensors.items()}, expected, str(directory))
+            state = {name: tensors[key].float() for name, key in pairs.items()}
+            model.load_state_dict(state, strict=True, assign=True)
+            return model.eval()
+        with SafetensorsCheckpoint(files) as checkpoint:
+            pairs = match_official_keys(checkpoint.shapes(), expected, str(directory))
+            if dtype != torch.float32:
+                model.set_dtype(dtype)
+            model.to_empty(device=device)
+            targets = model.state_dict(keep_vars=True)
+            with torch.no_grad():
+                for name, key in pairs.items():
+                    checkpoint.read(key, out=targets[name])
+        return model.eval()
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config.json + model.safetensors in the official format (readable by `from_pretrained` and upstream)."""
@@ -407,45 +424,7 @@ class CatCodec(nn.Module):
 
 
 def _resolve_checkpoint(path_or_hub_id: str | Path) -> Path:
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(
-                f"{path} has no {CONFIG_NAME}: expected a MOSS-Audio-Tokenizer checkpoint directory"
-            )
-        return path
-    if path.exists():
-        raise FileNotFoundError(f"{path} is a file; pass the checkpoint directory holding {CONFIG_NAME}")
-    name = str(path_or_hub_id)
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"no checkpoint directory at {name!r} (and it is not a hub id like 'owner/name')")
-    from huggingface_hub import snapshot_download
+    """The local directory of a codec checkpoint (see `cat_tts.hub.resolve_checkpoint`)."""
+    from cat_tts.hub import resolve_checkpoint
 
-    try:
-        local = snapshot_download(name, allow_patterns=[CONFIG_NAME, "*.safetensors", WEIGHTS_INDEX_NAME])
-    except Exception as err:  # network, auth, unknown repo: all end the same way for the user
-        raise FileNotFoundError(f"could not fetch codec {name!r} from the Hugging Face hub: {err}") from err
-    return Path(local)
-
-
-def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    index = directory / WEIGHTS_INDEX_NAME
-    if index.is_file():
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif (directory / WEIGHTS_NAME).is_file():
-        files = [WEIGHTS_NAME]
-    else:
-        raise FileNotFoundError(f"{directory} has neither {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}")
-    tensors: dict[str, torch.Tensor] = {}
-    for name in files:
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} is listed in {WEIGHTS_INDEX_NAME} but missing")
-        part = load_file(str(directory / name), device="cpu")
-        overlap = tensors.keys() & part.keys()
-        if overlap:
-            raise CheckpointError(f"keys stored in more than one shard: {sorted(overlap)[:10]}")
-        tensors.update(part)
-    return tensors
+    return resolve_checkpoint(path_or_hub_id, "codec")

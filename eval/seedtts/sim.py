@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cat_tts.errors import CheckpointError
 from eval.seedtts.audio import SCORING_RATE, read_audio, resample_sinc
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ BACKBONE_PREFIX = "feature_extract.model."
 IGNORED_PREFIXES = ("loss_calculator.",)  # training-only speaker-classification head
 
 
-class CheckpointError(ValueError):
-    """A speaker-verification checkpoint is unsafe, unreadable or does not match the model."""
+# A speaker-verification checkpoint that is unsafe, unreadable or does not match the model raises cat-tts's one
+# `CheckpointError` (imported above, so `from eval.seedtts.sim import CheckpointError` keeps working).
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -500,12 +501,9 @@ def load_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"speaker-verification checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from cat_tts.hub import read_safetensors
 
-        try:
-            return load_file(str(path))
-        except Exception as err:
-            raise CheckpointError(f"cannot read safetensors file {path}: {err}") from err
+        return read_safetensors(path, mmap=True)  # a damaged file raises a CheckpointError naming it
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError for refused objects, RuntimeError for corrupt archives

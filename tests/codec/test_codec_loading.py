@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from cat_tts.codec import CatCodec, CheckpointError, CodecConfig
 from cat_tts.codec.tiny import write_tiny_codec
+from cat_tts.errors import ModelLoadError
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +84,77 @@ def test_strict_loading_reports_shape_mismatch_and_double_spelling(tiny_dir: Pat
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+    with pytest.raises(ModelLoadError, match="codec directory .*nowhere' does not exist$") as err:
         CatCodec.from_pretrained(tmp_path / "nowhere")
+    assert isinstance(err.value, FileNotFoundError)  # what this raised before the one CheckpointError base
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(ModelLoadError, match="config.json"):
         CatCodec.from_pretrained(tmp_path / "empty")
+
+
+def test_codec_errors_share_the_one_checkpoint_error_base() -> None:
+    from cat_tts import errors
+    from cat_tts.codec import checkpoint
+
+    assert CheckpointError is errors.CheckpointError and checkpoint.CheckpointError is errors.CheckpointError
+
+
+def test_streamed_load_in_bfloat16_equals_cast_of_the_mapped_load(tiny_dir: Path) -> None:
+    mapped = CatCodec.from_pretrained(tiny_dir)  # float32 on the CPU: memory-mapped parameters
+    streamed = CatCodec.from_pretrained(tiny_dir, dtype="bf16")  # created in bf16, filled tensor by tensor
+    assert streamed.dtype == torch.bfloat16 and streamed.quantizer.quantizers[0].codebook.weight.dtype == torch.float32
+    expected = mapped.set_dtype(torch.bfloat16).state_dict()
+    got = streamed.state_dict()
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert got[k].dtype == expected[k].dtype and torch.equal(got[k], expected[k]), k
+
+
+def test_sharded_codec_checkpoint_with_index_loads(tiny_dir: Path, tmp_path: Path) -> None:
+    tensors = load_file(str(tiny_dir / "model.safetensors"))
+    keys = sorted(tensors)
+    dst = tmp_path / "sharded"
+    dst.mkdir()
+    (dst / "config.json").write_text((tiny_dir / "config.json").read_text())
+    weight_map = {}
+    for i, part in enumerate((keys[::2], keys[1::2])):
+        name = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in part}, str(dst / name))
+        weight_map.update(dict.fromkeys(part, name))
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    for dtype in (None, torch.bfloat16):  # the mapped and the streamed paths
+        a = CatCodec.from_pretrained(tiny_dir, dtype=dtype).state_dict()
+        b = CatCodec.from_pretrained(dst, dtype=dtype).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keys_stored_in_two_shards_are_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    tensors = load_file(str(tiny_dir / "model.safetensors"))
+    dst = _copy_with(tiny_dir, tmp_path / "twice", tensors)
+    key = "quantizer.quantizers.0.codebook.weight"
+    save_file({key: tensors[key]}, str(dst / "extra.safetensors"))
+    (dst / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {key: "extra.safetensors", "quantizer.input_proj.bias": "model.safetensors"}})
+    )
+    with pytest.raises(CheckpointError, match=f"more than one shard: {key}"):
+        CatCodec.from_pretrained(dst)
+
+
+def test_truncated_weights_name_the_file(tiny_dir: Path, tmp_path: Path) -> None:
+    dst = _copy_with(tiny_dir, tmp_path / "cut", load_file(str(tiny_dir / "model.safetensors")))
+    data = (dst / "model.safetensors").read_bytes()
+    (dst / "model.safetensors").write_bytes(data[: len(data) - 100])
+    for dtype in (None, "bf16"):
+        with pytest.raises(CheckpointError, match=r"model.safetensors is not a readable safetensors file.*truncated"):
+            CatCodec.from_pretrained(dst, dtype=dtype)
+
+
+def test_model_directory_given_as_codec_says_what_it_is(tmp_path: Path) -> None:
+    from cat_tts.model.tiny import write_tiny_model
+
+    model_dir = write_tiny_model(tmp_path / "model")
+    with pytest.raises(ModelLoadError, match="holds a CAT-TTS model .* not a CAT codec .*--model DIR"):
+        CatCodec.from_pretrained(model_dir)
 
 
 def test_tiny_codec_loads_from_the_package_root_and_round_trips_audio(tiny_dir: Path) -> None:
