@@ -21,7 +21,10 @@ Two special cases:
   that readers expecting every official key find it.
 * Non-parameter buffers some checkpoints carry (`...rotary_emb.inv_freq`, `...position_ids`) are skipped.
 
-Only safetensors are read (no pickle); no remote code is ever run.
+Loading builds the model on the meta device, materialises it on the target device in the target dtype and
+reads the checkpoint tensor by tensor into the parameters (`cat_tts.hub.SafetensorsCheckpoint`): peak host
+memory is the model itself on the CPU, near zero beyond a staging buffer on a GPU. Only safetensors are read
+(no pickle); no remote code is ever run.
 """
 
 from __future__ import annotations
@@ -32,9 +35,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from cat_tts.errors import CheckpointError
+from cat_tts.hub import (
+    CONFIG_FILE,
+    INDEX_FILE,
+    SINGLE_FILE,
+    SafetensorsCheckpoint,
+    checkpoint_files,
+    read_config_json,
+    recorded_dtype,
+    resolve_checkpoint,
+    resolve_dtype,
+)
 from cat_tts.model.config import OFFICIAL_ARCHITECTURE, CatTTSConfig
 from cat_tts.model.temporal import ARCHITECTURE_FIELDS, read_qwen3_config, reset_rotary
 
@@ -56,13 +70,7 @@ KEY_PREFIXES: tuple[tuple[str, str], ...] = (
 UNUSED_QWEN_EMBEDDING = "model.language_model.embed_tokens.weight"  # official, unused: dropped on load
 TEXT_EMBEDDING_ALIAS = "temporal.embed_tokens.weight"  # internal alias of embeddings.0.weight
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "position_ids")
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory cannot be loaded (missing files, wrong format, missing/unexpected weights)."""
+__all__ = ["CheckpointError", "checkpoint_files", "load_pretrained", "load_weights", "resolve_directory"]
 
 
 def is_skipped_key(key: str) -> bool:
@@ -88,35 +96,14 @@ def internal_to_official(name: str) -> str:
 
 # ---------------------------------------------------------------------- directories and files
 def resolve_directory(path_or_hub_id: str | Path) -> Path:
-    """A local directory as is; otherwise download the hub repo (configs, safetensors, tokenizer files) and
-    return the local snapshot directory. Raises CheckpointError when neither works."""
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise CheckpointError(f"{path} is a file; pass the checkpoint directory that holds config.json")
-    text = str(path_or_hub_id)
-    if text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise CheckpointError(f"checkpoint directory {text!r} does not exist (nor is it a 'owner/name' hub id)")
-    try:
-        from huggingface_hub import snapshot_download
-
-        # weights, configs and tokenizer files (vocab/merges/chat template); never pickled weights
-        patterns = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]
-        local = snapshot_download(repo_id=text, allow_patterns=patterns)
-    except Exception as err:  # network errors, unknown repo, ...
-        raise CheckpointError(
-            f"{text!r} is not a local directory and could not be downloaded from the hub: {err}"
-        ) from err
-    return Path(local)
+    """The local directory of a CAT-TTS model checkpoint (see `cat_tts.hub.resolve_checkpoint`)."""
+    return resolve_checkpoint(path_or_hub_id, "model")
 
 
 def read_config(directory: Path) -> CatTTSConfig:
     """Read `config.json` of a CAT-TTS / MOSS-TTS-Local-Transformer directory."""
+    fields = read_config_json(directory)
     config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{directory} has no {CONFIG_FILE}")
-    fields = json.loads(config_path.read_text())
     model_type = fields.pop("model_type", None)
     if model_type != CatTTSConfig.model_type:
         raise CheckpointError(
@@ -126,85 +113,81 @@ def read_config(directory: Path) -> CatTTSConfig:
     return CatTTSConfig(**fields)
 
 
-def checkpoint_files(directory: Path) -> list[Path]:
-    """The safetensors files of a directory: the shards of the index, or model.safetensors, or all *.safetensors."""
-    index = directory / INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = [directory / name for name in sorted(set(weight_map.values()))]
-        absent = [str(f.name) for f in files if not f.is_file()]
-        if absent:
-            raise CheckpointError(f"{index} lists shards that are not in {directory}: {absent}")
-        return files
-    if (directory / SINGLE_FILE).is_file():
-        return [directory / SINGLE_FILE]
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(
-            f"no safetensors weights in {directory} (only safetensors are loaded; .bin/.pt pickles are refused)"
-        )
-    return files
-
-
 def _name_list(names: list[str], limit: int = 20) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def load_weights(model: CatTTSModel, directory: Path) -> None:
-    """Strictly load official-format weights into `model` (converting dtype).
+    """Strictly load official-format weights into `model`, tensor by tensor, converting dtype on the way.
+
+    Every stored shape is checked against the model (from the safetensors headers) before any weight is read.
+    Each tensor is then read straight into its parameter wherever that lives (see `SafetensorsFile.read`):
+    no shard is ever held in memory as a whole, so the host peak is the model itself (on the CPU) plus one
+    bounded staging buffer.
 
     Raises:
         CheckpointError: naming missing keys, unexpected keys and shape mismatches (official names).
     """
     params = dict(model.named_parameters(remove_duplicate=False))
     expected = {name for name in params if name != TEXT_EMBEDDING_ALIAS}
-    loaded: set[str] = set()
-    unexpected: list[str] = []
-    mismatched: list[str] = []
-    for file in checkpoint_files(directory):
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            for key in handle.keys():
-                if is_skipped_key(key):
-                    continue
-                name = official_to_internal(key)
-                if name is None or name not in expected:
-                    unexpected.append(key)
-                    continue
-                tensor = handle.get_tensor(key)
-                param = params[name]
-                if tuple(tensor.shape) != tuple(param.shape):
-                    mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(param.shape)}")
-                    continue
-                with torch.no_grad():
-                    param.copy_(tensor)
-                loaded.add(name)
-    missing = sorted(internal_to_official(name) for name in expected - loaded)
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing weights ({len(missing)}): {_name_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected weights ({len(unexpected)}): {_name_list(sorted(unexpected))}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {_name_list(mismatched)}")
-        raise CheckpointError(f"checkpoint {directory} does not match the model config: " + "; ".join(parts))
+    with SafetensorsCheckpoint(checkpoint_files(directory)) as checkpoint:
+        plan: list[tuple[str, str]] = []  # (stored key, parameter name)
+        unexpected: list[str] = []
+        mismatched: list[str] = []
+        for key, shape in checkpoint.shapes().items():
+            if is_skipped_key(key):
+                continue
+            name = official_to_internal(key)
+            if name is None or name not in expected:
+                unexpected.append(key)
+                continue
+            if shape != tuple(params[name].shape):
+                mismatched.append(f"{key}: checkpoint {shape} vs model {tuple(params[name].shape)}")
+                continue
+            plan.append((key, name))
+        missing = sorted(internal_to_official(name) for name in expected - {name for _, name in plan})
+        if missing or unexpected or mismatched:
+            parts = []
+            if missing:
+                parts.append(f"missing weights ({len(missing)}): {_name_list(missing)}")
+            if unexpected:
+                parts.append(f"unexpected weights ({len(unexpected)}): {_name_list(sorted(unexpected))}")
+            if mismatched:
+                parts.append(f"shape mismatches ({len(mismatched)}): {_name_list(mismatched)}")
+            raise CheckpointError(f"checkpoint {directory} does not match the model config: " + "; ".join(parts))
+        with torch.no_grad():
+            for key, name in plan:
+                checkpoint.read(key, out=params[name])
 
 
 def load_pretrained(
     cls: type[CatTTSModel],
     path_or_hub_id: str | Path,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = None,
     device: torch.device | str | None = None,
 ) -> CatTTSModel:
-    """Build the model from a checkpoint's config.json and load its weights strictly (CatTTSModel.from_pretrained)."""
+    """Build the model from a checkpoint's config.json and load its weights strictly (CatTTSModel.from_pretrained).
+
+    The model is built on the meta device (no random init), materialised directly on `device` in the resolved
+    dtype, and filled tensor by tensor (`load_weights`): peak host memory is the model itself when loading to
+    the CPU, and one staging buffer when loading to a GPU.
+
+    Args:
+        path_or_hub_id: checkpoint directory or hub id.
+        dtype: None / "auto" (see `cat_tts.hub.resolve_dtype`: float32 on CPU, bfloat16 on CUDA unless the
+            checkpoint records float16), a name ("bf16", "float32", ...) or a torch dtype.
+        attn_implementation: see `CatTTSModel`.
+        device: where the parameters are created (default CPU).
+    """
     directory = resolve_directory(path_or_hub_id)
     config = read_config(directory)
     device = torch.device(device if device is not None else "cpu")
+    dtype = resolve_dtype(dtype, device, recorded=recorded_dtype(read_config_json(directory)), kind="model")
     with torch.device("meta"):  # no random init of weights that are about to be overwritten
         model = cls(config, attn_implementation=attn_implementation)
-    model = model.to(dtype=dtype or torch.float32)
+    model = model.to(dtype=dtype)
     model.to_empty(device=device)
     reset_rotary(model.temporal, device)
     load_weights(model, directory)
@@ -276,7 +259,7 @@ def load_from_qwen3(
     attn_implementation: str | None = None,
 ) -> CatTTSModel:
     """New model with temporal weights and text embedding from a Qwen3 causal LM (CatTTSModel.from_qwen3)."""
-    directory = resolve_directory(path_or_hub_id)
+    directory = resolve_checkpoint(path_or_hub_id, "qwen3")
     qwen = read_qwen3_config(directory)
     lc = config.language_config
     differences = [
@@ -293,30 +276,27 @@ def load_from_qwen3(
     expected = {name for name in params if name.startswith("temporal.") and name != TEXT_EMBEDDING_ALIAS}
     loaded: set[str] = set()
     unexpected: list[str] = []
-    for file in checkpoint_files(directory):
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            for key in handle.keys():
-                if key == "lm_head.weight" or key.endswith(SKIPPED_SUFFIXES):
-                    continue  # the CAT-TTS text head is trained from scratch on the depth output
-                name = _qwen3_to_internal(key)
-                if name is None or name not in params or name == TEXT_EMBEDDING_ALIAS:
-                    unexpected.append(key)
-                    continue
-                tensor = handle.get_tensor(key)
-                param = params[name]
-                with torch.no_grad():
-                    if name == "embeddings.0.weight":
-                        rows = min(tensor.shape[0], param.shape[0])
-                        if tensor.shape[1] != param.shape[1]:
-                            raise CheckpointError(f"{key}: width {tensor.shape[1]} != {param.shape[1]}")
-                        param[:rows].copy_(tensor[:rows])
-                        if rows < param.shape[0]:
-                            logger.info("text embedding rows %d..%d keep their fresh init", rows, param.shape[0] - 1)
-                        continue
-                    if tuple(tensor.shape) != tuple(param.shape):
-                        raise CheckpointError(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(param.shape)}")
-                    param.copy_(tensor)
-                loaded.add(name)
+    with SafetensorsCheckpoint(checkpoint_files(directory)) as checkpoint, torch.no_grad():
+        for key, shape in checkpoint.shapes().items():
+            if key == "lm_head.weight" or key.endswith(SKIPPED_SUFFIXES):
+                continue  # the CAT-TTS text head is trained from scratch on the depth output
+            name = _qwen3_to_internal(key)
+            if name is None or name not in params or name == TEXT_EMBEDDING_ALIAS:
+                unexpected.append(key)
+                continue
+            param = params[name]
+            if name == "embeddings.0.weight":
+                rows = min(shape[0], param.shape[0])
+                if shape[1] != param.shape[1]:
+                    raise CheckpointError(f"{key}: width {shape[1]} != {param.shape[1]}")
+                param[:rows].copy_(checkpoint.read(key)[:rows])
+                if rows < param.shape[0]:
+                    logger.info("text embedding rows %d..%d keep their fresh init", rows, param.shape[0] - 1)
+                continue
+            if shape != tuple(param.shape):
+                raise CheckpointError(f"{key}: checkpoint {shape} vs model {tuple(param.shape)}")
+            checkpoint.read(key, out=param)
+            loaded.add(name)
     missing = sorted(expected - loaded)
     if missing or unexpected:
         raise CheckpointError(
