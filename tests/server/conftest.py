@@ -1,0 +1,117 @@
+"""Real uvicorn servers on free loopback ports for the server tests (a fake pipeline or the tiny checkpoints)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install 'cat-tts[serve]'")
+pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
+pytest.importorskip("python_multipart")
+
+from cat_tts.server.app import create_app  # noqa: E402
+from cat_tts.server.backend import PipelineBackend  # noqa: E402
+from cat_tts.server.config import ServerConfig  # noqa: E402
+
+from .fakes import FakeTTS  # noqa: E402
+
+
+@dataclass
+class RunningServer:
+    """A server started by `serve`: its URL, app, backend and (for the fake) the fake pipeline."""
+
+    url: str
+    app: Any
+    backend: Any
+    tts: Any
+    config: ServerConfig
+    server: Any
+
+    @property
+    def state(self):
+        return self.app.state.cat
+
+    def openai(self, api_key: str = "unused", **kwargs):
+        """The official OpenAI client pointed at this server (no retries: tests see every status)."""
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+
+    def health(self) -> dict:
+        import httpx
+
+        return httpx.get(f"{self.url}/health", timeout=10).json()
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def serve(backend, config: ServerConfig, tts: Any = None) -> Iterator[RunningServer]:
+    """Runs uvicorn in a thread on a free loopback port until the block ends."""
+    import uvicorn
+
+    app = create_app(backend, config)
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", app, backend, tts, config, server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def fake_config(tmp_path: Path, **overrides) -> ServerConfig:
+    return ServerConfig(**{"voices_dir": tmp_path / "voices", "model_id": "cat-tts-fake", **overrides})
+
+
+@pytest.fixture
+def fake_server(tmp_path) -> Iterator[RunningServer]:
+    """A server over a fast fake pipeline (2 ms per frame, 4 slots, queue 8)."""
+    tts = FakeTTS()
+    with serve(PipelineBackend(tts, codec_id="fake"), fake_config(tmp_path), tts) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shared_fake_server(tmp_path_factory) -> Iterator[RunningServer]:
+    """One fake server for a whole module (for tests that only read from it)."""
+    tts = FakeTTS()
+    config = fake_config(tmp_path_factory.mktemp("shared"))
+    with serve(PipelineBackend(tts, codec_id="fake"), config, tts) as running:
+        yield running
+
+
+@pytest.fixture
+def make_fake_server(tmp_path):
+    """Starts fake servers with custom settings: `make_fake_server(tts=FakeTTS(...), api_key=...)`."""
+    stack = contextlib.ExitStack()
+
+    def make(tts: FakeTTS | None = None, **config) -> RunningServer:
+        tts = tts or FakeTTS()
+        return stack.enter_context(serve(PipelineBackend(tts, codec_id="fake"), fake_config(tmp_path, **config), tts))
+
+    with stack:
+        yield make

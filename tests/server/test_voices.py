@@ -1,0 +1,210 @@
+"""Voices: the store (names, atomic files, persistence, nothing outside its directory) and the API (upload, use,
+list, delete, errors, persistence across a restart)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import torch
+
+from cat_tts.errors import InputError
+from cat_tts.server.backend import PipelineBackend
+from cat_tts.server.voices import VoiceExistsError, VoiceNotFoundError, VoiceStore, check_name, decode_clip
+
+from .conftest import fake_config, serve
+from .fakes import Clip, FakeTTS
+
+
+def _codes(frames: int = 20) -> torch.Tensor:
+    return torch.randint(0, 1024, (32, frames))
+
+
+# ---------------------------------------------------------------------------------------------------- store
+
+
+def test_store_round_trip_and_persistence(tmp_path):
+    store = VoiceStore(tmp_path, "codec-a", 32)
+    codes = _codes()
+    store.add("alice", codes, "her words", 1.6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.json", "alice.safetensors"]
+    again = VoiceStore(tmp_path, "codec-a", 32).get("alice")  # a new process sees it
+    assert torch.equal(again.codes, codes) and again.text == "her words" and again.seconds == pytest.approx(1.6)
+    assert [v.name for v in store.list()] == ["alice"]
+    with pytest.raises(VoiceExistsError):
+        store.add("alice", codes, None, 1.0)
+    store.add("alice", _codes(5), None, 0.4, replace=True)
+    assert VoiceStore(tmp_path, "codec-a", 32).get("alice").codes.shape == (32, 5)
+    store.delete("alice")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(VoiceNotFoundError):
+        store.get("alice")
+    with pytest.raises(VoiceNotFoundError):
+        store.delete("alice")
+
+
+def test_store_sees_changes_made_by_another_process(tmp_path):
+    a, b = VoiceStore(tmp_path, "c", 32), VoiceStore(tmp_path, "c", 32)
+    a.add("v", _codes(), None, 1.0)
+    assert "v" in b and b.names() == ["v"]
+    b.delete("v")
+    assert "v" not in a
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".hidden", "..", "../x", "a/b", "a\\b", "x" * 65, "sp ace", "nul\0", "é", None, 7]
+)
+def test_invalid_names_are_refused(tmp_path, name):
+    with pytest.raises(InputError):
+        check_name(name)
+    store = VoiceStore(tmp_path / "voices", "c", 32)
+    with pytest.raises(InputError):
+        store.add(name, _codes(), None, 1.0)
+    assert list((tmp_path / "voices").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["voices"]
+
+
+@pytest.mark.parametrize("name", ["a", "A-b_c.d", "x" * 64, "123"])
+def test_valid_names(name):
+    assert check_name(name) == name
+
+
+def test_voices_of_another_codec_or_damaged_files_are_not_used(tmp_path):
+    VoiceStore(tmp_path, "codec-a", 32).add("mine", _codes(), None, 1.0)
+    assert VoiceStore(tmp_path, "codec-b", 32).names() == []
+    assert VoiceStore(tmp_path, "codec-a", 16).names() == []
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "noise.safetensors").write_bytes(b"garbage")
+    (tmp_path / "noise.json").write_text(json.dumps({"name": "noise", "codec": "codec-a", "n_vq": 32}))
+    assert VoiceStore(tmp_path, "codec-a", 32).names() == ["mine"]
+
+
+def test_stray_temporary_files_are_cleaned_and_the_store_can_fill(tmp_path):
+    (tmp_path / ".tmp-abc").write_bytes(b"half a write")
+    store = VoiceStore(tmp_path, "c", 32, max_voices=2)
+    assert not (tmp_path / ".tmp-abc").exists()
+    store.add("a", _codes(), None, 1.0)
+    store.add("b", _codes(), None, 1.0)
+    with pytest.raises(InputError, match="full"):
+        store.add("c", _codes(), None, 1.0)
+
+
+def test_decode_clip_checks_the_audio():
+    samples, rate = decode_clip(Clip(seconds=1.0, rate=16000).data, max_seconds=30)
+    assert rate == 16000 and samples.shape == (16000,)
+    with pytest.raises(InputError, match="could not read"):
+        decode_clip(b"this is not audio at all", 30)
+    with pytest.raises(InputError, match="empty"):
+        decode_clip(b"", 30)
+    with pytest.raises(InputError, match="limit"):
+        decode_clip(Clip(seconds=3.0).data, max_seconds=2.0)
+
+
+# ---------------------------------------------------------------------------------------------------- API
+
+
+def _upload(server, name="alice", data=None, text=None, field="audio", **kwargs) -> httpx.Response:
+    files = {field: ("clip.wav", data if data is not None else Clip().data, "audio/wav")}
+    form = {"name": name, **({"text": text} if text is not None else {}), **kwargs}
+    return httpx.post(f"{server.url}/v1/audio/voices", data=form, files=files, timeout=30)
+
+
+def test_upload_use_list_delete(fake_server):
+    response = _upload(fake_server, text="what the clip says")
+    assert response.status_code == 200, response.text
+    voice = response.json()
+    assert voice["id"] == voice["name"] == "alice" and voice["object"] == "audio.voice"
+    assert voice["text"] == "what the clip says" and voice["seconds"] == pytest.approx(1.5)
+    listed = httpx.get(f"{fake_server.url}/v1/audio/voices").json()
+    assert [v["name"] for v in listed["data"]] == ["alice", "default"]
+    speech = httpx.post(
+        f"{fake_server.url}/v1/audio/speech",
+        json={"input": "x", "voice": "alice", "response_format": "pcm", "max_new_frames": 2},
+    )
+    assert speech.status_code == 200 and speech.headers["x-cat-tts-voice"] == "alice"  # fmt: skip
+    call = fake_server.tts.calls[-1]
+    assert call.kwargs["reference_text"] == "what the clip says"
+    assert torch.equal(call.codes, fake_server.state.voices.get("alice").codes)
+    deleted = httpx.delete(f"{fake_server.url}/v1/audio/voices/alice").json()
+    assert deleted == {"id": "alice", "object": "audio.voice.deleted", "deleted": True}
+    assert httpx.post(f"{fake_server.url}/v1/audio/speech", json={"input": "x", "voice": "alice"}).status_code == 404
+
+
+def test_openai_client_creates_and_deletes_voices(fake_server):
+    client = fake_server.openai()
+    voice = client.audio.voices.create(name="bob", audio_sample=("bob.wav", Clip().data, "audio/wav"), consent="cons_1")
+    assert voice.id == "bob" and voice.name == "bob" and voice.type == "audio_sample"
+    audio = client.audio.speech.create(model="tts-1", input="hi", voice={"id": "bob"}, response_format="pcm",
+                                       extra_body={"max_new_frames": 2})  # fmt: skip
+    assert len(audio.content) == 2 * 1920 * 2
+    assert client.audio.voices.delete("bob").deleted
+
+
+def test_upload_errors(make_fake_server):
+    server = make_fake_server(max_upload_bytes=200_000)
+    assert _upload(server, name="../evil").status_code == 400
+    assert _upload(server, name="default").json()["error"]["code"] == "reserved_name"
+    bad = _upload(server, data=b"RIFF not really a wav")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "audio"
+    short = _upload(server, data=Clip(seconds=0.2).data)
+    assert short.status_code == 400 and "too short" in short.json()["error"]["message"]
+    silent = io.BytesIO()
+    import soundfile as sf
+
+    sf.write(silent, np.zeros(16000, dtype=np.float32), 16000, format="WAV")
+    assert "silent" in _upload(server, data=silent.getvalue()).json()["error"]["message"]
+    too_big = _upload(server, data=Clip(seconds=10.0).data)  # 320 kB > 200 kB
+    assert too_big.status_code == 413
+    missing = httpx.post(f"{server.url}/v1/audio/voices", data={"name": "x"}, files={"other": ("a", b"b")})
+    assert missing.status_code == 400
+    assert httpx.post(f"{server.url}/v1/audio/voices", json={"name": "x"}).status_code == 415
+    assert _upload(server, type="prompt").json()["error"]["param"] == "type"
+    assert _upload(server).status_code == 200
+    dup = _upload(server)
+    assert dup.status_code == 409 and dup.json()["error"]["code"] == "voice_exists"
+    assert httpx.delete(f"{server.url}/v1/audio/voices/default").status_code == 400
+    assert [p.name for p in server.config.voices_dir.parent.iterdir()] == ["voices"]  # nothing written elsewhere
+
+
+def test_long_clip_is_refused(make_fake_server):
+    server = make_fake_server(max_voice_seconds=2.0)
+    response = _upload(server, data=Clip(seconds=3.0, rate=8000).data)
+    assert response.status_code == 400 and "limit" in response.json()["error"]["message"]
+
+
+def test_voices_persist_across_a_restart(tmp_path):
+    config = fake_config(tmp_path)
+    tts = FakeTTS()
+    with serve(PipelineBackend(tts, codec_id="fake"), config, tts) as first:
+        assert _upload(first, name="carol", text="hello").status_code == 200
+        codes = first.state.voices.get("carol").codes
+    tts = FakeTTS()
+    with serve(PipelineBackend(tts, codec_id="fake"), config, tts) as second:
+        voices = httpx.get(f"{second.url}/v1/audio/voices").json()["data"]
+        assert {v["name"] for v in voices} == {"carol", "default"}
+        assert torch.equal(second.state.voices.get("carol").codes, codes)
+        response = httpx.post(
+            f"{second.url}/v1/audio/speech",
+            json={"input": "x", "voice": "carol", "response_format": "pcm", "max_new_frames": 2},
+        )
+        assert response.status_code == 200  # fmt: skip
+        assert tts.calls[-1].kwargs["reference_text"] == "hello"
+
+
+def test_default_voice_is_installed_once(tmp_path):
+    config = fake_config(tmp_path)
+    with serve(PipelineBackend(FakeTTS(), codec_id="fake"), config) as first:
+        created = first.state.voices.get("default").created_at
+        mtime = (config.voices_dir / "default.json").stat().st_mtime_ns
+    with serve(PipelineBackend(FakeTTS(), codec_id="fake"), config) as second:
+        assert second.state.voices.get("default").created_at == created
+        assert (config.voices_dir / "default.json").stat().st_mtime_ns == mtime
+
+
+def test_openai_errors_for_voices(fake_server):
+    client = fake_server.openai()
+    with pytest.raises(openai.NotFoundError):
+        client.audio.voices.delete("nobody")
