@@ -22,13 +22,26 @@ def _all_finite_positive(values) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
 
 
-def test_bench_generate_reports_cached_and_naive_rates(tmp_path):
-    result = _run(tmp_path, "generate", "--quick", "--depths", "1,2,4", "--batches", "1", "--frames", "2",
-                  "--naive-frames", "1", "--no-ttfa", "--device", "cpu")  # fmt: skip
+def test_bench_generate_reports_engine_and_naive_rates(tmp_path):
+    result = _run(tmp_path, "generate", "--quick", "--depths", "1,2", "--batches", "1", "--frames", "2",
+                  "--warmup-frames", "1", "--naive-frames", "1", "--device", "cpu")  # fmt: skip
     rows = result["rows"]
-    assert [(r["batch"], r["depth"]) for r in rows] == [(1, 1), (1, 2), (1, 4)]
-    assert _all_finite_positive(r[key] for r in rows for key in ("ours_ms_per_frame", "naive_ms_per_frame", "speedup"))
-    assert "batch1_ours" in result["linear_fits"]
+    assert result["columns"] == ["eager", "naive"]
+    assert [(r["batch"], r["depth"]) for r in rows] == [(1, 1), (1, 2)]
+    keys = ("eager_ms_per_frame", "naive_ms_per_frame", "speedup", "rtf_per_stream", "best_frames_per_s")
+    assert _all_finite_positive(r[key] for r in rows for key in keys)
+
+
+def test_bench_engine_compares_concurrent_with_sequential(tmp_path):
+    result = _run(tmp_path, "engine", "--quick", "--concurrency", "1,3", "--depths", "2", "--frames", "3",
+                  "--device", "cpu", "--compile", "off")  # fmt: skip
+    rows = result["rows"]
+    assert [(r["depth"], r["concurrency"]) for r in rows] == [(2, 1), (2, 3)]
+    for r in rows:
+        assert r["concurrent"]["frames"] == r["sequential"]["frames"] == 3 * r["concurrency"]
+        keys = ("frames_per_s", "rtf", "ttfa_p50_ms", "ttfa_p95_ms")
+        assert _all_finite_positive(r[run][key] for run in ("concurrent", "sequential") for key in keys)
+    assert rows[1]["concurrent"]["steps"] < rows[1]["sequential"]["steps"]  # the batch shared its frame steps
 
 
 def test_bench_codec_reports_real_time_factors(tmp_path):

@@ -16,7 +16,8 @@ import torch
 SUBCOMMANDS: dict[str, str] = {
     "train-step": "train_step",  # issue: model core (forward+backward at p=0 vs p=1)
     "codec": "codec",  # issue: codec (encode/decode RTF, streaming first-chunk latency)
-    "generate": "generate",  # issue: generation (frames/s vs a naive depth loop)
+    "generate": "generate",  # issue: generation (ms/frame: eager vs compiled / CUDA graphs, or vs a naive loop)
+    "engine": "engine",  # issue: inference engine (N concurrent requests vs one after another)
     "train": "train",  # issue: training (tokens/s and peak memory, p=0 vs p=1)
 }
 
