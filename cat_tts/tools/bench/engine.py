@@ -50,7 +50,8 @@ def serve(model, n: int, slots: int, depth: int, args: argparse.Namespace) -> di
     from cat_tts.generation import Engine, EngineConfig, GenerationConfig
 
     rows = int(args.prompt_rows * 1.25) + args.frames + 16
-    engine = Engine(model, EngineConfig(max_slots=slots, max_rows=rows, max_queue=n, compile=_compile_mode(args.compile)))
+    config = EngineConfig(max_slots=slots, max_rows=rows, max_queue=n, compile=_compile_mode(args.compile))
+    engine = Engine(model, config)
     engine.warmup()
     cfg = GenerationConfig(depth=depth, max_new_frames=args.frames, min_new_frames=args.frames)
     lengths = [int(args.prompt_rows * (0.75 + 0.5 * i / max(n - 1, 1))) for i in range(n)]
