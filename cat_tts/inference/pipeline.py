@@ -227,8 +227,8 @@ class CatTTS:
         from transformers import AutoTokenizer
 
         from cat_tts.codec import CatCodec
+        from cat_tts.hub import dtype_name, read_config_json, recorded_dtype, resolve_checkpoint, resolve_dtype
         from cat_tts.model import CatTTSModel
-        from cat_tts.model.checkpoint import resolve_directory
 
         try:
             device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -236,23 +236,20 @@ class CatTTS:
             raise InputError(f"invalid device {device!r}: {err}") from err
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
-        dtype = _resolve_dtype(dtype, device)
-        for what, ref in (("model", model), ("codec", codec)):
-            if _looks_local(ref) and not Path(ref).is_dir():
-                raise ModelLoadError(f"{what} directory {str(ref)!r} does not exist")
+        model_dir = resolve_checkpoint(model, "model")  # ModelLoadError: missing, wrong kind, hub unreachable
+        codec_dir = resolve_checkpoint(codec, "codec")
+        dtype = resolve_dtype(dtype, device, recorded_dtype(read_config_json(model_dir)), kind="model")
+        tts = CatTTSModel.from_pretrained(model_dir, dtype=dtype, device=device)
+        cat = CatCodec.from_pretrained(codec_dir, device=device)
         try:
-            tts_dir = resolve_directory(model)
-            tts = CatTTSModel.from_pretrained(tts_dir, dtype=dtype, device=device)
-            # the tokenizer from the original reference: a hub snapshot of the weights lacks chat_template.jinja
-            tokenizer = _load_tokenizer(AutoTokenizer, model if Path(str(model)).expanduser().is_dir() else str(model))
-            cat = CatCodec.from_pretrained(str(codec), device=device)
-        except (OSError, ValueError) as err:  # missing files, hub errors, CheckpointError
+            tokenizer = _load_tokenizer(AutoTokenizer, model_dir)
+        except (OSError, ValueError) as err:
             raise ModelLoadError(
-                f"could not load {model!r} / {codec!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-                "If the Hugging Face hub is unreachable, pass local directories: --model DIR --codec DIR "
-                "(CatTTS.from_pretrained(model=DIR, codec=DIR)); `python -m cat_tts.tools.make_tiny OUT` writes "
-                "tiny random ones (OUT/model, OUT/codec) for offline checks"
+                f"{model_dir} holds no usable tokenizer ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "a model directory needs the tokenizer files next to config.json (tokenizer.json, "
+                "tokenizer_config.json, chat_template.jinja)"
             ) from err
+        logger.info("model %s in %s on %s; codec %s", model_dir, dtype_name(dtype), device, codec_dir)
         return cls(tts.eval(), cat.eval(), tokenizer, config, engine)
 
     # ------------------------------------------------------------------ engine lifecycle
@@ -601,25 +598,3 @@ def _load_tokenizer(auto_tokenizer: Any, directory: str | Path) -> Any:
     finally:
         hf_logging.set_verbosity(level)
 
-
-def _looks_local(ref: str | Path) -> bool:
-    s = str(ref)
-    return isinstance(ref, Path) or s.startswith((".", "/", "~")) or s.count("/") != 1 or Path(s).exists()
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in names:
-        raise InputError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
-    return names[dtype]
