@@ -23,6 +23,8 @@ import contextlib
 import hmac
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -64,6 +66,7 @@ class ServerState:
         self.pumps: set[AudioPump] = set()  # speech streams in flight
         self.draining = False  # SIGTERM received: new speech requests get 503
         self.started_at = time.time()
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"  # tells replicas apart (Ray, load balancers)
         self.close_grace_s = config.shutdown_grace_s  # what is left for the engine when the app shuts down
 
     def startup(self) -> None:
@@ -97,6 +100,7 @@ class ServerState:
             "sample_rate": self.backend.sample_rate,
             "devices": [{"device": d, **load.as_dict()} for d, load in zip(self.backend.devices, loads, strict=True)],
             "uptime_s": round(time.time() - self.started_at, 1),
+            "instance": self.instance,
         }
 
 
@@ -226,6 +230,7 @@ async def _speech(request: Request, state: ServerState) -> Response:
         "X-CAT-TTS-Bitrate-Kbps": f"{bitrate_kbps(depth):g}",
         "X-CAT-TTS-Sample-Rate": str(state.backend.sample_rate),
         "X-CAT-TTS-Voice": req.voice_name,
+        "X-CAT-TTS-Instance": state.instance,
         "Cache-Control": "no-cache",
     }
     if sse:

@@ -87,20 +87,37 @@ def fake_config(tmp_path: Path, **overrides) -> ServerConfig:
     return ServerConfig(**{"voices_dir": tmp_path / "voices", "model_id": "cat-tts-fake", **overrides})
 
 
-@pytest.fixture
-def fake_server(tmp_path) -> Iterator[RunningServer]:
-    """A server over a fast fake pipeline (2 ms per frame, 4 slots, queue 8)."""
-    tts = FakeTTS()
-    with serve(PipelineBackend(tts, codec_id="fake"), fake_config(tmp_path), tts) as running:
-        yield running
-
-
 @pytest.fixture(scope="module")
-def shared_fake_server(tmp_path_factory) -> Iterator[RunningServer]:
-    """One fake server for a whole module (for tests that only read from it)."""
+def fake_server(tmp_path_factory) -> Iterator[RunningServer]:
+    """A server over a fast fake pipeline (2 ms per frame, 4 slots, queue 8), shared by a module's tests: a test
+    that changes it puts it back (tests needing a fresh one use `make_fake_server`)."""
     tts = FakeTTS()
     config = fake_config(tmp_path_factory.mktemp("shared"))
     with serve(PipelineBackend(tts, codec_id="fake"), config, tts) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    """`python -m cat_tts.tools.make_tiny` checkpoints (random weights), written once per session."""
+    from cat_tts.tools.make_tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def real_backend(tiny_dirs: dict[str, Path], max_slots: int, max_queue: int) -> PipelineBackend:
+    """The real pipeline and engine on the tiny checkpoints (CPU, eager)."""
+    return PipelineBackend.from_pretrained(str(tiny_dirs["model"]), str(tiny_dirs["codec"]), "cpu", "auto",
+                                           max_slots=max_slots, max_queue=max_queue, compile="auto")  # fmt: skip
+
+
+@contextlib.contextmanager
+def serve_real(tiny_dirs, voices_dir: Path, max_slots: int = 8, max_queue: int = 32, **config):
+    """A real server on the tiny checkpoints; `min_new_frames` 10 like the demo (random weights stop at once)."""
+    config = ServerConfig(**{"voices_dir": voices_dir, "model_id": "tiny", "min_new_frames": 10,
+                             "max_new_frames": 400, **config})  # fmt: skip
+    backend = real_backend(tiny_dirs, max_slots, max_queue)
+    with serve(backend, config, backend.tts) as running:
         yield running
 
 

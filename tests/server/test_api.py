@@ -128,7 +128,8 @@ def test_health_reports_engine_load(make_fake_server):
     assert idle["active_requests"] == 0 and idle["queued_requests"] == 0 and idle["max_slots"] == 4
 
 
-def test_metrics_in_prometheus_format(fake_server):
+def test_metrics_in_prometheus_format(make_fake_server):
+    fake_server = make_fake_server()  # fresh counters
     client = fake_server.openai()
     client.audio.speech.create(model="tts-1", input="x", voice="default", response_format="wav",
                                extra_body={"max_new_frames": 4})  # fmt: skip

@@ -51,6 +51,7 @@ def test_taken_port_exits_2(capsys, tmp_path):
     assert "cannot listen" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # imports the model stack (~5 s on 2 cores)
 def test_missing_checkpoint_exits_2(capsys, tmp_path):
     code = main(["--port", "0", "--device", "cpu", "--model", str(tmp_path / "none"), "--codec", str(tmp_path / "no"),
                  "--voices-dir", str(tmp_path / "v")])  # fmt: skip

@@ -67,11 +67,11 @@ BAD_FIELDS = [
 
 
 @pytest.mark.parametrize(("change", "param"), BAD_FIELDS, ids=[f"{p}-{i}" for i, (_, p) in enumerate(BAD_FIELDS)])
-def test_bad_fields_are_400_naming_the_field(shared_fake_server, change, param):
-    calls = len(shared_fake_server.tts.calls)
-    error = _error(_post(shared_fake_server, {**GOOD, **change}), 400, param)
+def test_bad_fields_are_400_naming_the_field(fake_server, change, param):
+    calls = len(fake_server.tts.calls)
+    error = _error(_post(fake_server, {**GOOD, **change}), 400, param)
     assert error["type"] == "invalid_request_error"
-    assert len(shared_fake_server.tts.calls) == calls, "a rejected request must not reach the pipeline"
+    assert len(fake_server.tts.calls) == calls, "a rejected request must not reach the pipeline"
 
 
 def test_missing_input_and_bad_json(fake_server):
@@ -158,11 +158,14 @@ def test_pipeline_input_error_is_400(fake_server):
 
 def test_draining_server_answers_503(fake_server):
     fake_server.state.draining = True
-    response = _post(fake_server, GOOD)
-    _error(response, 503)
-    assert response.headers["retry-after"]
-    health = httpx.get(f"{fake_server.url}/health")
-    assert health.status_code == 503 and health.json()["status"] == "draining"
+    try:
+        response = _post(fake_server, GOOD)
+        _error(response, 503)
+        assert response.headers["retry-after"]
+        health = httpx.get(f"{fake_server.url}/health")
+        assert health.status_code == 503 and health.json()["status"] == "draining"
+    finally:
+        fake_server.state.draining = False
 
 
 def test_time_limit_before_first_audio_is_504(make_fake_server):

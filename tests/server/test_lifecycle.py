@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .fakes import FakeTTS
 
@@ -113,6 +114,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path):
             proc.kill()
 
 
+@pytest.mark.slow
 def test_sigterm_cancels_what_outlives_the_grace_period(tmp_path):
     proc, url = _start_fake_process(tmp_path, "--frame-time", "0.03", "--grace", "0.5")
     try:
