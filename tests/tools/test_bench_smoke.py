@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from cat_tts.tools.bench.__main__ import main
 
 
@@ -70,3 +72,32 @@ def test_bench_train_runs_deepspeed_steps_for_each_p(tmp_path):
     assert by_p[0.0]["speedup_vs_baseline"] == 1.0 and by_p[0.0]["memory_vs_baseline"] == 1.0  # p = 0 is the baseline
     keys = ("tokens_per_s", "step_s", "peak_memory_gb", "speedup_vs_baseline", "memory_vs_baseline")
     assert _all_finite_positive(r[key] for r in by_p.values() for key in keys)
+
+
+def test_bench_coldstart_loads_each_part_in_a_fresh_process(tmp_path):
+    from cat_tts.tools.make_tiny import make_tiny
+
+    dirs = make_tiny(tmp_path / "tiny")  # given checkpoints: no writer process (the slow test covers it)
+    result = _run(tmp_path, "coldstart", "--model", str(dirs["model"]), "--codec", str(dirs["codec"]),
+                  "--dtypes", "bfloat16,float32", "--codec-dtypes", "float32", "--device", "cpu")  # fmt: skip
+    loads = {(r["part"], r["dtype"]): r for r in result["loads"]}
+    assert set(loads) == {("model", "bfloat16"), ("model", "float32"), ("codec", "float32")}
+    keys = ("load_s", "process_s", "weights_gb", "on_disk_gb", "baseline_rss_gb", "peak_rss_gb", "peak_rss_vs_weights")
+    assert _all_finite_positive(r[key] for r in loads.values() for key in keys)
+    bf16, fp32 = loads[("model", "bfloat16")], loads[("model", "float32")]
+    assert fp32["weights_gb"] == 2 * bf16["weights_gb"] and fp32["on_disk_gb"] == bf16["on_disk_gb"]
+    assert result["model_peak_within_1_2x"] is not None
+    assert dirs["model"].is_dir() and dirs["codec"].is_dir()  # given checkpoints are never deleted
+
+
+@pytest.mark.slow
+def test_bench_coldstart_times_first_audio_with_a_cold_then_warm_cache(tmp_path):
+    cache = tmp_path / "cache"
+    result = _run(tmp_path, "coldstart", "--preset", "tiny", "--dtypes", "", "--codec-dtypes", "", "--ttfa",
+                  "--ttfa-frames", "1", "--compile", "off", "--compile-cache", str(cache))  # fmt: skip
+    assert "write" in result  # random tiny weights written by a worker process
+    runs = result["ttfa"]["runs"]
+    assert set(runs) == {"cold", "warm"} and result["loads"] == []
+    assert _all_finite_positive(r[k] for r in runs.values() for k in ("imports_s", "loaded_s", "first_audio_s"))
+    assert all(r["imports_s"] < r["loaded_s"] < r["first_audio_s"] and r["samples"] > 0 for r in runs.values())
+    assert cache.is_dir()  # a given cache directory is the user's: kept

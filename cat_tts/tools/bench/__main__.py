@@ -9,6 +9,8 @@ import sys
 
 from cat_tts.tools.bench import SUBCOMMANDS
 
+SUBCOMMANDS = {**SUBCOMMANDS, "coldstart": "coldstart"}  # issue 13: load time/memory in fresh processes, first audio
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cat_tts.tools.bench", description=__doc__)
