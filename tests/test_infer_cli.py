@@ -91,21 +91,47 @@ def _run_cli(*args, env=None):
     [
         (["--text", "   ", "--prompt-audio", "REF"], "text is empty"),
         (["--text", "Hi", "--prompt-audio", "missing.wav"], "not found"),
-        (["--text", "Hi", "--prompt-audio", "REF", "--depth", "0"], "--depth must be in 1..32"),
-        (["--text", "Hi", "--prompt-audio", "REF", "--depth", "33"], "--depth must be in 1..32"),
+        (["--text", "Hi", "--prompt-audio", "REF", "--depth", "0"], "--depth must be >= 1"),
+        (["--text", "Hi", "--prompt-audio", "REF", "--depth", "33"], "--depth must be in 1..32 for this model"),
         (["--text", "Hi", "--prompt-audio", "REF", "--top-p", "1.5"], "--top-p"),
         (["--text", "Hi", "--prompt-audio", "REF", "--repetition-penalty", "0"], "--repetition-penalty"),
+        (["--text", "Hi", "--prompt-audio", "REF", "--temperature", "-0.5"], "--temperature must be in [0, 100]"),
+        (
+            ["--text", "Hi", "--prompt-audio", "REF", "--min-new-frames", "9", "--max-new-frames", "3"],
+            "must not exceed",
+        ),
         (["--text", "Hi"], "--prompt-audio is required"),
         (["--text", "Hi", "--prompt-audio", "REF", "--mode", "continuation"], "needs --prompt-text"),
+        (["--text", "Hi", "--prompt-audio", "DIR"], "is a directory"),
+        (["--text", "Hi", "--prompt-audio", "REF", "-o", "/proc/no-such/out.wav"], "--output: cannot write"),
+        (["--text", "Hi", "--prompt-audio", "REF", "--codec", "MODEL"], "not a CAT codec"),
+        (["--text", "Hi", "--prompt-audio", "REF", "--model", "CODEC"], "not a CAT-TTS model"),
+        (["--text", "Hi", "--prompt-audio", "REF", "--model", "./no/such/dir"], "does not exist"),
+        (["--text", "Hi", "--prompt-audio", "REF", "--max-reference-seconds", "0.5"], "limit"),
+        (["--jsonl", "JOBS", "--out-dir", "/proc/no-such"], "--out-dir: cannot write"),
     ],
 )
-def test_bad_arguments_exit_nonzero_with_one_line(tiny, args, reason):
-    args = [tiny["ref"] if a == "REF" else a for a in args]
-    res = _run_cli(*args)
-    assert res.returncode != 0
-    assert "Traceback" not in res.stderr
-    lines = [x for x in res.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and reason in lines[0], res.stderr
+def test_bad_arguments_exit_2_with_one_line(tiny, tmp_path, capsys, args, reason):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"text": "Hi.", "prompt_audio": tiny["ref"]}) + "\n")
+    names = {"REF": tiny["ref"], "DIR": str(tmp_path), "MODEL": tiny["model"], "CODEC": tiny["codec"]}
+    args = [names.get(a, str(jobs) if a == "JOBS" else a) for a in args]
+    for option in ("--model", "--codec"):
+        if option not in args:
+            args += [option, tiny[option[2:]]]
+    if "-o" not in args and "--jsonl" not in args:
+        args += ["-o", str(tmp_path / "o.wav")]
+    assert infer.main(args) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1 and reason in lines[0], lines
+
+
+def test_a_user_error_in_a_real_process_is_one_line_and_exit_2(tiny):
+    res = _run_cli("--text", "Hi", "--prompt-audio", tiny["ref"], "--depth", "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert [x for x in res.stderr.splitlines() if x.strip()] == [
+        "error: --depth must be >= 1 (and at most the model's number of layers), got 0"
+    ]
 
 
 @pytest.mark.parametrize("kind", ["silent", "corrupt", "too_long"])
@@ -139,11 +165,26 @@ def test_cuda_device_without_cuda_gives_one_line(tiny, tmp_path, capsys):
     assert rc != 0 and len(err) == 1 and "CUDA is not available" in err[0]
 
 
-def test_jsonl_bad_reference_names_the_job(tiny, tmp_path, capsys):
+def test_jsonl_bad_lines_and_clips_fail_alone(tiny, tmp_path, capsys):
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(SR, dtype=np.float32), SR)
     jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text(json.dumps({"id": "quiet-one", "text": "Hi.", "prompt_audio": str(silent)}) + "\n")
-    rc = infer.main(_args(tiny, "--jsonl", str(jobs), "--out-dir", str(tmp_path / "o")))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc != 0 and len(err) == 1 and "'quiet-one'" in err[0] and "silent" in err[0]
+    lines = [
+        json.dumps({"id": "good-1", "text": "Hello.", "prompt_audio": tiny["ref"]}),
+        json.dumps({"id": "quiet-one", "text": "Hi.", "prompt_audio": str(silent)}),
+        "{not json",
+        json.dumps({"id": "missing", "text": "Hi.", "prompt_audio": "nowhere.wav"}),
+        json.dumps({"id": "good-2", "text": "Bye.", "prompt_audio": tiny["ref"]}),
+    ]
+    jobs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o"
+    rc = infer.main(_args(tiny, "--jsonl", str(jobs), "--out-dir", str(out), *FRAMES))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert sorted(p.name for p in out.glob("*.wav")) == ["good-1.wav", "good-2.wav"]  # the others were generated
+    failures = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    assert [(f["line"], f["id"]) for f in failures] == [(2, "quiet-one"), (3, "3"), (4, "missing")]
+    assert "silent" in failures[0]["error"] and "JSON" in failures[1]["error"] and "not found" in failures[2]["error"]
+    assert "3 of 5 jobs failed" in err and "'quiet-one'" in err
+    # a rerun after fixing nothing regenerates nothing that exists and still reports the failures
+    assert infer.main(_args(tiny, "--jsonl", str(jobs), "--out-dir", str(out), *FRAMES)) == 2

@@ -28,7 +28,7 @@ import torch
 
 from cat_tts.audio import DEFAULT_SAMPLE_RATE
 from cat_tts.errors import InputError, ModelLoadError
-from cat_tts.generation import Engine, EngineConfig, GenerationConfig, Request, stream_audio
+from cat_tts.generation import Engine, EngineConfig, EngineError, GenerationConfig, Request, stream_audio
 from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL
 from cat_tts.text.normalize import clean_text, split_sentences
 from cat_tts.text.prompt import Prompt, PromptBuilder
@@ -388,34 +388,79 @@ class CatTTS:
             One `(audio, sample_rate)` per item, in order.
 
         Raises:
-            InputError: naming the item ("item 3: ...") whose input is unusable.
+            InputError: naming the item ("item 3: ...") whose input is unusable (nothing is generated then).
         """
-        per_item: list[list[_Job]] = []
+        items = list(items)
+        for i, item in enumerate(items):  # every item is checked before anything is generated
+            self._check_item(i, item)
+        results = []
+        for i, result in self.synthesize_iter(items, depth, seed, max_new_frames, on_frame, config, **settings):
+            if isinstance(result, Exception):
+                if isinstance(result, InputError):
+                    raise InputError(f"item {i}: {result}") from result
+                raise result
+            results.append(result)
+        return results
+
+    def synthesize_iter(
+        self,
+        items: Sequence[dict],
+        depth: int | None = None,
+        seed: int | None = None,
+        max_new_frames: int | None = None,
+        on_frame: ProgressCallback | None = None,
+        config: GenerationConfig | None = None,
+        **settings: Any,
+    ) -> Iterator[tuple[int, tuple[np.ndarray, int] | Exception]]:
+        """Like `synthesize_batch`, but yields `(index, result)` in order as soon as each item is done, and a bad
+        item does not stop the others: its result is the exception (an `InputError` for unusable input).
+
+        The engine holds as many items as it admits (slots + queue); the rest are submitted as earlier ones finish,
+        so outputs can be written while later items are still being generated.
+        """
         encoded: dict[str, torch.Tensor] = {}  # reference path -> codes: a shared voice is encoded once
-        for i, item in enumerate(items):
-            if not isinstance(item, dict) or "text" not in item or "reference_audio" not in item:
-                raise InputError(f"item {i} must be a dict with 'text' and 'reference_audio'")
-            ref = item["reference_audio"]
-            item_seed = item.get("seed", None if seed is None else seed + i)
-            try:
-                codes = encoded.get(str(ref)) if isinstance(ref, (str, Path)) else None
-                jobs = self._jobs(item["text"], codes if codes is not None else ref, item.get("reference_text"),
-                                  depth, item_seed, item.get("mode"), max_new_frames, item.get("instructions"),
-                                  config, settings)  # fmt: skip
-            except InputError as err:
-                raise InputError(f"item {i}: {err}") from err
-            if isinstance(ref, (str, Path)):
-                encoded[str(ref)] = jobs[0].reference_codes
-            per_item.append(jobs)
-        all_jobs = [job for jobs in per_item for job in jobs]
+        queue = list(enumerate(items))
+        inflight: list[tuple[int, list[_Job] | Exception]] = []
         try:
-            for job in all_jobs:
-                self._submit([job], wait=True)
-            return [(self._join([self._collect(j, on_frame) for j in jobs]), self.sample_rate) for jobs in per_item]
+            while queue or inflight:
+                while queue and (not inflight or self.engine.can_admit()):
+                    i, item = queue.pop(0)
+                    try:
+                        jobs = self._item_jobs(i, item, encoded, depth, seed, max_new_frames, config, settings)
+                        self._submit(jobs, wait=True)
+                        inflight.append((i, jobs))
+                    except InputError as err:
+                        inflight.append((i, err))
+                i, jobs = inflight.pop(0)
+                if isinstance(jobs, Exception):
+                    yield i, jobs
+                    continue
+                try:
+                    audio = self._join([self._collect(job, on_frame) for job in jobs])
+                    yield i, (audio, self.sample_rate)
+                except EngineError as err:
+                    yield i, err
         finally:
-            for job in all_jobs:
-                if job.request is not None and not job.request.done:
-                    job.request.cancel()
+            for _, jobs in inflight:
+                for job in jobs if isinstance(jobs, list) else []:
+                    if job.request is not None and not job.request.done:
+                        job.request.cancel()
+
+    def _check_item(self, i: int, item: Any) -> None:
+        if not isinstance(item, dict) or "text" not in item or "reference_audio" not in item:
+            raise InputError(f"item {i} must be a dict with 'text' and 'reference_audio'")
+
+    def _item_jobs(self, i, item, encoded, depth, seed, max_new_frames, config, settings) -> list[_Job]:
+        self._check_item(i, item)
+        ref = item["reference_audio"]
+        item_seed = item.get("seed", None if seed is None else seed + i)
+        codes = encoded.get(str(ref)) if isinstance(ref, (str, Path)) else None
+        jobs = self._jobs(item["text"], codes if codes is not None else ref, item.get("reference_text"), depth,
+                          item_seed, item.get("mode"), max_new_frames, item.get("instructions"), config,
+                          settings)  # fmt: skip
+        if isinstance(ref, (str, Path)):
+            encoded[str(ref)] = jobs[0].reference_codes
+        return jobs
 
     def encode_reference(self, reference_audio: str | Path | tuple[np.ndarray, int]) -> torch.Tensor:
         """Loads, normalises and encodes a reference clip into `[N, L]` codes (all layers)."""
