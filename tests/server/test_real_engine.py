@@ -9,6 +9,7 @@ import json
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from cat_tts.server.formats import SUPPORTED_FORMATS
@@ -117,3 +118,109 @@ def test_dropped_client_frees_its_slot_within_two_seconds(one_slot_server):
         json={"input": "Next.", "response_format": "pcm", "max_new_frames": 3, "min_new_frames": 3},
     )
     assert again.status_code == 200 and len(again.content) == 3 * FRAME_SAMPLES * 2  # the only slot, reused
+
+
+@pytest.mark.slow
+def test_32_concurrent_clients_on_the_engine(tiny_dirs, tmp_path):
+    """32 concurrent clients (mixed depths, formats, SSE) on 8 engine slots and a queue of 32: all succeed with
+    valid audio, the engine returns to idle, memory stays bounded, and a greedy request gives the same audio alone
+    and in the middle of the load (batch invariance through the whole server)."""
+    from .load import request_audio, rss_mb, run_load
+
+    with serve_real(tiny_dirs, tmp_path / "voices", max_slots=8, max_queue=32) as server:
+        greedy = {"input": "Same every time.", "response_format": "pcm", "do_sample": False, "depth": 12,
+                  "max_new_frames": 12, "min_new_frames": 12}  # fmt: skip
+        alone = request_audio(server.url, greedy, sse=False)
+        assert alone[0] == 200 and len(alone[1]) == 12 * FRAME_SAMPLES * 2
+        run_load(server.url, clients=8, frames=4, n_vq=32)  # warm-up (allocations, codec states)
+        before = rss_mb()
+        during: list = []
+
+        def greedy_in_the_middle():
+            deadline = time.monotonic() + 60
+            while server.health()["active_requests"] < 8 and time.monotonic() < deadline:
+                time.sleep(0.01)  # wait until the slots are full
+            during.append(request_audio(server.url, greedy, sse=False))
+
+        import threading
+
+        thread = threading.Thread(target=greedy_in_the_middle)
+        thread.start()
+        results = run_load(server.url, clients=32, frames=24, n_vq=32)
+        thread.join()
+        failed = [(r.index, r.fmt, r.depth, r.sse, r.status, r.error) for r in results if r.status != 200 or r.error]
+        assert not failed, failed[:5]
+        # the same frames beside 8 other requests: the pipeline's streaming decode groups frames as they arrive from
+        # the engine, which varies with load and moves samples by float rounding (~1e-6), so compare 16-bit samples
+        # within one step; a single different code would change the noise of random weights completely
+        assert during[0][0] == 200
+        a, b = (np.frombuffer(x[1], dtype="<i2").astype(np.int32) for x in (alone, during[0]))
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1, np.abs(a - b).max()
+        idle = server.health()
+        deadline = time.monotonic() + 10
+        while (idle["active_requests"] or idle["queued_requests"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            idle = server.health()
+        assert idle["active_requests"] == 0 and idle["queued_requests"] == 0 and idle["open_streams"] == 0
+        growth = rss_mb() - before
+        assert growth < MEMORY_BOUND_MB, f"RSS grew {growth:.0f} MiB"
+
+
+MEMORY_BOUND_MB = 400  # RSS growth of this process (server, engine, 32 clients) over one load run
+
+
+def _start_serve_py(tiny_dirs, voices_dir, *extra, env=None):
+    """`python serve.py` on the tiny checkpoints on any free port; returns (process, url)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "serve.py"), "--model", str(tiny_dirs["model"]), "--codec",
+           str(tiny_dirs["codec"]), "--device", "cpu", "--port", "0", "--voices-dir", str(voices_dir),
+           "--min-new-frames", "5", "--max-slots", "2", *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **(env or {})})  # fmt: skip
+    url = None
+    for line in proc.stderr:  # the runner logs the bound address before uvicorn starts
+        match = re.search(r"speech server on (http://\S+) ", line)
+        if match:
+            url = match.group(1)
+        if "Application startup complete" in line:
+            break
+    assert url and proc.poll() is None, f"serve.py did not start (exit {proc.poll()})"
+    import threading
+
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe from filling up
+    return proc, url
+
+
+@pytest.mark.slow
+def test_serve_py_voices_persist_across_a_restart_and_sigterm_exits_0(tiny_dirs, tmp_path):
+    import signal
+
+    voices = tmp_path / "voices"
+    headers = {"Authorization": "Bearer k3y"}
+    proc, url = _start_serve_py(tiny_dirs, voices, env={"CAT_TTS_API_KEY": "k3y"})
+    try:
+        assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401  # the key from the environment
+        up = httpx.post(f"{url}/v1/audio/voices", headers=headers, data={"name": "kept", "text": "a tone"},
+                        files={"audio": ("k.wav", Clip(seconds=1.2).data, "audio/wav")}, timeout=60)  # fmt: skip
+        assert up.status_code == 200, up.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill() if proc.poll() is None else None
+    proc, url = _start_serve_py(tiny_dirs, voices)
+    try:
+        names = [v["name"] for v in httpx.get(f"{url}/v1/audio/voices", timeout=30).json()["data"]]
+        assert names == ["default", "kept"]
+        speech = httpx.post(f"{url}/v1/audio/speech", timeout=60, json={
+            "input": "Still here.", "voice": "kept", "response_format": "wav", "max_new_frames": 5})  # fmt: skip
+        assert speech.status_code == 200 and decode(speech.content, "wav")[0].size == 5 * FRAME_SAMPLES
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill() if proc.poll() is None else None
