@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -63,3 +67,30 @@ def serve_forever(app: Any, sock: socket.socket, grace_s: float, log_level: str 
     logger.info("cat-tts speech server on http://%s:%d (POST /v1/audio/speech)", host, port)
     server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 300.0) -> Iterator[str]:
+    """Runs `app` under uvicorn in a background thread (benchmarks, notebooks); yields its base URL.
+
+    Raises:
+        RuntimeError: the server did not start within `timeout_s` (e.g. the app's startup failed).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the server did not start (see the log)")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()

@@ -101,3 +101,17 @@ def test_bench_coldstart_times_first_audio_with_a_cold_then_warm_cache(tmp_path)
     assert _all_finite_positive(r[k] for r in runs.values() for k in ("imports_s", "loaded_s", "first_audio_s"))
     assert all(r["imports_s"] < r["loaded_s"] < r["first_audio_s"] and r["samples"] > 0 for r in runs.values())
     assert cache.is_dir()  # a given cache directory is the user's: kept
+
+
+def test_bench_serve_compares_the_engine_server_with_a_one_slot_server(tmp_path):
+    pytest.importorskip("fastapi", reason="bench serve needs the serve extra")
+    result = _run(tmp_path, "serve", "--tiny", "--concurrency", "1,2", "--requests-per-client", "1", "--frames", "2",
+                  "--depth", "2")  # fmt: skip
+    rows = {r["concurrency"]: r for r in result["rows"]}
+    assert set(rows) == {1, 2} and result["frames_per_request"] == 2
+    for row in rows.values():
+        for server in ("engine", "baseline"):
+            numbers = row[server]
+            assert numbers["requests"] == row["concurrency"] and numbers["bytes"] == numbers["requests"] * 2 * 1920 * 2
+            assert _all_finite_positive(numbers[k] for k in ("requests_per_s", "audio_s_per_s", "ttfa_p50_ms"))
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0

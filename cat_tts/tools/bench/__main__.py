@@ -10,6 +10,7 @@ import sys
 from cat_tts.tools.bench import SUBCOMMANDS
 
 SUBCOMMANDS = {**SUBCOMMANDS, "coldstart": "coldstart"}  # issue 13: load time/memory in fresh processes, first audio
+SUBCOMMANDS = {**SUBCOMMANDS, "serve": "serve"}  # issue 11: HTTP clients on the engine vs a one-slot server
 
 
 def main(argv: list[str] | None = None) -> int:
