@@ -1,5 +1,5 @@
 """The server as a Ray Serve deployment: 2 local CPU replicas on the tiny checkpoints serve the same API, and
-requests reach both (slow: starts a Ray cluster)."""
+requests reach both (slow tier: importing Ray alone takes seconds, the cluster a minute)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 
 from cat_tts.errors import UserError
 
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
+pytestmark = pytest.mark.slow
 
 
 def test_options_are_validated():
+    pytest.importorskip("ray.serve")
     from cat_tts.server.ray_serve import RayServeOptions
 
     options = RayServeOptions.from_args({"num_replicas": "auto", "max_replicas": "3", "num_gpus": "0.5"})
@@ -28,8 +28,9 @@ def test_options_are_validated():
             RayServeOptions.from_args(bad).deployment_options()
 
 
-@pytest.mark.slow
 def test_two_cpu_replicas_serve_the_api(tiny_dirs, tmp_path):
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
     from cat_tts.server.ray_serve import build_app
 
     with socket.socket() as s:
