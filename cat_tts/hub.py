@@ -169,6 +169,13 @@ def resolve_checkpoint(ref: str | Path, kind: CheckpointKind) -> Path:
         raise CheckpointNotFoundError(f"{kind} directory {str(ref)!r} does not exist")
     else:
         directory = _download(str(ref), kind)
+    if not (directory / CONFIG_FILE).is_file():
+        inner = next((d for d in (directory / "model", directory / kind) if (d / CONFIG_FILE).is_file()), None)
+        hint = f"; {inner} has one (a training checkpoint's export?): pass that directory" if inner else ""
+        raise CheckpointNotFoundError(
+            f"{directory} has no {CONFIG_FILE}: expected a {what} checkpoint directory (config.json + safetensors)"
+            + hint
+        )
     config = read_config_json(directory)
     found = checkpoint_kind(config)
     if found is not None and found != kind:

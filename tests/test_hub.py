@@ -4,6 +4,7 @@ one safetensors reader that names damaged files. Never downloads (the hub is rep
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,9 +92,12 @@ def test_a_qwen3_directory_given_as_the_model_points_to_from_qwen3(tmp_path):
         resolve_checkpoint(tmp_path, "model")
 
 
-def test_a_directory_without_config_or_with_a_broken_one(tmp_path):
-    with pytest.raises(CheckpointNotFoundError, match="has no config.json"):
+def test_a_directory_without_config_or_with_a_broken_one(tmp_path, tiny):
+    with pytest.raises(CheckpointNotFoundError, match="has no config.json: expected a CAT codec .* checkpoint"):
         resolve_checkpoint(tmp_path, "codec")
+    shutil.copytree(tiny["model"], tmp_path / "step-10" / "model")  # a training checkpoint holds its export
+    with pytest.raises(CheckpointNotFoundError, match=r"step-10/model has one .*: pass that directory"):
+        resolve_checkpoint(tmp_path / "step-10", "model")
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(DamagedCheckpointError, match="config.json is not valid JSON"):
         resolve_checkpoint(tmp_path, "codec")
