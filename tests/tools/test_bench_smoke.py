@@ -53,6 +53,7 @@ def test_bench_codec_reports_real_time_factors(tmp_path):
     assert _all_finite_positive(result[key] for key in keys)
 
 
+@pytest.mark.slow  # ~35 s
 def test_bench_train_step_compares_p0_and_p1(tmp_path):
     result = _run(tmp_path, "train-step", "--preset", "tiny", "--batch", "2", "--frames", "8", "--steps", "1",
                   "--device", "cpu")  # fmt: skip
@@ -63,6 +64,7 @@ def test_bench_train_step_compares_p0_and_p1(tmp_path):
     assert _all_finite_positive(result["ratios"].values())
 
 
+@pytest.mark.slow  # ~50 s of DeepSpeed steps
 def test_bench_train_runs_deepspeed_steps_for_each_p(tmp_path):
     result = _run(tmp_path, "train", "--preset", "tiny", "--steps", "1", "--warmup", "1", "--tokens-per-batch", "256",
                   "--frames", "20")  # fmt: skip
@@ -104,7 +106,8 @@ def test_bench_coldstart_times_first_audio_with_a_cold_then_warm_cache(tmp_path)
 
 
 def test_bench_serve_compares_the_engine_server_with_a_one_slot_server(tmp_path):
-    pytest.importorskip("fastapi", reason="bench serve needs the serve extra")
+    for module in ("fastapi", "uvicorn", "python_multipart", "prometheus_client"):
+        pytest.importorskip(module, reason="bench serve needs the serve extra")
     result = _run(tmp_path, "serve", "--tiny", "--concurrency", "1,2", "--requests-per-client", "1", "--frames", "2",
                   "--depth", "2")  # fmt: skip
     rows = {r["concurrency"]: r for r in result["rows"]}
