@@ -8,7 +8,6 @@ import json
 
 import httpx
 import numpy as np
-import openai
 import pytest
 import torch
 
@@ -18,6 +17,8 @@ from cat_tts.server.voices import VoiceExistsError, VoiceNotFoundError, VoiceSto
 
 from .conftest import fake_config, serve
 from .fakes import Clip, FakeTTS
+
+openai = pytest.importorskip("openai")  # the official client (tests only)
 
 
 def _codes(frames: int = 20) -> torch.Tensor:
