@@ -6,7 +6,10 @@
     python -m eval.seedtts report runs/en
     python -m eval.seedtts convert-sim wavlm_large_finetune.pth wavlm_large_finetune.safetensors
 
-See eval/README.md for the test set, the scoring models and how to read the sweep.
+`generate` runs on the inference engine (`--slots` utterances generated together) and is resumable; a bad test line
+or reference clip fails alone (listed in OUT/depth_<K>/failures.jsonl). Exit codes: 0 done, 2 (`USER_ERROR_EXIT_CODE`)
+for bad input with a one-line reason, or when any utterance failed; 130 interrupted. See eval/README.md for the test
+set, the scoring models and how to read the sweep.
 """
 
 from __future__ import annotations
@@ -14,24 +17,70 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-EXIT_OK, EXIT_ERROR, EXIT_FAILURES = 0, 1, 3
+from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
+
+if TYPE_CHECKING:
+    from cat_tts.generation import EngineConfig, GenerationConfig
+    from cat_tts.inference import CatTTS
+
+EXIT_OK = 0
+INTERRUPTED_EXIT_CODE = 130
+# Generation settings given on the command line: GenerationConfig field -> option (for error messages).
+SETTING_FLAGS = {
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "top_k": "--top-k",
+    "repetition_penalty": "--repetition-penalty",
+    "max_new_frames": "--max-new-frames",
+    "min_new_frames": "--min-new-frames",
+}
+COMPILE_MODES = {"auto": "auto", "on": True, "off": False}
+
+
+class CliError(UserError):
+    """Bad command-line input; printed as one line."""
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from cat_tts.generation import EngineConfig, GenerationConfig
+    from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
+
+    gen, engine = GenerationConfig(), EngineConfig()
     p = sub.add_parser(
         "generate",
-        help="synthesise every usable test line at each depth (resumable)",
-        description="synthesise every usable test line at each depth (resumable)",
+        help="synthesise every usable test line at each depth on the inference engine (resumable)",
+        description="synthesise every usable test line at each depth on the inference engine (resumable); a bad "
+        "line or reference clip fails alone, the failures are listed in OUT/depth_<K>/failures.jsonl and the exit "
+        f"code is {USER_ERROR_EXIT_CODE}",
     )
     p.add_argument("--meta", required=True, type=Path, help="test list (e.g. seedtts_testset/en/meta.lst)")
-    p.add_argument("--model", required=True, help="CAT-TTS model directory or hub id")
-    p.add_argument("--codec", required=True, help="CAT codec directory or hub id")
-    p.add_argument("--depths", required=True, type=int, nargs="+", help="depths K (1..32) to generate, e.g. 8 16 32")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"CAT-TTS model directory or hub id ({DEFAULT_MODEL})")
+    p.add_argument("--codec", default=DEFAULT_CODEC, help=f"CAT codec directory or hub id ({DEFAULT_CODEC})")
+    p.add_argument(
+        "--depths", required=True, type=int, nargs="+", help="depths K in 1..N (N: the model's layers) to generate"
+    )
     p.add_argument("--out", required=True, type=Path, help="sweep directory; wavs go to OUT/depth_<K>/<utt>.wav")
-    p.add_argument("--batch-size", type=int, default=1, help="utterances per synthesis call (default 1)")
+    p.add_argument(
+        "--slots",
+        "--batch-size",
+        dest="slots",
+        type=int,
+        default=engine.max_slots,
+        help=f"utterances the engine generates together (its slots; default {engine.max_slots}); "
+        "--batch-size is the old name",
+    )
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=sorted(COMPILE_MODES),
+        help="frame step compilation: auto = CUDA graphs on CUDA, eager on CPU; on = also torch.compile",
+    )
     p.add_argument("--seed", type=int, default=0, help="base seed; each utterance gets seed + crc32(utt)")
     p.add_argument(
         "--mode",
@@ -39,21 +88,28 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         default="continuation",
         help="continuation: give the prompt transcript (default); clone: prompt audio only",
     )
-    p.add_argument("--device", default=None, help="torch device (default: the pipeline's choice)")
-    p.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 (default: the pipeline's choice)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument(
-        "--max-new-frames",
+        "--dtype", default="auto", choices=DTYPE_CHOICES, help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)"
+    )
+    p.add_argument(
+        "--max-new-frames", type=int, default=None, help="frame budget per text chunk (default: from the text length)"
+    )
+    p.add_argument(
+        "--min-new-frames",
         type=int,
         default=None,
-        help="frame cap per text chunk (12.5 frames/s; default: from the text length)",
+        help=f"frames generated before the end may be chosen, per chunk ({gen.min_new_frames})",
     )
+    p.add_argument("--temperature", type=float, default=None, help=f"audio sampling temperature ({gen.temperature:g})")
+    p.add_argument("--top-p", type=float, default=None, help=f"audio nucleus sampling mass in (0, 1] ({gen.top_p:g})")
+    p.add_argument("--top-k", type=int, default=None, help=f"audio top-k, 0 disables ({gen.top_k})")
     p.add_argument(
-        "--min-new-frames", type=int, default=None, help="frames generated before the end may be chosen, per chunk"
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help=f"audio repetition penalty > 0 ({gen.repetition_penalty:g})",
     )
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: pipeline's)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default: pipeline's)")
-    p.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: pipeline's)")
-    p.add_argument("--repetition-penalty", type=float, default=None, help="repetition penalty (default: pipeline's)")
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
@@ -119,61 +175,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_pipeline(args: argparse.Namespace):
-    """The CAT-TTS pipeline for `generate` (tests replace this function to inject a stand-in)."""
-    try:
-        from cat_tts.inference import CatTTS
-    except ImportError as err:
-        raise ImportError(f"cat_tts.inference is not available ({err}); install cat-tts") from err
-    kwargs = {}
-    if args.device:
-        kwargs["device"] = args.device
-    if args.dtype:
-        import torch
+def generation_config(args: argparse.Namespace) -> GenerationConfig:
+    """The command line's generation settings, checked now (unset options keep `GenerationConfig`'s defaults)."""
+    from cat_tts.generation import GenerationConfig
 
-        dtype = getattr(torch, args.dtype, None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"--dtype must be a torch dtype name such as bfloat16, got {args.dtype!r}")
-        kwargs["dtype"] = dtype
-    return CatTTS.from_pretrained(model=args.model, codec=args.codec, **kwargs)
+    try:
+        return GenerationConfig().with_overrides(**{name: getattr(args, name) for name in SETTING_FLAGS})
+    except UserError as err:
+        message = str(err)
+        for name, flag in SETTING_FLAGS.items():
+            message = re.sub(rf"\b{name}\b", flag, message)
+        raise CliError(message) from err
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The engine's settings (slots, compilation), checked now."""
+    from cat_tts.generation import EngineConfig
+
+    if args.slots < 1:
+        raise CliError(f"--slots must be >= 1, got {args.slots}")
+    return EngineConfig(max_slots=args.slots, compile=COMPILE_MODES[args.compile])
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """Creates `path` and checks that files can be written in it (before any model is loaded)."""
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{option} {path} is a file; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise CliError(f"{option} {path} is not writable ({err.strerror or err})") from err
+
+
+def load_pipeline(args: argparse.Namespace, depths: list[int]) -> CatTTS:
+    """The CAT-TTS pipeline for `generate` (tests replace this function to inject a stand-in).
+
+    The depths are checked against the model's config.json, and the codec directory's kind is checked, before any
+    weights are read.
+    """
+    from cat_tts.hub import resolve_checkpoint
+    from cat_tts.inference import CatTTS
+    from eval.seedtts.generate import check_depths, model_layers
+
+    model_dir, n_layers = model_layers(args.model)
+    try:
+        check_depths(depths, n_layers)
+    except UserError as err:
+        raise CliError(f"--depths: {err} (model {args.model} has N = {n_layers} layers)") from err
+    codec_dir = resolve_checkpoint(args.codec, "codec")
+    return CatTTS.from_pretrained(
+        model=model_dir, codec=codec_dir, device=args.device, dtype=args.dtype, engine=engine_config(args)
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
     from eval.seedtts.generate import check_depths, count_missing, generate_testset
     from eval.seedtts.testset import read_testset
 
-    depths = check_depths(args.depths)
+    try:
+        depths = check_depths(args.depths)
+    except UserError as err:
+        raise CliError(f"--depths: {err}") from err
+    settings = generation_config(args)
+    engine_config(args)
+    check_output_dir(args.out, "--out")
     testset = read_testset(args.meta)
+    if not testset.items:
+        reasons = "; ".join(b.describe() for b in testset.bad_lines[:3])
+        raise CliError(f"{args.meta} has no usable line" + (f" ({reasons})" if reasons else ""))
     for bad in testset.bad_lines:
         print(f"unusable test line, not generated: {bad.describe()}", file=sys.stderr)
-    if not testset.items:
-        raise ValueError(f"{args.meta} has no usable line")
-    sampling = {
-        k: v
-        for k, v in (
-            ("temperature", args.temperature),
-            ("top_p", args.top_p),
-            ("top_k", args.top_k),
-            ("repetition_penalty", args.repetition_penalty),
-            ("max_new_frames", args.max_new_frames),
-            ("min_new_frames", args.min_new_frames),
-        )
-        if v is not None
-    }
-    # load the model only when something is left to synthesise
-    pipeline = load_pipeline(args) if count_missing(testset, args.out, depths) else None
-    report = generate_testset(
-        testset,
-        pipeline,
-        args.out,
-        depths,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        sampling=sampling,
-        mode=args.mode,
-        progress=True,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bad_lines.json").write_text(
         json.dumps(
             [{"utt": b.utt, "line_no": b.line_no, "reason": b.reason} for b in testset.bad_lines],
@@ -182,20 +255,36 @@ def _generate(args: argparse.Namespace) -> int:
         ),
         encoding="utf-8",
     )
+    # load the model only when something is left to synthesise
+    pipeline = load_pipeline(args, depths) if count_missing(testset, args.out, depths) else None
+    if pipeline is not None:
+        print(f"model with N = {pipeline.n_vq} layers; depths {', '.join(map(str, depths))}; {args.slots} engine slots")
+    report = generate_testset(
+        testset, pipeline, args.out, depths, seed=args.seed, config=settings, mode=args.mode, progress=True
+    )
     for k in depths:
         print(
             f"depth {k}: wrote {len(report.written[k])}, kept {len(report.kept[k])}, "
             f"failed {len(report.failed[k])} -> {args.out / f'depth_{k}'}"
         )
-    if testset.bad_lines:
-        print(f"{len(testset.bad_lines)} unusable test line(s), listed in {args.out / 'bad_lines.json'}")
-    if report.n_failed:
-        print(
-            f"error: {report.n_failed} synthesis failure(s); see depth_<K>/failures.json and rerun to retry",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURES
-    return EXIT_OK
+    if not report.n_failed:
+        return EXIT_OK
+    # one line per failing test line and error, with the depths it failed at
+    grouped: dict[tuple[int, str, str], list[int]] = {}
+    for k in depths:
+        for f in report.failed[k]:
+            grouped.setdefault((f.line, f.utt, f.error), []).append(k)
+    for (line, utt, error), ks in sorted(grouped.items()):
+        where = "every depth" if len(ks) == len(depths) else "depth " + ", ".join(map(str, ks))
+        print(f"failed: {utt} (line {line}), {where}: {error}", file=sys.stderr)
+    n_lines = len({(line, utt) for line, utt, _ in grouped})
+    n_total = len(testset.items) + len(testset.bad_lines)
+    print(
+        f"error: {n_lines} of {n_total} test lines failed; listed in "
+        f"{', '.join(str(p) for p in report.failure_files)}; fix them and rerun (finished wavs are kept)",
+        file=sys.stderr,
+    )
+    return USER_ERROR_EXIT_CODE
 
 
 def load_scorers(args: argparse.Namespace):
@@ -214,16 +303,22 @@ def _score(args: argparse.Namespace) -> int:
 
     for wav_dir in args.wavs or []:
         if not wav_dir.is_dir():
-            raise ValueError(f"--wavs {wav_dir} is not a directory")
+            raise CliError(f"--wavs {wav_dir} is not a directory")
     if args.wavs and len(args.wavs) > 1 and (args.out is not None or args.depth is not None):
-        raise ValueError("--out and --depth apply to a single --wavs directory; results go next to each wav directory")
+        raise CliError("--out and --depth apply to a single --wavs directory; results go next to each wav directory")
+    if args.depth is not None and args.depth < 1:
+        raise CliError(f"--depth must be >= 1, got {args.depth}")
+    if args.ground_truth and args.out is None:
+        raise CliError("--ground-truth needs --out (e.g. runs/en/ground_truth)")
+    if args.sim_model is not None and not args.sim_model.is_file():
+        raise CliError(f"--sim-model {args.sim_model} does not exist (give wavlm_large_finetune.pth or its conversion)")
+    for out in [args.out] if args.out is not None else args.wavs:  # results are written after the ASR work
+        check_output_dir(out, "--out" if args.out is not None else "--wavs")
     testset = read_testset(args.meta, require_ground_truth=args.ground_truth)
     for bad in testset.bad_lines:
         print(f"unusable test line, not scored: {bad.describe()}", file=sys.stderr)
     if not testset.items:
-        raise ValueError(f"{args.meta} has no usable line")
-    if args.ground_truth and args.out is None:
-        raise ValueError("--ground-truth needs --out (e.g. runs/en/ground_truth)")
+        raise CliError(f"{args.meta} has no usable line")
     if args.sim_model is None:
         print("note: no --sim-model given, SIM is not computed", file=sys.stderr)
     asr, sim = load_scorers(args)
@@ -254,6 +349,8 @@ def _score(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from eval.seedtts.report import build_report
 
+    if not args.dir.is_dir():
+        raise CliError(f"{args.dir} is not a directory (give the sweep directory holding depth_<K>/)")
     result = build_report(args.dir)
     print(result["table"], end="")
     for f in result["files"]:
@@ -269,15 +366,18 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (1 with a one-line message on bad input)."""
+    """Run the CLI; returns the exit code (`USER_ERROR_EXIT_CODE` with a one-line message on bad input)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     handlers = {"generate": _generate, "score": _score, "report": _report, "convert-sim": _convert}
     try:
         return handlers[args.command](args)
-    except (ValueError, ImportError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted (finished files are kept; rerun to resume)", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+    except (ValueError, ImportError, OSError) as err:  # UserError (bad lists, depths, checkpoints), missing extras
+        print(f"error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
 
 
 if __name__ == "__main__":

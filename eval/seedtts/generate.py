@@ -1,25 +1,34 @@
-"""Synthesise every usable line of a test list at several depths: `OUT/depth_<K>/<utt>.wav`.
+"""Synthesise every usable line of a test list at several depths on the inference engine: `OUT/depth_<K>/<utt>.wav`.
 
-Resumable: an existing `<utt>.wav` is kept and not regenerated, and the CLI does not even load the
-model when nothing is missing. Files are written under a temporary name and renamed, so an interrupted
-run never leaves a truncated wav behind. Each synthesis appends a timing record to
-`OUT/depth_<K>/generation.jsonl` (utt, depth, seconds, audio_seconds, rtf, seed, batch_size, mode) so the
-scorer can report the real-time factor; with `batch_size > 1`, `seconds` is the batch's wall time
-divided by the batch size. A synthesis that raises `ValueError` (bad input, e.g.
-`cat_tts.inference.InputError`) or `RuntimeError` (e.g. out of memory) is recorded in
-`OUT/depth_<K>/failures.json` and the run goes on; any other exception is a bug and stops the run.
+All the utterances of one depth go to the synthesiser in one `synthesize_iter` call, so the engine generates them
+together in its slots (continuous batching: an utterance joins the batch when a slot frees up) and each result is
+written as soon as it is ready.
 
-Prompting: by default the prompt transcript (2nd field) is passed as `reference_text`, which makes
-`CatTTS` continue the prompt audio (the in-context mode Seed-TTS-Eval was designed for); `mode="clone"`
-passes the prompt audio only. The mode is recorded in `generation.jsonl`.
+Resumable: an existing `<utt>.wav` is kept and not regenerated, and the CLI does not even load the model when nothing
+is missing. Files are written under a temporary name and renamed, so an interrupted run never leaves a truncated wav
+behind. Each written file appends a record to `OUT/depth_<K>/generation.jsonl` (utt, depth, seconds, audio_seconds,
+rtf, seed, slots, mode). `seconds` is the wall time between this utterance's result and the previous one (the first
+counts from the start of the depth), so the `seconds` of a run add up to its wall time and total seconds / total audio
+seconds is the run's real-time factor at that number of slots (what the scorer reports).
 
-Seeds: utterance u is generated with seed `seed + crc32(u) mod 2**31`, independent of list order and of
-which files already exist, so a resumed run is reproducible with `batch_size = 1` (a batch uses the seed
-of its first utterance).
+Failures: a test line that cannot be used (`TestSet.bad_lines`) and an utterance whose synthesis fails (an unusable
+reference clip or text: `cat_tts.errors.InputError`; a request the engine failed: `EngineError`; no samples) fail
+alone: every other utterance is generated. `OUT/depth_<K>/failures.jsonl` lists every line of the list that has no
+wav at that depth after the run (utt, line, depth, stage, error); it is written atomically and removed when there is
+none. An exception the synthesiser raises instead of returning it (a bug) stops the run; the wavs written so far are
+kept.
 
-The synthesiser is any object with the `cat_tts.inference.CatTTS` methods
-`synthesize(text, reference_audio, reference_text=None, depth=..., seed=..., **sampling) -> (audio, sr)`
-and, for `batch_size > 1`, `synthesize_batch(items, depth=..., seed=..., **sampling)`.
+Prompting: by default the prompt transcript (2nd field) is passed as `reference_text`, which makes `CatTTS` continue
+the prompt audio (the in-context mode Seed-TTS-Eval was designed for); `mode="clone"` passes the prompt audio only.
+The mode is recorded in `generation.jsonl`.
+
+Seeds: utterance u is generated with seed `seed + crc32(u) mod 2**31`, independent of list order, of which files
+already exist and of its batch neighbours (the engine's noise is keyed by request seed, frame and channel), so a
+resumed run reproduces the files of an uninterrupted one (bit for bit on the CPU, tested; on CUDA the engine may run
+a frame at another batch-size bucket, which can change low-order bits).
+
+The synthesiser is any object with the `cat_tts.inference.CatTTS` attribute `n_vq` and method
+`synthesize_iter(items, depth=..., config=..., on_frame=...) -> Iterator[(index, (audio, sr) | Exception)]`.
 """
 
 from __future__ import annotations
@@ -29,34 +38,57 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from cat_tts.errors import InputError
 from eval.seedtts.score import GENERATION_LOG
-from eval.seedtts.testset import TestItem, TestSet
+from eval.seedtts.testset import BadLine, TestItem, TestSet
+
+if TYPE_CHECKING:
+    from cat_tts.generation import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
-MAX_DEPTH = 32
 MODES = ("continuation", "clone")
+FAILURES_FILE = "failures.jsonl"
+BAD_LINE, SYNTHESIS = "test list", "synthesis"  # the stage a failure happened at
 
 
 class Synthesizer(Protocol):
     """The part of `cat_tts.inference.CatTTS` the harness uses."""
 
-    def synthesize(
+    n_vq: int  # the model's number of RVQ layers N (depths 1..N)
+
+    def synthesize_iter(
         self,
-        text: str,
-        reference_audio: Any,
-        reference_text: str | None = None,
-        depth: int = 32,
+        items: Sequence[dict],
+        depth: int | None = None,
         seed: int | None = None,
-        **sampling: Any,
-    ) -> tuple[np.ndarray, int]: ...
+        max_new_frames: int | None = None,
+        on_frame: Callable[[int], None] | None = None,
+        config: GenerationConfig | None = None,
+        **settings: Any,
+    ) -> Iterator[tuple[int, tuple[np.ndarray, int] | Exception]]: ...
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A test line without an output at one depth, and why."""
+
+    utt: str  # utterance id (or "line <n>" for a line without a usable id)
+    line: int  # 1-based line number in the test list
+    depth: int  # depth K
+    stage: str  # "test list" (the line is unusable) or "synthesis"
+    error: str  # what went wrong, one line
+
+    def describe(self) -> str:
+        """One line for the CLI."""
+        return f"{self.utt} (line {self.line}): {self.error}"
 
 
 @dataclass
@@ -65,12 +97,13 @@ class GenerateReport:
 
     written: dict[int, list[str]] = field(default_factory=dict)  # depth -> utterances synthesised now
     kept: dict[int, list[str]] = field(default_factory=dict)  # depth -> utterances whose wav already existed
-    failed: dict[int, dict[str, str]] = field(default_factory=dict)  # depth -> {utt: error}
-    bad_lines: list[str] = field(default_factory=list)  # descriptions of unusable test lines
+    failed: dict[int, list[Failure]] = field(default_factory=dict)  # depth -> lines without a wav, by line number
+    bad_lines: list[BadLine] = field(default_factory=list)  # unusable test lines (also in `failed` at every depth)
+    failure_files: list[Path] = field(default_factory=list)  # the failures.jsonl files written
 
     @property
     def n_failed(self) -> int:
-        """Number of (depth, utterance) pairs that could not be synthesised."""
+        """Number of (depth, line) pairs without an output."""
         return sum(len(v) for v in self.failed.values())
 
 
@@ -79,18 +112,45 @@ def utterance_seed(seed: int, utt: str) -> int:
     return (seed + zlib.crc32(utt.encode("utf-8"))) % (2**31)
 
 
-def check_depths(depths: Sequence[int]) -> list[int]:
-    """Sorted unique depths, each in 1..32.
+def check_depths(depths: Sequence[int], n_layers: int | None = None) -> list[int]:
+    """Sorted unique depths, each >= 1 and, when the model's number of layers N is given, <= N.
 
     Raises:
-        ValueError: for an empty list or a depth outside 1..32.
+        InputError: for an empty list, a depth below 1 or above N.
     """
     if not depths:
-        raise ValueError("give at least one depth (e.g. --depths 8 16 32)")
+        raise InputError("give at least one depth (e.g. --depths 8 16 32)")
     for k in depths:
-        if not isinstance(k, int) or not 1 <= k <= MAX_DEPTH:
-            raise ValueError(f"depth must be an integer in 1..{MAX_DEPTH}, got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"a depth must be an integer >= 1, got {k!r}")
+        if n_layers is not None and k > n_layers:
+            raise InputError(f"depth {k} is above the model's number of layers: depths must be in 1..{n_layers}")
     return sorted(set(depths))
+
+
+def model_layers(model: str | Path) -> tuple[Path, int]:
+    """The model's checkpoint directory and its number of RVQ layers N, from config.json (no weights are read).
+
+    Args:
+        model: a CAT-TTS model directory or hub id.
+
+    Raises:
+        ModelLoadError: missing directory, wrong kind of checkpoint (the message names it), unreachable hub.
+        CheckpointError: a config.json whose `n_vq` is not a positive integer.
+    """
+    from cat_tts.errors import CheckpointError
+    from cat_tts.hub import read_config_json, resolve_checkpoint
+
+    directory = resolve_checkpoint(model, "model")
+    fields = read_config_json(directory)
+    n_vq = fields.get("n_vq")
+    if n_vq is None:  # the config class's default, as the loader would use it
+        from cat_tts.model.config import CatTTSConfig
+
+        n_vq = CatTTSConfig.from_dict(fields).n_vq
+    if isinstance(n_vq, bool) or not isinstance(n_vq, int) or n_vq < 1:
+        raise CheckpointError(f"{directory}/config.json: n_vq must be a positive integer, got {n_vq!r}")
+    return directory, n_vq
 
 
 def count_missing(testset: TestSet, out_dir: str | Path, depths: Sequence[int]) -> int:
@@ -105,29 +165,36 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> float:
 
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     if audio.size == 0:
-        raise ValueError("the synthesiser returned no samples")
+        raise InputError("the synthesiser returned no samples (the model ended at once; see --min-new-frames)")
     tmp = path.with_name(f".{path.stem}.partial.wav")
     sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
     os.replace(tmp, path)
     return audio.size / sample_rate
 
 
-def _synthesize(
-    pipeline: Synthesizer, batch: list[TestItem], depth: int, seed: int, mode: str, sampling: dict[str, Any]
-) -> list[tuple[np.ndarray, int]]:
-    def ref_text(it: TestItem) -> str | None:
-        return it.prompt_text if mode == "continuation" else None
+def _write_failures(path: Path, failures: list[Failure]) -> None:
+    """Write the failures file atomically, or remove a stale one when there is no failure."""
+    if not failures:
+        path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        return
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text("".join(json.dumps(asdict(f), ensure_ascii=False) + "\n" for f in failures), encoding="utf-8")
+    os.replace(tmp, path)
 
-    if len(batch) == 1:
-        it = batch[0]
-        out = pipeline.synthesize(
-            it.target_text, str(it.prompt_wav), reference_text=ref_text(it), depth=depth, seed=seed, **sampling
-        )
-        return [out]
-    items = [
-        {"text": it.target_text, "reference_audio": str(it.prompt_wav), "reference_text": ref_text(it)} for it in batch
-    ]
-    return pipeline.synthesize_batch(items, depth=depth, seed=seed, batch_size=len(items), **sampling)
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _item(it: TestItem, mode: str, seed: int) -> dict[str, Any]:
+    ref_text = it.prompt_text if mode == "continuation" and it.prompt_text.strip() else None
+    return {
+        "text": it.target_text,
+        "reference_audio": str(it.prompt_wav),
+        "reference_text": ref_text,
+        "seed": utterance_seed(seed, it.utt),
+    }
 
 
 def generate_testset(
@@ -135,22 +202,21 @@ def generate_testset(
     pipeline: Synthesizer | None,
     out_dir: str | Path,
     depths: Sequence[int],
-    batch_size: int = 1,
     seed: int = 0,
-    sampling: dict[str, Any] | None = None,
+    config: GenerationConfig | None = None,
     mode: str = "continuation",
     progress: bool = False,
 ) -> GenerateReport:
     """Synthesise the missing `<utt>.wav` of every usable line at every depth.
 
     Args:
-        testset: the parsed list (its rejected lines are reported, not generated).
+        testset: the parsed list (its rejected lines are reported as failures at every depth, not generated).
         pipeline: the synthesiser (see module docstring); may be None when every output exists.
         out_dir: sweep directory; files go to `out_dir/depth_<K>/`.
-        depths: depths K to generate (1..32).
-        batch_size: utterances per synthesiser call.
-        seed: base seed.
-        sampling: extra keyword arguments for the synthesiser (temperature, top_p, max_new_frames, ...).
+        depths: depths K to generate (1..N of the model).
+        seed: base seed (utterance u gets `utterance_seed(seed, u)`).
+        config: generation settings (sampling, frame limits); None = `GenerationConfig()`'s defaults. Its depth and
+            seed are replaced per depth and per utterance.
         mode: "continuation" (pass the prompt transcript) or "clone" (prompt audio only).
         progress: show a progress bar on stderr.
 
@@ -158,46 +224,54 @@ def generate_testset(
         What was written, kept and failed per depth.
 
     Raises:
-        ValueError: bad depths, batch size or mode.
+        InputError: bad depths (outside 1..N) or mode, or outputs missing without a synthesiser.
     """
     from tqdm import tqdm
 
-    depths = check_depths(depths)
+    n_layers = getattr(pipeline, "n_vq", None)
+    depths = check_depths(depths, n_layers)
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     if pipeline is None and count_missing(testset, out_dir, depths):
-        raise ValueError("outputs are missing but no synthesiser was given")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    sampling = dict(sampling or {})
+        raise InputError("outputs are missing but no synthesiser was given")
+    engine = getattr(pipeline, "engine", None)
+    slots = getattr(engine, "max_slots", None)
     out_dir = Path(out_dir)
-    report = GenerateReport(bad_lines=[b.describe() for b in testset.bad_lines])
+    report = GenerateReport(bad_lines=list(testset.bad_lines))
     for depth in depths:
         ddir = out_dir / f"depth_{depth}"
         ddir.mkdir(parents=True, exist_ok=True)
         todo = [it for it in testset.items if not (ddir / f"{it.utt}.wav").is_file()]
         report.kept[depth] = [it.utt for it in testset.items if (ddir / f"{it.utt}.wav").is_file()]
-        report.written[depth], report.failed[depth] = [], {}
-        bar = tqdm(total=len(todo), desc=f"depth {depth}", disable=not progress, unit="utt")
-        with open(ddir / GENERATION_LOG, "a", encoding="utf-8") as log:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start : start + batch_size]
-                s = utterance_seed(seed, batch[0].utt)
-                t0 = time.perf_counter()
-                try:
-                    outputs = _synthesize(pipeline, batch, depth, s, mode, sampling)
-                except (ValueError, RuntimeError) as err:  # bad input or out of memory: record, go on, retry later
-                    for it in batch:
-                        report.failed[depth][it.utt] = f"{err.__class__.__name__}: {err}"
-                    logger.warning("depth %d: synthesis failed for %s: %s", depth, [it.utt for it in batch], err)
-                    bar.update(len(batch))
-                    continue
-                seconds = (time.perf_counter() - t0) / len(batch)
-                for it, (audio, sr) in zip(batch, outputs, strict=True):
+        report.written[depth] = []
+        failed = [Failure(b.utt, b.line_no, depth, BAD_LINE, b.reason) for b in testset.bad_lines]
+        frames = [0]
+
+        def on_frame(n: int, frames: list[int] = frames) -> None:
+            frames[0] += n
+
+        bar = tqdm(total=len(todo), desc=f"depth {depth}", disable=not progress or not todo, unit="utt")
+        items = [_item(it, mode, seed) for it in todo]
+        done: set[int] = set()
+        try:
+            with open(ddir / GENERATION_LOG, "a", encoding="utf-8") as log:
+                last = time.perf_counter()
+                results = pipeline.synthesize_iter(items, depth=depth, config=config, on_frame=on_frame) if todo else ()
+                for i, result in results:
+                    now = time.perf_counter()
+                    seconds, last = now - last, now
+                    it = todo[i]
+                    done.add(i)
+                    bar.update(1)
+                    bar.set_postfix(frames=frames[0], refresh=False)
                     try:
+                        if isinstance(result, Exception):
+                            raise result
+                        audio, sr = result
                         duration = _write_wav(ddir / f"{it.utt}.wav", audio, sr)
-                    except (ValueError, RuntimeError) as err:
-                        report.failed[depth][it.utt] = str(err)
+                    except Exception as err:  # the synthesiser returned it, or the output is unusable
+                        failed.append(Failure(it.utt, it.line_no, depth, SYNTHESIS, _one_line(err)))
+                        logger.warning("depth %d: %s failed: %s", depth, it.utt, _one_line(err))
                         continue
                     rec = {
                         "utt": it.utt,
@@ -205,18 +279,23 @@ def generate_testset(
                         "seconds": seconds,
                         "audio_seconds": duration,
                         "rtf": seconds / duration,
-                        "seed": s,
-                        "batch_size": len(batch),
-                        "mode": mode,
+                        "seed": items[i]["seed"],
+                        "slots": slots,
+                        "mode": "continuation" if items[i]["reference_text"] is not None else "clone",
                     }
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                     report.written[depth].append(it.utt)
-                bar.update(len(batch))
-        bar.close()
-        failures = ddir / "failures.json"
-        if report.failed[depth]:
-            failures.write_text(json.dumps(report.failed[depth], indent=1, ensure_ascii=False), encoding="utf-8")
-        else:
-            failures.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        except BaseException as err:  # a bug or an interrupt: list what is left, keep what was written
+            for i, it in enumerate(todo):
+                if i not in done:
+                    failed.append(Failure(it.utt, it.line_no, depth, SYNTHESIS, f"not generated: {_one_line(err)}"))
+            raise
+        finally:
+            bar.close()
+            failed.sort(key=lambda f: f.line)
+            report.failed[depth] = failed
+            _write_failures(ddir / FAILURES_FILE, failed)
+            if failed:
+                report.failure_files.append(ddir / FAILURES_FILE)
     return report

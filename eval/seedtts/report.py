@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cat_tts.codec.config import bitrate_kbps
+from cat_tts.errors import UserError
 from eval.seedtts.metrics import mean
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 GROUND_TRUTH_DIR = "ground_truth"
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """A sweep directory has nothing to report or holds malformed files."""
 
 

@@ -18,10 +18,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cat_tts.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
-class MetaError(ValueError):
+class MetaError(UserError):
     """The test list itself cannot be read."""
 
 

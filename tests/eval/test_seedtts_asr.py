@@ -1,8 +1,10 @@
-"""ASR wrappers: Whisper is forced to English transcription on 16 kHz input; Paraformer gets the file path."""
+"""ASR wrappers: Whisper hears the file resampled to 16 kHz, forced to the language, with special tokens dropped;
+Paraformer gets the file path (its scoring path is tested in test_seedtts_score.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 from seedtts_helpers import tone
 
 from eval.seedtts.asr import ParaformerAsr, WhisperAsr, load_asr
-from eval.seedtts.audio import AudioReadError, resample_fft
+from eval.seedtts.audio import SCORING_RATE, AudioReadError
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +39,57 @@ def test_decoder_prompt_forces_english_transcription_without_timestamps(whisper:
     assert seen[0][0].tolist() == prompt
 
 
-def test_transcript_is_the_decoded_text_without_special_tokens(whisper: WhisperAsr):
-    wav = tone(1.0, 16000)
-    ids = whisper.generate_ids(wav)
-    expected = whisper.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)[0]
-    assert whisper.transcribe_waveform(wav, 16000) == expected
-    assert "<|" not in expected
+class _PitchProcessor:
+    """Stands in for a WhisperProcessor: the "features" are the waveform itself; ids >= SPECIAL are special tokens,
+    the others are character codes."""
+
+    SPECIAL = 1_000_000
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, int]] = []  # (dtype, declared sampling rate, samples) per call
+        self.feature_extractor = self._features
+        self.tokenizer = self
+
+    def _features(self, wav, sampling_rate, return_tensors):
+        wav = np.asarray(wav)
+        self.seen.append((str(wav.dtype), sampling_rate, wav.size))
+        return SimpleNamespace(input_features=torch.from_numpy(wav)[None])  # [1, S]
+
+    def batch_decode(self, ids, skip_special_tokens=False):
+        def token(i: int) -> str:
+            return "" if skip_special_tokens else f"<|{i - self.SPECIAL}|>"
+
+        return ["".join(chr(i) if i < self.SPECIAL else token(i) for i in row.tolist()) for row in ids]
 
 
-def test_files_are_read_in_float64_and_fft_resampled_to_16k(whisper: WhisperAsr, tmp_path: Path):
-    wav24 = tone(0.8, 24000, seed=3)
-    path = tmp_path / "x.wav"
-    sf.write(path, wav24, 24000, subtype="PCM_16")
-    pcm, _ = sf.read(path, dtype="float64")
-    direct = whisper.generate_ids(resample_fft(pcm, 24000, 16000))
-    assert whisper.transcribe(path) == whisper.processor.tokenizer.batch_decode(direct, skip_special_tokens=True)[0]
-    assert len(resample_fft(pcm, 24000, 16000)) == int(len(pcm) * 16000 / 24000)
+class _PitchWhisper(torch.nn.Module):
+    """Stands in for Whisper: "hears" the pitch of its input, taking the input to be sampled at 16 kHz, and answers
+    "<language> <task> <pitch> hz" wrapped in special tokens."""
+
+    dtype = torch.float64
+
+    def generate(self, x, language, task):
+        wav = x[0].numpy()  # [S]
+        pitch = np.argmax(np.abs(np.fft.rfft(wav))) * SCORING_RATE / wav.size
+        text = f"{language} {task} {pitch:.0f} hz"
+        special = _PitchProcessor.SPECIAL
+        return torch.tensor([[special + 1, special + 2, *map(ord, text), special]])
+
+
+@pytest.mark.parametrize("rate", [16000, 24000, 44100])
+def test_the_transcript_depends_on_the_audio_resampled_to_16k_with_the_language_forced(tmp_path: Path, rate: int):
+    t = np.arange(rate) / rate  # 1 s
+    sf.write(tmp_path / "a.wav", 0.5 * np.sin(2 * np.pi * 440 * t), rate, subtype="PCM_16")
+    sf.write(tmp_path / "b.wav", 0.5 * np.sin(2 * np.pi * 250 * t), rate, subtype="PCM_16")
+    processor = _PitchProcessor()
+    asr = WhisperAsr(_PitchWhisper(), processor, language="en")
+    # read at the file's rate, resampled to 16 kHz (unresampled 24 kHz samples would be heard at 293 Hz), forced
+    # to English transcription, special tokens dropped
+    assert asr.transcribe(tmp_path / "a.wav") == "en transcribe 440 hz"
+    assert asr.transcribe(tmp_path / "b.wav") == "en transcribe 250 hz"
+    chinese = WhisperAsr(_PitchWhisper(), processor, language="zh")
+    assert chinese.transcribe(tmp_path / "a.wav") == "zh transcribe 440 hz"
+    assert {(dtype, sr) for dtype, sr, _ in processor.seen} == {("float64", SCORING_RATE)}  # the official float64 path
 
 
 def test_missing_or_empty_audio_raises_a_clear_error(whisper: WhisperAsr, tmp_path: Path):
@@ -63,22 +100,13 @@ def test_missing_or_empty_audio_raises_a_clear_error(whisper: WhisperAsr, tmp_pa
         whisper.transcribe(tmp_path / "empty.wav")
 
 
-class _FakeFunAsr:
-    def __init__(self):
-        self.calls = []
+def test_paraformer_refuses_a_missing_file_before_calling_funasr(tmp_path: Path):
+    class Never:
+        def generate(self, **kwargs):
+            raise AssertionError("FunASR must not be called")
 
-    def generate(self, input, batch_size_s):  # noqa: A002 - FunASR's keyword
-        self.calls.append((input, batch_size_s))
-        return [{"key": "x", "text": "這是測試"}]
-
-
-def test_paraformer_gets_the_path_and_keeps_the_raw_transcript(tmp_path: Path):
-    path = tmp_path / "a.wav"
-    sf.write(path, tone(0.2, 24000), 24000)
-    fake = _FakeFunAsr()
-    asr = ParaformerAsr(fake)
-    assert asr.transcribe(path) == "這是測試"  # conversion to simplified happens in utterance_wer
-    assert fake.calls == [(str(path), 300)]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ParaformerAsr(Never()).transcribe(tmp_path / "nope.wav")
 
 
 def test_paraformer_without_funasr_names_the_extra(monkeypatch):

@@ -1,12 +1,15 @@
-"""`generate`: one wav per usable line and depth, bad lines reported, resumable, per-utterance seeds and timings.
+"""`generate`: one wav per usable line and depth, failures isolated and listed, resumable, per-utterance seeds and
+timings, depths checked against the model's config, one-line user errors.
 
-The synthesiser is injected (a small fake with the `CatTTS.synthesize` signature); the end-to-end run on
-the make_tiny checkpoints is in test_seedtts_generate_tiny.py.
+The synthesiser is injected (a small fake with the `CatTTS.synthesize_iter` signature); the end-to-end runs on the
+make_tiny checkpoints (the real engine) are in test_seedtts_generate_tiny.py.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,70 +17,103 @@ import pytest
 import soundfile as sf
 
 import eval.seedtts.__main__ as cli
-from eval.seedtts.generate import generate_testset, utterance_seed
+from cat_tts.errors import USER_ERROR_EXIT_CODE, InputError
+from eval.seedtts.generate import FAILURES_FILE, check_depths, generate_testset, utterance_seed
 from eval.seedtts.testset import read_testset
 
 
 class FakeTTS:
-    """Deterministic stand-in: noise seeded by `seed`, length depending on the text."""
+    """Deterministic stand-in for `CatTTS.synthesize_iter`: noise seeded by the item's seed, length depending on the
+    text; items whose text contains `fail_on` fail alone (their result is an InputError)."""
 
-    def __init__(self, fail_on: str | None = None) -> None:
+    def __init__(self, fail_on: str | None = None, n_vq: int = 32, slots: int = 4) -> None:
         self.calls: list[dict] = []
-        self.batches: list[int] = []
+        self.batches: list[int] = []  # items per synthesize_iter call
         self.fail_on = fail_on
+        self.n_vq = n_vq
+        self.engine = type("Engine", (), {"max_slots": slots})()
 
-    def synthesize(self, text, reference_audio, reference_text=None, depth=32, seed=None, **sampling):
-        self.calls.append(dict(text=text, reference_audio=reference_audio, reference_text=reference_text, depth=depth,
-                               seed=seed, sampling=sampling))  # fmt: skip
-        if self.fail_on and self.fail_on in text:
-            raise ValueError(f"cannot synthesise {text!r}")
-        rng = np.random.default_rng(seed)
-        return (0.1 * rng.standard_normal(1920 * (2 + len(text) % 4))).astype(np.float32), 24000
-
-    def synthesize_batch(self, items, depth=32, seed=None, batch_size=8, **sampling):
-        self.batches.append((len(items), batch_size))
-        return [self.synthesize(depth=depth, seed=seed, **it, **sampling) for it in items]
+    def synthesize_iter(self, items, depth=None, seed=None, max_new_frames=None, on_frame=None, config=None, **kw):
+        self.batches.append(len(items))
+        for i, it in enumerate(items):
+            self.calls.append(dict(it, depth=depth, config=config))
+            if self.fail_on and self.fail_on in it["text"]:
+                yield i, InputError(f"cannot synthesise {it['text']!r}")
+                continue
+            rng = np.random.default_rng(it["seed"])
+            yield i, ((0.1 * rng.standard_normal(1920 * (2 + len(it["text"]) % 4))).astype(np.float32), 24000)
 
 
 def _wavs(d: Path) -> list[str]:
     return sorted(p.name for p in d.glob("*.wav"))
 
 
-def test_generate_cli_writes_every_usable_line_per_depth_and_reports_the_bad_line(
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _argv(meta: Path, out: Path, *extra: str) -> list[str]:
+    return ["generate", "--meta", str(meta), "--model", "M", "--codec", "C", "--out", str(out), *extra]
+
+
+@pytest.fixture
+def model_config_dir(tmp_path: Path) -> Path:
+    """A model directory that holds only a config.json saying N = 8 layers (no weights: nothing can load it)."""
+    d = tmp_path / "model8"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "moss_tts_delay", "n_vq": 8}))
+    return d
+
+
+def test_generate_cli_writes_every_usable_line_per_depth_and_lists_the_bad_line(
     tiny_testset: Path, tmp_path: Path, monkeypatch, capsys
 ):
     fake = FakeTTS()
     loads = []
-    monkeypatch.setattr(cli, "load_pipeline", lambda args: loads.append(args.model) or fake)
+    monkeypatch.setattr(cli, "load_pipeline", lambda args, depths: loads.append((args.model, depths)) or fake)
     out = tmp_path / "sweep"
-    argv = ["generate", "--meta", str(tiny_testset), "--model", "M", "--codec", "C", "--depths", "4", "2"]
-    argv += ["--out", str(out), "--seed", "7", "--temperature", "0.7", "--max-new-frames", "50"]
-    assert cli.main(argv) == 0
+    argv = _argv(tiny_testset, out, "--depths", "4", "2", "--seed", "7", "--temperature", "0.7")
+    argv += ["--max-new-frames", "50"]
+    assert cli.main(argv) == USER_ERROR_EXIT_CODE  # utt_c-1 cannot be generated: the run is not complete
     captured = capsys.readouterr()
     assert "utt_c-1 (line 3)" in captured.err
+    assert "failed: utt_c-1 (line 3), every depth: audio file not found" in captured.err
     assert json.loads((out / "bad_lines.json").read_text())[0]["utt"] == "utt_c-1"
-    expected = ["utt_a-1.wav", "utt_a-2.wav", "utt_b-1.wav"]
     for k in (2, 4):
-        assert _wavs(out / f"depth_{k}") == expected
+        assert _wavs(out / f"depth_{k}") == ["utt_a-1.wav", "utt_a-2.wav", "utt_b-1.wav"]
         info = sf.info(str(out / f"depth_{k}" / "utt_b-1.wav"))
         assert (info.samplerate, info.channels) == (24000, 1)
-        log = [json.loads(x) for x in (out / f"depth_{k}" / "generation.jsonl").read_text().splitlines()]
+        log = _jsonl(out / f"depth_{k}" / "generation.jsonl")
         assert sorted(r["utt"] for r in log) == ["utt_a-1", "utt_a-2", "utt_b-1"]
         assert all(r["depth"] == k and r["rtf"] == pytest.approx(r["seconds"] / r["audio_seconds"]) for r in log)
-    assert len(fake.calls) == 6
+        assert {r["slots"] for r in log} == {4}
+        failures = _jsonl(out / f"depth_{k}" / FAILURES_FILE)
+        assert [(f["utt"], f["line"], f["depth"], f["stage"]) for f in failures] == [("utt_c-1", 3, k, "test list")]
+    assert fake.batches == [3, 3]  # every missing utterance of a depth goes to the engine in one call
     first = next(c for c in fake.calls if c["text"] == "Get the trust fund to the bank early." and c["depth"] == 2)
     assert first["seed"] == utterance_seed(7, "utt_a-1")
     assert first["reference_audio"] == str(tiny_testset.parent / "prompt-wavs" / "spk_a.wav")
     assert first["reference_text"] == "We asked over twenty different people."
-    assert first["sampling"] == {"temperature": 0.7, "max_new_frames": 50}
+    assert (first["config"].temperature, first["config"].max_new_frames) == (0.7, 50)
+    assert first["config"].top_p == type(first["config"])().top_p  # unset options keep GenerationConfig's defaults
 
-    # second run: everything exists, nothing is regenerated and the model is not even loaded
+    # second run: everything that can exist exists: nothing is regenerated and the model is not even loaded
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("depth_*/*.wav")}
     fake.calls.clear()
-    assert cli.main(argv) == 0
-    assert fake.calls == [] and loads == ["M"]
+    assert cli.main(argv) == USER_ERROR_EXIT_CODE
+    assert fake.calls == [] and loads == [("M", [2, 4])]
     assert {p: p.stat().st_mtime_ns for p in out.glob("depth_*/*.wav")} == mtimes
-    assert "wrote 0, kept 3, failed 0" in capsys.readouterr().out
+    assert "wrote 0, kept 3, failed 1" in capsys.readouterr().out
+
+
+def test_a_complete_list_exits_zero_and_leaves_no_failures_file(tiny_testset: Path, tmp_path: Path, monkeypatch):
+    lines = [x for x in tiny_testset.read_text().splitlines() if not x.startswith("utt_c-1")]
+    tiny_testset.write_text("\n".join(lines) + "\n")
+    (tmp_path / "depth_8").mkdir()
+    (tmp_path / "depth_8" / FAILURES_FILE).write_text('{"utt": "stale"}\n')
+    monkeypatch.setattr(cli, "load_pipeline", lambda args, depths: FakeTTS())
+    assert cli.main(_argv(tiny_testset, tmp_path, "--depths", "8")) == 0
+    assert not (tmp_path / "depth_8" / FAILURES_FILE).exists()
 
 
 def test_resumed_run_regenerates_only_missing_files_with_the_same_seed(tiny_testset: Path, tmp_path: Path):
@@ -94,53 +130,145 @@ def test_resumed_run_regenerates_only_missing_files_with_the_same_seed(tiny_test
     assert not list((tmp_path / "depth_8").glob(".*partial*"))
 
 
-def test_a_failing_utterance_is_reported_and_retried_on_the_next_run(
+def test_a_failing_utterance_fails_alone_and_is_retried_on_the_next_run(
     tiny_testset: Path, tmp_path: Path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(cli, "load_pipeline", lambda args: FakeTTS(fail_on="Hello"))
-    argv = ["generate", "--meta", str(tiny_testset), "--model", "M", "--codec", "C", "--depths", "8"]
-    argv += ["--out", str(tmp_path)]
-    assert cli.main(argv) == cli.EXIT_FAILURES
-    assert "1 synthesis failure" in capsys.readouterr().err
-    assert _wavs(tmp_path / "depth_8") == ["utt_a-1.wav", "utt_a-2.wav"]
-    assert "cannot synthesise" in json.loads((tmp_path / "depth_8" / "failures.json").read_text())["utt_b-1"]
+    monkeypatch.setattr(cli, "load_pipeline", lambda args, depths: FakeTTS(fail_on="Hello"))
+    argv = _argv(tiny_testset, tmp_path, "--depths", "8")
+    assert cli.main(argv) == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert "failed: utt_b-1 (line 2), every depth: InputError: cannot synthesise 'Hello, world!'" in err
+    assert "error: 2 of 4 test lines failed" in err
+    assert _wavs(tmp_path / "depth_8") == ["utt_a-1.wav", "utt_a-2.wav"]  # the utterances after it are generated
+    failures = _jsonl(tmp_path / "depth_8" / FAILURES_FILE)
+    assert [(f["utt"], f["stage"]) for f in failures] == [("utt_b-1", "synthesis"), ("utt_c-1", "test list")]
+    assert "cannot synthesise" in failures[0]["error"]
     fake = FakeTTS()
-    monkeypatch.setattr(cli, "load_pipeline", lambda args: fake)
-    assert cli.main(argv) == 0
+    monkeypatch.setattr(cli, "load_pipeline", lambda args, depths: fake)
+    assert cli.main(argv) == USER_ERROR_EXIT_CODE  # utt_c-1 is still unusable
     assert [c["text"] for c in fake.calls] == ["Hello, world!"]
-    assert not (tmp_path / "depth_8" / "failures.json").exists()
+    assert [f["utt"] for f in _jsonl(tmp_path / "depth_8" / FAILURES_FILE)] == ["utt_c-1"]
 
 
-def test_batches_go_through_synthesize_batch(tiny_testset: Path, tmp_path: Path):
-    fake = FakeTTS()
-    report = generate_testset(read_testset(tiny_testset), fake, tmp_path, [16], batch_size=2)
-    assert fake.batches == [(2, 2)] and len(fake.calls) == 3  # a batch of 2, then a single call
-    assert sorted(report.written[16]) == ["utt_a-1", "utt_a-2", "utt_b-1"]
-    log = [json.loads(x) for x in (tmp_path / "depth_16" / "generation.jsonl").read_text().splitlines()]
-    assert [r["batch_size"] for r in log] == [2, 2, 1]
+def test_an_empty_output_is_a_failure_of_that_utterance(tiny_testset: Path, tmp_path: Path):
+    class Silent(FakeTTS):
+        def synthesize_iter(self, items, **kwargs):
+            for i, result in super().synthesize_iter(items, **kwargs):
+                yield i, (np.zeros(0, np.float32), 24000) if "Hello" in items[i]["text"] else result
+
+    report = generate_testset(read_testset(tiny_testset), Silent(), tmp_path, [8])
+    assert [(f.utt, f.stage) for f in report.failed[8]] == [("utt_b-1", "synthesis"), ("utt_c-1", "test list")]
+    assert "no samples" in report.failed[8][0].error
+    assert sorted(report.written[8]) == ["utt_a-1", "utt_a-2"]
 
 
 def test_clone_mode_does_not_pass_the_prompt_transcript(tiny_testset: Path, tmp_path: Path):
     fake = FakeTTS()
     generate_testset(read_testset(tiny_testset), fake, tmp_path, [1], mode="clone")
     assert [c["reference_text"] for c in fake.calls] == [None, None, None]
-    log = [json.loads(x) for x in (tmp_path / "depth_1" / "generation.jsonl").read_text().splitlines()]
+    log = _jsonl(tmp_path / "depth_1" / "generation.jsonl")
     assert {r["mode"] for r in log} == {"clone"}
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(InputError, match="mode must be one of"):
         generate_testset(read_testset(tiny_testset), fake, tmp_path, [1], mode="ICL")
 
 
-def test_unexpected_errors_stop_the_run(tiny_testset: Path, tmp_path: Path):
+def test_an_exception_raised_by_the_synthesiser_stops_the_run_and_keeps_what_was_written(
+    tiny_testset: Path, tmp_path: Path
+):
     class Broken(FakeTTS):
-        def synthesize(self, *args, **kwargs):
-            raise AttributeError("pipeline bug")
+        def synthesize_iter(self, items, **kwargs):
+            for i, result in super().synthesize_iter(items, **kwargs):
+                if i == 1:
+                    raise AttributeError("pipeline bug")
+                yield i, result
 
     with pytest.raises(AttributeError, match="pipeline bug"):
         generate_testset(read_testset(tiny_testset), Broken(), tmp_path, [8])
+    assert _wavs(tmp_path / "depth_8") == ["utt_a-1.wav"]
+    failures = _jsonl(tmp_path / "depth_8" / FAILURES_FILE)
+    assert [f["utt"] for f in failures] == ["utt_b-1", "utt_c-1", "utt_a-2"]
+    assert failures[0]["error"] == "not generated: AttributeError: pipeline bug"
 
 
-@pytest.mark.parametrize("depths", [["0"], ["33"]])
-def test_bad_depth_is_a_one_line_error(tiny_testset: Path, tmp_path: Path, depths, capsys):
-    argv = ["generate", "--meta", str(tiny_testset), "--model", "M", "--codec", "C", "--out", str(tmp_path)]
-    assert cli.main([*argv, "--depths", *depths]) == 1
-    assert capsys.readouterr().err.strip() == f"error: depth must be an integer in 1..32, got {int(depths[0])}"
+def test_depths_are_checked_against_the_synthesisers_layers(tiny_testset: Path, tmp_path: Path):
+    assert check_depths([8, 2, 8]) == [2, 8]
+    with pytest.raises(InputError, match=r"1\.\.8"):
+        generate_testset(read_testset(tiny_testset), FakeTTS(n_vq=8), tmp_path, [4, 9])
+    assert not (tmp_path / "depth_4").exists()  # refused before anything is generated
+    for bad in ([], [0], [-3]):
+        with pytest.raises(InputError):
+            check_depths(bad)
+
+
+def test_depth_above_the_models_layers_is_refused_before_loading(
+    tiny_testset: Path, tmp_path: Path, model_config_dir: Path, monkeypatch, capsys
+):
+    from cat_tts.inference import CatTTS
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(CatTTS, "from_pretrained", never)
+    argv = ["generate", "--meta", str(tiny_testset), "--model", str(model_config_dir), "--codec", "C"]
+    assert cli.main([*argv, "--out", str(tmp_path / "o"), "--depths", "4", "9"]) == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: --depths: depth 9 is above the model's number of layers: depths must be in 1..8")
+    assert f"model {model_config_dir} has N = 8 layers" in err
+    assert not list((tmp_path / "o").glob("depth_*"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--depths", "0"], "error: --depths: a depth must be an integer >= 1, got 0"),
+        (["--depths", "2", "--temperature", "-1"], "error: --temperature must be in [0, 100], got -1"),
+        (["--depths", "2", "--min-new-frames", "9", "--max-new-frames", "3"], "error: --min-new-frames (9) must not"),
+        (["--depths", "2", "--slots", "0"], "error: --slots must be >= 1, got 0"),
+        (["--depths", "2", "--batch-size", "0"], "error: --slots must be >= 1, got 0"),
+    ],
+)
+def test_bad_options_are_one_line_errors_before_anything_is_read(
+    tiny_testset: Path, tmp_path: Path, extra, message, monkeypatch, capsys
+):
+    monkeypatch.setattr(cli, "load_pipeline", lambda args, depths: pytest.fail("nothing may be loaded"))
+    assert cli.main(_argv(tmp_path / "no_such.lst", tmp_path / "o", *extra)) == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(message)
+
+
+def test_user_errors_are_one_line_with_exit_code_2(
+    tiny_testset: Path, tmp_path: Path, model_config_dir: Path, monkeypatch, capsys
+):
+    def run(*argv: str) -> str:
+        assert cli.main(list(argv)) == USER_ERROR_EXIT_CODE
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith("error: ")
+        return lines[-1]
+
+    base = ["generate", "--depths", "2", "--out", str(tmp_path / "o")]
+    assert "test list not found" in run(*base, "--meta", str(tmp_path / "nope.lst"))
+    out_file = tmp_path / "a_file"
+    out_file.write_text("x")
+    msg = run("generate", "--meta", str(tiny_testset), "--depths", "2", "--out", str(out_file))
+    assert msg == f"error: --out {out_file} is a file; give a directory"
+    msg = run(*base, "--meta", str(tiny_testset), "--model", str(tmp_path / "missing"), "--codec", "C")
+    assert "does not exist" in msg and "hub" not in msg
+    msg = run(*base, "--meta", str(tiny_testset), "--model", str(model_config_dir), "--codec", str(model_config_dir))
+    assert "holds a CAT-TTS model" in msg and "not a CAT codec" in msg
+    empty = tmp_path / "empty.lst"
+    empty.write_text("u|p|nope.wav|t\n")
+    assert "has no usable line" in run(*base, "--meta", str(empty))
+
+
+def test_model_given_as_codec_exits_2_without_a_traceback(tiny_testset: Path, tmp_path: Path, model_config_dir: Path):
+    argv = ["--meta", str(tiny_testset), "--model", str(model_config_dir), "--codec", str(model_config_dir)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "eval.seedtts", "generate", *argv, "--depths", "2", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=300,
+    )
+    assert proc.returncode == USER_ERROR_EXIT_CODE
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {model_config_dir} holds a CAT-TTS model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,50 @@ def test_unknown_language_is_rejected():
 def test_mean_skips_missing_values():
     assert mean([1.0, None, 3.0, float("nan")]) == 2.0
     assert mean([]) is None
+
+
+def _edit_distance(ref: list[str], hyp: list[str]) -> int:
+    """Levenshtein distance between token lists, the textbook dynamic programme."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, start=1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def _random_text(rng: random.Random, words: list[str], marks: str, sep: str) -> str:
+    tokens = []
+    for _ in range(rng.randint(1, 8)):
+        tokens.append(rng.choice(words) + (rng.choice(marks) if rng.random() < 0.3 else ""))
+        if rng.random() < 0.1:
+            tokens.append(rng.choice(marks))  # punctuation standing alone
+    return sep.join(tokens)
+
+
+def test_english_wer_is_the_word_edit_distance_after_lowercasing_and_dropping_punctuation():
+    rng = random.Random(0)
+    words = ["The", "cat", "sat", "it's", "DOG'S", "on", "mat", "fifty", "50"]
+    marks = ',.!?;:"-'
+    for _ in range(300):
+        ref, hyp = _random_text(rng, words, marks, " "), _random_text(rng, words, marks, rng.choice([" ", "  "]))
+
+        def norm(text: str) -> list[str]:
+            return "".join(c for c in text.lower() if c not in marks).split()
+
+        assert utterance_wer(ref, hyp, "en") == pytest.approx(_edit_distance(norm(ref), norm(hyp)) / len(norm(ref)))
+
+
+def test_chinese_cer_is_the_character_edit_distance_after_simplifying_the_transcript():
+    rng = random.Random(1)
+    simplified = "这是测试你好个"
+    traditional = dict(zip("這是測試你好個", simplified, strict=True))
+    marks = "，。！？、"
+    for _ in range(300):
+        ref = _random_text(rng, list(simplified), marks, rng.choice(["", " "]))
+        hyp = _random_text(rng, list(traditional), marks, rng.choice(["", " "]))
+
+        def chars(text: str) -> list[str]:
+            return [traditional.get(c, c) for c in text if c not in marks and not c.isspace()]
+
+        assert utterance_wer(ref, hyp, "zh") == pytest.approx(_edit_distance(chars(ref), chars(hyp)) / len(chars(ref)))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cat_tts.errors import USER_ERROR_EXIT_CODE
 from eval.seedtts.__main__ import main
 from eval.seedtts.report import ReportError, build_report, summarize
 
@@ -84,5 +85,8 @@ def test_report_errors(tmp_path: Path, capsys):
         build_report(tmp_path)
     (tmp_path / "depth_8").mkdir()
     (tmp_path / "depth_8" / "results.jsonl").write_text('{"utt": "a"\n')
-    assert main(["report", str(tmp_path)]) == 1
+    assert main(["report", str(tmp_path)]) == USER_ERROR_EXIT_CODE
     assert "results.jsonl:1: not valid JSON" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nope")]) == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'nope'} is not a directory")

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from seedtts_helpers import TINY_SV, tone
+from seedtts_helpers import TINY_SV, tone, write_meta
 
+import eval.seedtts.__main__ as cli
+from cat_tts.errors import USER_ERROR_EXIT_CODE
 from eval.seedtts.__main__ import main
 from eval.seedtts.asr import WhisperAsr
 from eval.seedtts.metrics import utterance_wer
@@ -97,13 +99,62 @@ def test_empty_and_unreadable_outputs_are_reported(tiny_testset: Path, tmp_path:
     assert results[0].depth == 4
 
 
-def test_score_cli_errors_are_one_line(tiny_testset: Path, tmp_path: Path, capsys):
-    assert main(["score", "--meta", str(tmp_path / "x.lst"), "--wavs", str(tmp_path), "--lang", "en"]) == 1
-    assert capsys.readouterr().err.strip().startswith("error: test list not found")
-    assert main(["score", "--meta", str(tiny_testset), "--wavs", str(tmp_path / "nope"), "--lang", "en"]) == 1
-    assert "is not a directory" in capsys.readouterr().err
+def test_score_cli_errors_are_one_line_with_exit_code_2(tiny_testset: Path, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_scorers", lambda args: pytest.fail("no model may be loaded"))
+
+    def run(*argv: str) -> str:
+        assert main(["score", *argv]) == USER_ERROR_EXIT_CODE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ")
+        return err.strip()
+
+    assert run("--meta", str(tmp_path / "x.lst"), "--wavs", str(tmp_path), "--lang", "en").startswith(
+        "error: test list not found"
+    )
+    assert "is not a directory" in run("--meta", str(tiny_testset), "--wavs", str(tmp_path / "nope"), "--lang", "en")
     two = ["--wavs", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o")]
-    assert main(["score", "--meta", str(tiny_testset), *two, "--lang", "en"]) == 1
-    assert "apply to a single --wavs directory" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    assert "apply to a single --wavs directory" in run("--meta", str(tiny_testset), *two, "--lang", "en")
+    sim = ["--sim-model", str(tmp_path / "sv.safetensors")]
+    assert "--sim-model" in run("--meta", str(tiny_testset), "--wavs", str(tmp_path), "--lang", "en", *sim)
+    out_file = tmp_path / "file"
+    out_file.write_text("x")
+    gt = ["--ground-truth", "--out", str(out_file)]
+    msg = run("--meta", str(tiny_testset), *gt, "--lang", "en")
+    assert msg == f"error: --out {out_file} is a file; give a directory"
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own errors use the same code
         main(["score", "--meta", str(tiny_testset), "--wavs", str(tmp_path), "--lang", "fr"])
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+
+
+class _DurationFunAsr:
+    """Stands in for FunASR's AutoModel: reads the file it is given and "hears" one traditional-script character
+    of 這是測試 (cyclically) per 0.25 s of audio."""
+
+    def generate(self, input, batch_size_s):  # noqa: A002 - FunASR's keyword
+        wav, sr = sf.read(input)
+        n = round(len(wav) / sr / 0.25)
+        return [{"key": Path(input).stem, "text": "".join("這是測試"[i % 4] for i in range(n))}]
+
+
+def test_zh_cer_per_utterance_follows_what_paraformer_heard(tmp_path: Path):
+    from eval.seedtts.asr import ParaformerAsr
+    from eval.seedtts.score import score_testset
+    from eval.seedtts.testset import read_testset
+
+    root = tmp_path / "zh"
+    (root / "p").mkdir(parents=True)
+    sf.write(root / "p" / "spk.wav", tone(0.5, 16000), 16000)
+    seconds = {"u1": 1.0, "u2": 0.5, "u3": 1.5, "u4": 0.25}
+    meta = write_meta(root, [f"{u}|提示。|p/spk.wav|这是，测试！" for u in seconds])
+    out = tmp_path / "depth_4"
+    out.mkdir()
+    for u, s in seconds.items():
+        sf.write(out / f"{u}.wav", tone(s, 24000), 24000)
+    results = score_testset(read_testset(meta), "zh", ParaformerAsr(_DurationFunAsr()), None, wav_dir=out)
+    # the reference is 4 characters once its punctuation is gone; the transcript is converted to simplified script,
+    # so n characters heard are |n - 4| deletions or insertions
+    expected = {u: abs(round(s / 0.25) - 4) / 4 for u, s in seconds.items()}
+    assert {r.utt: r.wer for r in results} == pytest.approx(expected)
+    assert results[0].hypothesis == "這是測試" and results[0].wer == 0.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "CER" and summary["error_rate"] == pytest.approx(100 * sum(expected.values()) / 4)

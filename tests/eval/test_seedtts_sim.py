@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from seedtts_helpers import ASSETS, TINY_SV
 
+from cat_tts.errors import USER_ERROR_EXIT_CODE
 from eval.seedtts.audio import resample_sinc
 from eval.seedtts.sim import (
     CheckpointError,
@@ -151,7 +152,7 @@ def test_conversion_to_safetensors_keeps_the_model(official_state, tmp_path: Pat
     out = convert_checkpoint(pth, tmp_path / "sv.safetensors")
     assert main(["convert-sim", str(pth), str(tmp_path / "cli.safetensors")]) == 0
     assert load_file(str(tmp_path / "cli.safetensors")).keys() == load_file(str(out)).keys()
-    assert main(["convert-sim", str(tmp_path / "nope.pth"), str(tmp_path / "x.safetensors")]) == 1
+    assert main(["convert-sim", str(tmp_path / "nope.pth"), str(tmp_path / "x.safetensors")]) == USER_ERROR_EXIT_CODE
     assert capsys.readouterr().err.startswith("error: speaker-verification checkpoint not found")
     tensors = load_file(str(out))
     assert "loss_calculator.projection.weight" not in tensors
