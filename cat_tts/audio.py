@@ -115,10 +115,10 @@ def audio_from_array(
 
 def resample(wav: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     """Resample a [S] waveform with soxr ("HQ" quality); returns float32."""
-    import soxr
-
     if orig_rate == new_rate:
         return np.asarray(wav, dtype=np.float32)
+    import soxr
+
     return soxr.resample(np.asarray(wav, dtype=np.float32), orig_rate, new_rate, quality="HQ").astype(np.float32)
 
 

@@ -887,7 +887,14 @@ class Engine:
     def _replay(self, key: tuple, run: Callable[[], None]) -> None:
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._capture(run)
+            try:
+                graph = self._capture(run)
+            except Exception:  # a kernel that cannot be captured: keep serving, eagerly
+                logger.exception("CUDA graph capture of %s failed; the engine runs eagerly from now on", key)
+                self._use_graphs = False
+                self._graphs.clear()
+                run()
+                return
             self._graphs[key] = graph
         graph.replay()
 

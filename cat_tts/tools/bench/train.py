@@ -70,7 +70,7 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = build_tiny_tokenizer()
     ids = model.config.token_ids
     n_vq = model.config.n_vq
-    builder = SampleBuilder(tokenizer, ids, n_vq, "continuation")
+    builder = SampleBuilder(tokenizer, ids, n_vq, "plain")
     collator = Collator(ids.pad, ids.audio_pad_code, n_vq, p)
     gen = torch.Generator().manual_seed(0)
     text = "the quick brown fox jumps over the lazy dog " * 4
