@@ -1,15 +1,21 @@
 """The demo's logic without its layout: input validation, streamed generation and the bitrate comparison.
 
-Everything here takes the pipeline as an argument: any object with the `CatTTS` methods `stream(...)`
-and `synthesize(...)` (see `SpeechPipeline`). The same code therefore serves the released weights, the
-`make_tiny` checkpoints and a small fake in tests.
+Everything here takes the pipeline as an argument: any object with the `CatTTS` attributes `n_vq`,
+`sample_rate`, `frame_rate` and methods `stream(...)` / `synthesize(...)` (see `SpeechPipeline`). The same code
+therefore serves the released weights, the `make_tiny` checkpoints and a small fake in tests. The number of RVQ
+layers N (the depth bound) always comes from the pipeline, i.e. from the model's config; the sampling defaults and
+their validation from `GenerationConfig`.
 
-Two layers:
+Two parts:
 - pure functions (`parse_request`, `stream_speech`, `synthesize_speech`) that raise `DemoInputError`
   for a request the demo refuses and know nothing about Gradio;
 - `DemoHandlers`, the callbacks the Blocks UI wires to its buttons. They turn a `DemoInputError` (or a
   pipeline's own `ValueError`) into a visible `gr.Error`, and any other failure into a short `gr.Error`
   while the traceback goes to the server log, so one failing request never takes the server down.
+
+Concurrency: the pipeline runs on the continuous-batching engine; with `CatTTS.start()` called, handlers running in
+several Gradio worker threads at once put their requests into one engine batch. A handler that is stopped (the
+Stop button, the time limit, a closed page) closes its stream, which cancels the engine request and frees its slot.
 
 Shapes: S samples of mono float32 audio at the pipeline's sample rate (24 kHz for CAT).
 """
@@ -21,6 +27,7 @@ import dataclasses
 import io
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,15 +35,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from cat_tts.audio import DEFAULT_SAMPLE_RATE  # the CAT codec rate, used when the pipeline does not say
+from cat_tts.audio import DEFAULT_SAMPLE_RATE  # the CAT codec's rate: the default for reading a reference clip
 from cat_tts.codec.config import KBPS_PER_LAYER, bitrate_kbps
+from cat_tts.errors import InputError
+from cat_tts.generation import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
-NUM_LAYERS = 32  # RVQ layers of the CAT codec; the slider runs over depth K = 1..NUM_LAYERS
+_DEFAULTS = GenerationConfig()  # the released model's sampling settings: the demo's defaults
 
 
-class DemoInputError(ValueError):
+class DemoInputError(InputError):
     """A request the demo refuses. The message is shown to the user as it is, so it says how to fix it."""
 
 
@@ -47,14 +56,18 @@ class EmptyOutputError(RuntimeError):
 class SpeechPipeline(Protocol):
     """What the demo needs from `cat_tts.inference.CatTTS`."""
 
+    n_vq: int  # N: RVQ layers of the model (from its config); depth K runs over 1..N
+    sample_rate: int  # rate of the audio it returns (and of the reference arrays it is given), in Hz
+    frame_rate: float  # codec frames per second
+
     def stream(
         self,
         text: str,
         reference_audio: Any,
         reference_text: str | None = None,
-        depth: int = NUM_LAYERS,
-        seed: int | None = None,
-        **sampling: Any,
+        *,
+        depth: int | None = None,
+        config: GenerationConfig | None = None,
     ) -> Iterator[np.ndarray]: ...
 
     def synthesize(
@@ -62,13 +75,22 @@ class SpeechPipeline(Protocol):
         text: str,
         reference_audio: Any,
         reference_text: str | None = None,
-        depth: int = NUM_LAYERS,
-        seed: int | None = None,
-        **sampling: Any,
+        *,
+        depth: int | None = None,
+        config: GenerationConfig | None = None,
     ) -> tuple[np.ndarray, int]: ...
 
 
 kbps = bitrate_kbps  # the bitrate of depth K, as the demo shows it
+
+# The sampling settings as the page labels them (error messages name what the user sees).
+SETTING_LABELS = {
+    "temperature": "Temperature",
+    "top_p": "Top-p",
+    "top_k": "Top-k",
+    "repetition_penalty": "Repetition penalty",
+    "seed": "Seed",
+}
 
 
 def format_kbps(depth: int) -> str:
@@ -76,80 +98,91 @@ def format_kbps(depth: int) -> str:
     return f"{kbps(depth):g} kbps"
 
 
-def bitrate_info(depth: int) -> str:
-    """The bitrate slider's info line for `depth`, e.g. `"16 of 32 layers = 2 kbps (0.125 kbps per layer)"`."""
-    return f"{depth} of {NUM_LAYERS} layers = {format_kbps(depth)} ({KBPS_PER_LAYER:g} kbps per layer)"
+def bitrate_info(depth: int, n_vq: int) -> str:
+    """The bitrate slider's info line for `depth` of a model with `n_vq` layers,
+    e.g. `"16 of 32 layers = 2 kbps (0.125 kbps per layer)"`."""
+    return f"{depth} of {n_vq} layers = {format_kbps(depth)} ({KBPS_PER_LAYER:g} kbps per layer)"
 
 
 @dataclasses.dataclass
 class DemoLimits:
-    """What one request may ask for, and how many run at once."""
+    """What one request may ask for, and how many run at once. Validation raises `InputError` naming the field."""
 
     max_text_chars: int = 500  # longest text to speak (and longest reference transcript), in characters
     min_reference_seconds: float = 1.0  # shortest usable reference clip, in seconds
     max_reference_seconds: float = 30.0  # longest accepted reference clip, in seconds
-    concurrency_limit: int = 1  # generation requests running at once (they share one model)
-    max_queue_size: int = 16  # requests waiting in the queue before new ones are turned away
+    concurrency_limit: int | None = None  # requests handled at once (Gradio workers); None = one per engine slot
+    max_queue_size: int = 16  # requests waiting in Gradio's queue before new ones are turned away
     time_limit_seconds: int = 600  # a request running longer than this is stopped, in seconds
-    max_new_frames: int | None = None  # frame cap per text chunk (12.5 frames/s); None = the pipeline's own budget
+    max_new_frames: int | None = None  # frame cap per text chunk, in codec frames; None = the pipeline's own budget
     min_new_frames: int = 0  # frames before the model may end a chunk (random tiny checkpoints end at once)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_text_chars <= 100_000:
-            raise ValueError(f"max_text_chars must be in 1..100000, got {self.max_text_chars}")
-        if not 0.0 < self.min_reference_seconds <= self.max_reference_seconds:
-            raise ValueError(
-                f"min_reference_seconds must be in (0, max_reference_seconds={self.max_reference_seconds}], "
-                f"got {self.min_reference_seconds}"
+            raise InputError(f"max_text_chars must be in 1..100000, got {self.max_text_chars}")
+        if not 0.0 < self.min_reference_seconds <= 600.0:
+            raise InputError(f"min_reference_seconds must be in (0, 600], got {self.min_reference_seconds}")
+        if not self.min_reference_seconds <= self.max_reference_seconds <= 600.0:
+            raise InputError(
+                f"max_reference_seconds must be in {self.min_reference_seconds:g}..600 (not below the shortest "
+                f"accepted clip, min_reference_seconds), got {self.max_reference_seconds:g}"
             )
-        if not self.max_reference_seconds <= 600.0:
-            raise ValueError(f"max_reference_seconds must be at most 600, got {self.max_reference_seconds}")
-        if not 1 <= self.concurrency_limit <= 64:
-            raise ValueError(f"concurrency_limit must be in 1..64, got {self.concurrency_limit}")
+        if self.concurrency_limit is not None and not 1 <= self.concurrency_limit <= 1024:
+            raise InputError(f"concurrency_limit must be in 1..1024, got {self.concurrency_limit}")
         if not 1 <= self.max_queue_size <= 10_000:
-            raise ValueError(f"max_queue_size must be in 1..10000, got {self.max_queue_size}")
+            raise InputError(f"max_queue_size must be in 1..10000, got {self.max_queue_size}")
         if not 1 <= self.time_limit_seconds <= 86_400:
-            raise ValueError(f"time_limit_seconds must be in 1..86400, got {self.time_limit_seconds}")
-        if self.max_new_frames is not None and not 1 <= self.max_new_frames <= 100_000:
-            raise ValueError(f"max_new_frames must be None or in 1..100000, got {self.max_new_frames}")
-        if not 0 <= self.min_new_frames <= (self.max_new_frames or 100_000):
-            raise ValueError(
-                f"min_new_frames must be in 0..max_new_frames ({self.max_new_frames}), got {self.min_new_frames}"
-            )
+            raise InputError(f"time_limit_seconds must be in 1..86400, got {self.time_limit_seconds}")
+        self.frame_limits(_DEFAULTS)  # the frame limits are generation settings: GenerationConfig checks them
 
-    def pipeline_kwargs(self) -> dict[str, Any]:
-        """The frame limits as `CatTTS.stream/synthesize` keyword arguments (only those that are set)."""
-        kwargs: dict[str, Any] = {}
-        if self.max_new_frames is not None:
-            kwargs["max_new_frames"] = self.max_new_frames
-        if self.min_new_frames:
-            kwargs["min_new_frames"] = self.min_new_frames
-        return kwargs
+    def frame_limits(self, config: GenerationConfig) -> GenerationConfig:
+        """`config` with this demo's frame limits (InputError naming `min_new_frames` / `max_new_frames`)."""
+        return dataclasses.replace(config, min_new_frames=self.min_new_frames, max_new_frames=self.max_new_frames)
+
+    def concurrency(self, pipeline: Any) -> int:
+        """Requests handled at once: the configured limit, else one per engine slot of `pipeline` (1 without one).
+
+        More than the slots is allowed: the extra requests wait in the engine's queue for a free slot.
+        """
+        if self.concurrency_limit is not None:
+            return self.concurrency_limit
+        engine = getattr(pipeline, "engine", None)
+        return int(getattr(engine, "max_slots", 1))
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
-    """Sampling of the audio layers (the settings in the demo's collapsed accordion)."""
+    """Sampling of the audio layers (the settings in the demo's collapsed accordion).
 
-    temperature: float = 1.0  # softmax temperature; 0 = greedy (always the most likely code)
-    top_p: float = 0.95  # nucleus sampling: keep the smallest set of codes whose probability reaches top_p
-    top_k: int = 50  # keep only the k most likely codes; 0 = no limit
-    repetition_penalty: float = 1.1  # > 1 discourages repeating recent codes; 1 = off
-    seed: int = 0  # random seed; the same seed, text, voice and depth give the same audio
+    The defaults and the allowed ranges are `GenerationConfig`'s (the released model's settings); an out-of-range
+    value raises `DemoInputError` naming the setting as the page labels it.
+    """
+
+    temperature: float = _DEFAULTS.temperature  # softmax temperature; 0 = greedy (always the most likely code)
+    top_p: float = _DEFAULTS.top_p  # nucleus sampling: keep the smallest set of codes reaching this mass; 1 = off
+    top_k: int = _DEFAULTS.top_k  # keep only the k most likely codes; 0 = no limit
+    repetition_penalty: float = _DEFAULTS.repetition_penalty  # > 1 discourages repeating recent codes; 1 = off
+    seed: int = 0  # random seed (the demo's own default: fixed, so the same inputs give the same audio)
 
     def __post_init__(self) -> None:
-        checks = [
-            ("temperature", self.temperature, 0.0, 5.0),
-            ("top_p", self.top_p, 0.0, 1.0),
-            ("top_k", self.top_k, 0, 1024),
-            ("repetition_penalty", self.repetition_penalty, 1.0, 5.0),
-            ("seed", self.seed, 0, 2**31 - 1),
-        ]
-        for name, value, low, high in checks:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-                raise DemoInputError(f"Sampling setting {name} must be in {low}..{high}, got {value!r}.")
-        if self.top_p <= 0.0:
-            raise DemoInputError(f"Sampling setting top_p must be above 0 (1 = off), got {self.top_p!r}.")
+        self.generation_config()
+
+    def generation_config(self, limits: DemoLimits | None = None) -> GenerationConfig:
+        """These settings (and the frame limits of `limits`, if given) as the pipeline's `GenerationConfig`."""
+        try:
+            config = GenerationConfig(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                repetition_penalty=self.repetition_penalty,
+                seed=self.seed,
+            )
+        except InputError as e:
+            message = str(e)
+            for field, label in SETTING_LABELS.items():
+                message = re.sub(rf"\b{field}\b", label, message)
+            raise DemoInputError(f"Sampling settings: {message}.") from None
+        return config if limits is None else limits.frame_limits(config)
 
     @classmethod
     def from_ui(cls, temperature: Any, top_p: Any, top_k: Any, repetition_penalty: Any, seed: Any) -> SamplingSettings:
@@ -167,23 +200,14 @@ class SamplingSettings:
                 raise
             raise DemoInputError(f"Sampling settings must be numbers: {e}.") from None
 
-    def pipeline_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for `CatTTS.stream/synthesize` (seed included)."""
-        return {
-            "seed": self.seed,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "repetition_penalty": self.repetition_penalty,
-        }
-
 
 def _as_int(name: str, value: Any) -> int:
+    label = SETTING_LABELS[name]
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise DemoInputError(f"Sampling setting {name} is empty; enter a whole number.")
+        raise DemoInputError(f"Sampling settings: {label} is empty; enter a whole number.")
     number = float(value)
     if not math.isfinite(number) or number != int(number):
-        raise DemoInputError(f"Sampling setting {name} must be a whole number, got {value!r}.")
+        raise DemoInputError(f"Sampling settings: {label} must be a whole number, got {value!r}.")
     return int(number)
 
 
@@ -195,9 +219,8 @@ class SpeechRequest:
     reference: np.ndarray  # [S] float32 mono reference clip at `sample_rate`
     sample_rate: int  # rate of `reference` and of the generated audio, in Hz
     reference_text: str | None  # transcript of the reference (continuation mode) or None
-    depth: int  # RVQ layers generated and decoded, 1..32
-    sampling: SamplingSettings
-    frame_limits: dict[str, Any] = dataclasses.field(default_factory=dict)  # DemoLimits.pipeline_kwargs()
+    depth: int  # K: RVQ layers generated and decoded, 1..N
+    config: GenerationConfig  # sampling, seed and frame limits (the depth travels apart: a comparison changes it)
     voice: Any = None  # the reference as the pipeline's pre-encoded codes ([N, L]), reused across depths; or None
 
     def pipeline_args(self, depth: int | None = None) -> dict[str, Any]:
@@ -207,8 +230,7 @@ class SpeechRequest:
             "reference_audio": (self.reference, self.sample_rate) if self.voice is None else self.voice,
             "reference_text": self.reference_text,
             "depth": self.depth if depth is None else depth,
-            **self.sampling.pipeline_kwargs(),
-            **self.frame_limits,
+            "config": self.config,
         }
 
 
@@ -271,14 +293,14 @@ def validate_reference_text(text: str | None, limits: DemoLimits) -> str | None:
     return text
 
 
-def validate_depth(depth: Any, name: str = "Bitrate") -> int:
-    """The depth K as an int in 1..32 (slider values may arrive as floats)."""
+def validate_depth(depth: Any, n_vq: int, name: str = "Bitrate") -> int:
+    """The depth K as an int in 1..n_vq (slider values may arrive as floats); n_vq is the model's N."""
     try:
         value = float(depth)
     except (TypeError, ValueError):
-        raise DemoInputError(f"{name} must be a number of layers in 1..{NUM_LAYERS}, got {depth!r}.") from None
-    if not (math.isfinite(value) and value == int(value) and 1 <= value <= NUM_LAYERS):
-        raise DemoInputError(f"{name} must be a whole number of layers in 1..{NUM_LAYERS}, got {depth!r}.")
+        raise DemoInputError(f"{name} must be a number of layers in 1..{n_vq}, got {depth!r}.") from None
+    if not (math.isfinite(value) and value == int(value) and 1 <= value <= n_vq):
+        raise DemoInputError(f"{name} must be a whole number of layers in 1..{n_vq}, got {depth!r}.")
     return int(value)
 
 
@@ -313,11 +335,6 @@ def load_reference(path: str | Path | None, limits: DemoLimits, sample_rate: int
     return np.asarray(wav, dtype=np.float32).reshape(-1)
 
 
-def pipeline_sample_rate(pipeline: Any) -> int:
-    """The pipeline's output rate (`CatTTS.sample_rate`, else the CAT codec's 24 kHz)."""
-    return int(getattr(pipeline, "sample_rate", DEFAULT_SAMPLE_RATE))
-
-
 def parse_request(
     text: str | None,
     reference_path: str | Path | None,
@@ -325,22 +342,37 @@ def parse_request(
     depth: Any,
     sampling: SamplingSettings,
     limits: DemoLimits,
+    n_vq: int,
     sample_rate: int = DEFAULT_SAMPLE_RATE,
 ) -> SpeechRequest:
-    """Validates every input of a request (cheap checks first). Raises DemoInputError."""
+    """Validates every input of a request (cheap checks first) for a model with `n_vq` layers.
+
+    Raises:
+        DemoInputError: naming the input that cannot be used.
+    """
     text = validate_text(text, limits)
     reference_text = validate_reference_text(reference_text, limits)
-    depth = validate_depth(depth)
+    depth = validate_depth(depth, n_vq)
     reference = load_reference(reference_path, limits, sample_rate)
-    return SpeechRequest(text, reference, sample_rate, reference_text, depth, sampling, limits.pipeline_kwargs())
+    config = sampling.generation_config(limits)
+    return SpeechRequest(text, reference, sample_rate, reference_text, depth, config)
 
 
 def stream_speech(pipeline: SpeechPipeline, request: SpeechRequest) -> Iterator[np.ndarray]:
-    """Streams the request's audio: yields [s] float32 chunks as the pipeline produces them."""
-    for chunk in pipeline.stream(**request.pipeline_args()):
-        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
-        if chunk.size:
-            yield chunk
+    """Streams the request's audio: yields [s] float32 chunks as the pipeline produces them.
+
+    Closing this generator (or dropping it) closes the pipeline's stream, which cancels its engine requests.
+    """
+    pieces = pipeline.stream(**request.pipeline_args())
+    try:
+        for chunk in pieces:
+            chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+            if chunk.size:
+                yield chunk
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
 
 
 def synthesize_speech(
@@ -394,8 +426,9 @@ def visible_errors(action: str) -> Iterator[None]:
         yield
     except gr.Error:
         raise
-    except ValueError as e:
-        raise gr.Error(str(e), title="Invalid input", print_exception=False) from None
+    except ValueError as e:  # InputError (ours and the pipeline's), EngineClosed while shutting down, AudioError
+        title = "Invalid input" if isinstance(e, InputError) else "Request refused"
+        raise gr.Error(str(e), title=title, print_exception=False) from None
     except EmptyOutputError as e:
         raise gr.Error(
             f"The model stopped before saying anything ({e}). Try another seed, rephrase the text, "
@@ -416,7 +449,7 @@ class DemoHandlers:
     """The callbacks behind the demo's buttons, bound to one pipeline.
 
     Args:
-        pipeline: a `CatTTS` (or anything with its `stream`/`synthesize` methods).
+        pipeline: a `CatTTS` (or anything with its `n_vq`, `sample_rate`, `frame_rate`, `stream`, `synthesize`).
         limits: request limits.
         streaming: send audio chunks to the streaming player as they come (Gradio needs ffmpeg for that);
             when False, only the progress line updates until the full clip is ready.
@@ -426,13 +459,14 @@ class DemoHandlers:
         self.pipeline = pipeline
         self.limits = limits or DemoLimits()
         self.streaming = streaming
-        self.sample_rate = pipeline_sample_rate(pipeline)
+        self.n_vq = int(pipeline.n_vq)  # N, from the model's config
+        self.sample_rate = int(pipeline.sample_rate)
 
     def bitrate_update(self, depth: Any) -> Any:
         """New info line (layers and kbps) for a bitrate slider that moved to `depth`."""
         gr = _gradio()
         try:
-            return gr.update(info=bitrate_info(validate_depth(depth)))
+            return gr.update(info=bitrate_info(validate_depth(depth, self.n_vq), self.n_vq))
         except DemoInputError:
             return gr.skip()
 
@@ -449,7 +483,17 @@ class DemoHandlers:
         seed: Any,
     ) -> SpeechRequest:
         sampling = SamplingSettings.from_ui(temperature, top_p, top_k, repetition_penalty, seed)
-        return parse_request(text, reference, reference_text, depth, sampling, self.limits, self.sample_rate)
+        return parse_request(text, reference, reference_text, depth, sampling, self.limits, self.n_vq, self.sample_rate)
+
+    def _waiting_line(self) -> str | None:
+        """A status line when every engine slot is busy (this request then waits in the engine's queue)."""
+        engine = getattr(self.pipeline, "engine", None)
+        if engine is None:
+            return None
+        stats = engine.stats()
+        if stats.busy_slots < stats.max_slots:
+            return None
+        return f"Waiting for a free slot: all {stats.max_slots} are generating for other requests…"
 
     def generate(
         self,
@@ -469,7 +513,8 @@ class DemoHandlers:
             (stream chunk as WAV bytes, full clip, status line): one tuple per streamed chunk with the full
             clip skipped (and the chunk skipped too when `streaming` is off), then a last one with the stream
             skipped, the full clip as (rate, int16 [S]) and the summary line (depth, kbps, audio seconds,
-            generation time, time to first audio, RTF).
+            generation time, time to first audio, RTF). When every engine slot is busy, a first tuple says the
+            request waits for one.
         """
         gr = _gradio()
         with visible_errors("Generation"):
@@ -478,19 +523,24 @@ class DemoHandlers:
             )
             sr = request.sample_rate
             start = time.perf_counter()
+            waiting = self._waiting_line()
+            if waiting is not None:
+                yield gr.skip(), gr.skip(), waiting
             first_audio = None
             chunks: list[np.ndarray] = []
             samples = 0
-            for chunk in stream_speech(self.pipeline, request):
-                if first_audio is None:
-                    first_audio = time.perf_counter() - start
-                chunks.append(chunk)
-                samples += chunk.size
-                yield (
-                    wav_bytes(chunk, sr) if self.streaming else gr.skip(),
-                    gr.skip(),
-                    f"Generating at {format_kbps(request.depth)}: {samples / sr:.2f} s so far…",
-                )
+            # Closed when this generator is (Stop, the time limit): the engine request is cancelled at once.
+            with contextlib.closing(stream_speech(self.pipeline, request)) as stream:
+                for chunk in stream:
+                    if first_audio is None:
+                        first_audio = time.perf_counter() - start
+                    chunks.append(chunk)
+                    samples += chunk.size
+                    yield (
+                        wav_bytes(chunk, sr) if self.streaming else gr.skip(),
+                        gr.skip(),
+                        f"Generating at {format_kbps(request.depth)}: {samples / sr:.2f} s so far…",
+                    )
             elapsed = time.perf_counter() - start
             if not chunks:
                 raise EmptyOutputError(f"no audio at depth {request.depth}")
@@ -512,14 +562,15 @@ class DemoHandlers:
         repetition_penalty: Any,
         seed: Any,
     ) -> tuple[Any, str, Any, str]:
-        """The "Compare bitrates" button: the same text, voice and seed at two depths.
+        """The "Compare bitrates" button: the same text, voice and seed at two depths, one after the other (so each
+        report times its own depth).
 
         Returns:
             (clip A as (rate, int16 [S]), summary A, clip B, summary B).
         """
         with visible_errors("Comparison"):
-            validate_depth(depth_a, "Depth A")
-            depth_b = validate_depth(depth_b, "Depth B")
+            validate_depth(depth_a, self.n_vq, "Depth A")
+            depth_b = validate_depth(depth_b, self.n_vq, "Depth B")
             request = self._request(
                 text, reference, reference_text, depth_a, temperature, top_p, top_k, repetition_penalty, seed
             )

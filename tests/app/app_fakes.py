@@ -1,27 +1,59 @@
 """A small stand-in for `cat_tts.inference.CatTTS` so the demo's handlers and page can be tested fast.
 
-It honours the contract of `CatTTS` the demo relies on: `stream` yields float32 chunks
-whose concatenation is what `synthesize` returns, the output depends on text, depth and seed only (same seed =
-same audio), and the reference arrives as (array, sample_rate). Every call is recorded.
+It honours the contract of `CatTTS` the demo relies on: `n_vq` (the model's number of layers), `sample_rate`,
+`frame_rate`, an `engine` with `max_slots` and `stats()`; `stream` yields float32 chunks whose concatenation is what
+`synthesize` returns, the output depends on text, depth and seed only (same seed = same audio), the reference arrives
+as (array, sample_rate), a depth outside 1..n_vq is refused as `CatTTS` refuses it, and closing a stream early is
+recorded (the real pipeline cancels its engine request then). Every call is recorded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-FRAME = 1920  # samples per codec frame at 24 kHz
+from cat_tts.errors import InputError
+from cat_tts.generation import GenerationConfig
+
+FRAME = 1920  # samples per codec frame of the fake codec
+
+
+@dataclasses.dataclass
+class FakeStats:
+    busy_slots: int
+    max_slots: int
+
+
+class FakeEngine:
+    def __init__(self, max_slots: int) -> None:
+        self.max_slots = max_slots
+        self.busy_slots = 0
+
+    def stats(self) -> FakeStats:
+        return FakeStats(self.busy_slots, self.max_slots)
 
 
 class FakePipeline:
     sample_rate = 24000
+    frame_rate = sample_rate / FRAME
 
-    def __init__(self, frames_per_chunk: int = 3, fail_with: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        frames_per_chunk: int = 3,
+        fail_with: BaseException | None = None,
+        n_vq: int = 32,
+        max_slots: int | None = 4,
+    ) -> None:
         self.frames_per_chunk = frames_per_chunk
         self.fail_with = fail_with
+        self.n_vq = n_vq
+        if max_slots is not None:
+            self.engine = FakeEngine(max_slots)
         self.calls: list[dict[str, Any]] = []
+        self.closed_early = 0  # streams closed before their last chunk
 
     def _audio(self, text: str, depth: int, seed: int | None) -> np.ndarray:
         frames = 4 + len(text) % 5
@@ -37,21 +69,27 @@ class FakePipeline:
         text: str,
         reference_audio: Any,
         reference_text: str | None = None,
-        depth: int = 32,
-        seed: int | None = None,
-        **sampling: Any,
+        depth: int | None = None,
+        config: GenerationConfig | None = None,
     ) -> Iterator[np.ndarray]:
         wav, sr = reference_audio
         assert isinstance(wav, np.ndarray) and wav.ndim == 1 and sr == self.sample_rate, (type(wav), sr)
-        self.calls.append(
-            {"text": text, "reference_text": reference_text, "depth": depth, "seed": seed, "sampling": sampling}
-        )
+        config = config or GenerationConfig()
+        self.calls.append({"text": text, "reference_text": reference_text, "depth": depth, "config": config})
         if self.fail_with is not None:
             raise self.fail_with
-        audio = self._audio(text, depth, seed)
+        depth = self.n_vq if depth is None else depth
+        if not 1 <= depth <= self.n_vq:
+            raise InputError(f"depth must be in 1..{self.n_vq} for this model, got {depth}")
+        audio = self._audio(text, depth, config.seed)
         step = self.frames_per_chunk * FRAME
-        for start in range(0, audio.size, step):
-            yield audio[start : start + step]
+        finished = False
+        try:
+            for start in range(0, audio.size, step):
+                yield audio[start : start + step]
+            finished = True
+        finally:
+            self.closed_early += not finished
 
     def synthesize(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, int]:
         return np.concatenate(list(self.stream(*args, **kwargs))), self.sample_rate

@@ -1,7 +1,8 @@
-"""Fixtures for the demo tests: reference clips written on the fly and a fake pipeline."""
+"""Fixtures for the demo tests: reference clips written on the fly, a fake pipeline, and real tiny pipelines."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,41 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline(tiny_dirs: dict[str, Path]):
-    """The real `CatTTS` pipeline on the tiny checkpoints, loaded the way app.py loads it."""
+def tiny_pipeline(tiny_dirs: dict[str, Path]) -> Iterator:
+    """The real `CatTTS` pipeline on the tiny checkpoints, loaded and started the way app.py does it (its engine
+    runs in a background thread, so concurrent handlers share its batch)."""
+    from cat_tts.app.cli import load_pipeline
+    from cat_tts.generation import EngineConfig
 
-    from cat_tts.inference import CatTTS
+    pipeline = load_pipeline(tiny_dirs["model"], tiny_dirs["codec"], "cpu", "auto", EngineConfig(max_slots=4))
+    pipeline.start()
+    yield pipeline
+    pipeline.close()
 
-    return CatTTS.from_pretrained(model=tiny_dirs["model"], codec=tiny_dirs["codec"], device="cpu")
+
+def tiny_model_config(n_vq: int):
+    """`CatTTSConfig.tiny()` with `n_vq` RVQ layers instead of the release's."""
+    from cat_tts.model import CatTTSConfig
+
+    fields = CatTTSConfig.tiny().to_dict()
+    fields["n_vq"] = n_vq
+    return CatTTSConfig(**fields)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_tts() -> Callable:
+    """Builds an in-memory `CatTTS` over a random tiny model with `n_vq` layers (not started)."""
+
+    def build(n_vq: int, max_slots: int = 4):
+        from cat_tts.codec.config import CodecConfig
+        from cat_tts.codec.tiny import random_codec
+        from cat_tts.generation import EngineConfig
+        from cat_tts.inference import CatTTS
+        from cat_tts.model.tiny import build_tiny_model
+        from cat_tts.text.tiny_tokenizer import build_tiny_tokenizer
+
+        model = build_tiny_model(seed=0, config=tiny_model_config(n_vq))
+        codec = random_codec(CodecConfig.tiny(), seed=0).eval()
+        return CatTTS(model, codec, build_tiny_tokenizer(), engine=EngineConfig(max_slots=max_slots))
+
+    return build

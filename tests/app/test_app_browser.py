@@ -1,7 +1,8 @@
 """The demo in a real browser: headless Debian Chromium driven by Playwright, against a served page.
 
 Set CAT_TTS_SCREENSHOT=docs/screenshot.png to refresh the README's screenshot from this test.
-Skips only when Chromium is not installed (`apt-get install chromium`) or Playwright is missing.
+Skips only when Chromium is not installed (`apt-get install chromium`) or Playwright is missing. Slow tier
+(`-m slow`): it starts app.py and a browser (a minute or more on 2 busy cores).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from cat_tts.app import bitrate_info, default_depths
+from cat_tts.hub import read_config_json
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -35,9 +39,12 @@ CHROMIUM_FLAGS = [
 FRAMES = 8  # frames per request: random tiny checkpoints would stop at once or run to the text's frame budget
 START_TIMEOUT = 240  # seconds for the server to come up (imports + tiny checkpoints on 2 busy cores)
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).is_file(), reason=f"chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).is_file(), reason=f"chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    ),
+]
 
 
 def free_port() -> int:
@@ -111,7 +118,12 @@ def test_server_serves_no_file_outside_uploads(server):
         assert info.value.code in (403, 404)
 
 
-def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_path):
+def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_path, tiny_dirs):
+    from cat_tts.codec.config import CodecConfig
+
+    n = int(read_config_json(tiny_dirs["model"])["n_vq"])  # N, as the page takes it from the model
+    frame_rate = CodecConfig.from_json(tiny_dirs["codec"] / "config.json").frame_rate
+    start, depth_a, depth_b = default_depths(n)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     outside = []  # requests the page makes to anything but the demo server (fonts, analytics, CDNs)
     page.on(
@@ -120,15 +132,17 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
     )
     page.goto(server)
 
-    # The bitrate slider: 1..32 layers, its info line shows kbps and follows the slider.
+    # The bitrate slider: 1..N layers, its info line shows kbps and follows the slider.
     slider = page.locator("#bitrate input[type=range]")
-    assert (slider.get_attribute("min"), slider.get_attribute("max"), slider.get_attribute("step")) == ("1", "32", "1")
-    assert page.locator("#bitrate [data-testid=block-info]").inner_text() == "Bitrate"
-    assert page.locator("#bitrate .info-text").inner_text().startswith("16 of 32 layers = 2 kbps")
-    slider.fill("8")
-    page.wait_for_function(
-        "() => document.querySelector('#bitrate .info-text').innerText.startsWith('8 of 32 layers = 1 kbps')"
+    assert (slider.get_attribute("min"), slider.get_attribute("max"), slider.get_attribute("step")) == (
+        "1",
+        str(n),
+        "1",
     )
+    assert page.locator("#bitrate [data-testid=block-info]").inner_text() == "Bitrate"
+    assert page.locator("#bitrate .info-text").inner_text() == bitrate_info(start, n)
+    slider.fill("8")
+    page.wait_for_function(f"() => document.querySelector('#bitrate .info-text').innerText === '{bitrate_info(8, n)}'")
 
     # Empty text: a visible error, and the page stays usable.
     page.locator("#generate").click()
@@ -144,7 +158,7 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
     page.locator("#generate").click()
     page.wait_for_function("() => document.querySelector('#report textarea').value.includes('RTF')", timeout=120_000)
     report = page.locator("#report textarea").input_value()
-    assert report.startswith(f"Depth 8 = 1 kbps · {FRAMES * 0.08:.2f} s of audio · generated in ")
+    assert report.startswith(f"Depth 8 = 1 kbps · {FRAMES / frame_rate:.2f} s of audio · generated in ")
     assert page.locator("#notice").inner_text().count("random tiny checkpoints") == 1
 
     # The full clip is a real <audio> element the browser can load and play.
@@ -170,19 +184,19 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
     else:
         assert not page.locator("#stream_audio").is_visible()
 
-    # Compare bitrates: two players, two reports, same request at depths 8 and 32.
+    # Compare bitrates: two players, two reports, same request at the two sliders' starting depths.
     page.get_by_role("tab", name="Compare bitrates").click()
     page.locator("#compare").click()
     page.wait_for_function("() => document.querySelector('#report_b textarea').value.includes('RTF')", timeout=120_000)
-    assert page.locator("#report_a textarea").input_value().startswith("Depth 8 = 1 kbps")
-    assert page.locator("#report_b textarea").input_value().startswith("Depth 32 = 4 kbps")
+    assert page.locator("#report_a textarea").input_value().startswith(f"Depth {depth_a} = ")
+    assert page.locator("#report_b textarea").input_value().startswith(f"Depth {depth_b} = ")
     assert page.locator("#audio_a audio").get_attribute("src") and page.locator("#audio_b audio").get_attribute("src")
 
     # An example row fills the inputs, bundled reference clip included (served from the app's cache).
     page.get_by_text("Hello! This voice was cloned from a few seconds of audio.").click()
     page.wait_for_function("() => document.querySelector('#text textarea').value.startsWith('Hello! This voice')")
     page.wait_for_function(
-        "() => document.querySelector('#bitrate .info-text').innerText.startsWith('16 of 32 layers')"
+        f"() => document.querySelector('#bitrate .info-text').innerText === '{bitrate_info(start, n)}'"
     )
     assert "reference.wav" in page.locator("#reference").inner_html()
 

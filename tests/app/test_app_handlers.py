@@ -1,7 +1,12 @@
-"""The demo's handlers on a fake pipeline: validation, streaming then the full clip, the comparison, errors."""
+"""The demo's handlers on a fake pipeline: validation, streaming then the full clip, the comparison, errors.
+
+The depth bound is the pipeline's `n_vq` (the model's config) and the sampling defaults are `GenerationConfig`'s:
+the tests derive what they expect from those, and check a model with another number of layers too.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 
@@ -12,6 +17,7 @@ import soundfile as sf
 from app_fakes import FakePipeline
 
 from cat_tts.app.handlers import (
+    SETTING_LABELS,
     DemoHandlers,
     DemoInputError,
     DemoLimits,
@@ -24,6 +30,9 @@ from cat_tts.app.handlers import (
     validate_depth,
     validate_text,
 )
+from cat_tts.codec.config import KBPS_PER_LAYER
+from cat_tts.errors import InputError
+from cat_tts.generation import GenerationConfig
 
 SAMPLING = (1.0, 0.95, 50, 1.1, 7)  # temperature, top-p, top-k, repetition penalty, seed as the widgets send them
 
@@ -32,25 +41,32 @@ def run_generate(handlers: DemoHandlers, text: str, reference, depth=8, transcri
     return list(handlers.generate(text, None if reference is None else str(reference), transcript, depth, *sampling))
 
 
-def test_bitrate_is_an_eighth_kbps_per_layer_and_the_slider_says_so():
-    assert [kbps(k) for k in (1, 8, 16, 32)] == [0.125, 1.0, 2.0, 4.0]
-    assert bitrate_info(32) == "32 of 32 layers = 4 kbps (0.125 kbps per layer)"
-    for depth in range(1, 33):
-        number = re.search(r"= ([0-9.]+) kbps \(", bitrate_info(depth)).group(1)
-        assert float(number) == 0.125 * depth
+@pytest.mark.parametrize("n_vq", [32, 12])
+def test_slider_line_gives_the_layers_of_the_model_and_their_bitrate(n_vq):
+    assert kbps(8) == 1.0  # the paper: 8 layers of the CAT codec = 1 kbps
+    for depth in range(1, n_vq + 1):
+        pattern = r"(\d+) of (\d+) layers = ([0-9.]+) kbps \(([0-9.]+) kbps per layer\)"
+        match = re.fullmatch(pattern, bitrate_info(depth, n_vq))
+        assert match, bitrate_info(depth, n_vq)
+        assert (int(match[1]), int(match[2])) == (depth, n_vq)
+        assert float(match[3]) == kbps(depth) == depth * KBPS_PER_LAYER and float(match[4]) == KBPS_PER_LAYER
 
 
-def test_slider_info_follows_the_value(fake):
-    handlers = DemoHandlers(fake)
-    assert handlers.bitrate_update(3)["info"] == "3 of 32 layers = 0.375 kbps (0.125 kbps per layer)"
-    assert handlers.bitrate_update(8.0)["info"].startswith("8 of 32 layers = 1 kbps")
-    assert isinstance(handlers.bitrate_update(40), type(gr.skip()))  # out of range: leave the line alone
+@pytest.mark.parametrize("n_vq", [32, 12])
+def test_slider_info_follows_the_value(n_vq):
+    handlers = DemoHandlers(FakePipeline(n_vq=n_vq))
+    assert handlers.bitrate_update(3)["info"] == bitrate_info(3, n_vq)
+    assert handlers.bitrate_update(8.0)["info"] == bitrate_info(8, n_vq)
+    assert handlers.bitrate_update(n_vq)["info"] == bitrate_info(n_vq, n_vq)
+    assert isinstance(handlers.bitrate_update(n_vq + 1), type(gr.skip()))  # out of range: leave the line alone
 
 
-@pytest.mark.parametrize("depth", [0, 33, 2.5, "x", None, float("nan")])
-def test_depth_outside_1_to_32_is_refused(depth):
-    with pytest.raises(DemoInputError, match="1..32"):
-        validate_depth(depth)
+@pytest.mark.parametrize("n_vq", [32, 12])
+def test_depth_outside_1_to_n_is_refused(n_vq):
+    assert validate_depth(n_vq, n_vq) == n_vq and validate_depth(1.0, n_vq) == 1
+    for depth in (0, n_vq + 1, 2.5, "x", None, float("nan")):
+        with pytest.raises(DemoInputError, match=rf"in 1\.\.{n_vq}, got"):
+            validate_depth(depth, n_vq)
 
 
 def test_text_validation():
@@ -91,33 +107,72 @@ def test_unusable_reference_is_refused_with_a_reason(clips, name, message):
         load_reference(None if name is None else clips[name], DemoLimits())
 
 
-def test_sampling_settings_are_validated_by_name():
+def test_sampling_defaults_are_the_generation_defaults():
+    released = GenerationConfig()
+    settings = SamplingSettings()
+    for field in ("temperature", "top_p", "top_k", "repetition_penalty"):
+        assert getattr(settings, field) == getattr(released, field), field
+    # The demo fixes the seed (the same inputs give the same audio); everything else is GenerationConfig's.
+    assert settings.generation_config() == dataclasses.replace(released, seed=settings.seed)
+
+
+def test_sampling_settings_become_the_pipeline_generation_config():
     settings = SamplingSettings.from_ui(0.7, 0.9, 20.0, 1.0, 3.0)
     assert settings == SamplingSettings(temperature=0.7, top_p=0.9, top_k=20, repetition_penalty=1.0, seed=3)
-    assert settings.pipeline_kwargs() == {
-        "seed": 3,
-        "temperature": 0.7,
-        "top_p": 0.9,
-        "top_k": 20,
-        "repetition_penalty": 1.0,
-    }
-    with pytest.raises(DemoInputError, match="top_p must be in 0.0..1.0"):
-        SamplingSettings.from_ui(1.0, 1.5, 50, 1.1, 0)
-    with pytest.raises(DemoInputError, match="seed is empty"):
+    limits = DemoLimits(min_new_frames=4, max_new_frames=9)
+    assert settings.generation_config(limits) == GenerationConfig(
+        temperature=0.7, top_p=0.9, top_k=20, repetition_penalty=1.0, seed=3, min_new_frames=4, max_new_frames=9
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ((-0.5, 0.9, 50, 1.1, 0), "temperature"),
+        ((float("nan"), 0.9, 50, 1.1, 0), "temperature"),
+        ((1.0, 1.5, 50, 1.1, 0), "top_p"),
+        ((1.0, 0.0, 50, 1.1, 0), "top_p"),
+        ((1.0, 0.9, -1, 1.1, 0), "top_k"),
+        ((1.0, 0.9, 50, 0.0, 0), "repetition_penalty"),
+        ((1.0, 0.9, 50, 1.1, -3), "seed"),
+    ],
+)
+def test_sampling_settings_are_checked_by_generation_config_and_named_as_on_the_page(values, field):
+    with pytest.raises(InputError) as expected:  # what GenerationConfig says about the value
+        GenerationConfig(
+            **dict(zip(("temperature", "top_p", "top_k", "repetition_penalty", "seed"), values, strict=True))
+        )
+    with pytest.raises(DemoInputError) as info:
+        SamplingSettings.from_ui(*values)
+    message = str(info.value)
+    assert message.startswith(f"Sampling settings: {SETTING_LABELS[field]} ") and field not in message
+    assert message.endswith(str(expected.value).split(" ", 1)[1] + ".")  # the same range, as GenerationConfig says
+
+
+def test_sampling_settings_that_are_not_numbers_are_refused():
+    with pytest.raises(DemoInputError, match="Seed is empty"):
         SamplingSettings.from_ui(1.0, 0.9, 50, 1.1, None)
-    with pytest.raises(DemoInputError, match="top_k must be a whole number"):
+    with pytest.raises(DemoInputError, match="Top-k must be a whole number"):
         SamplingSettings.from_ui(1.0, 0.9, 2.5, 1.1, 0)
-    with pytest.raises(DemoInputError, match="temperature must be in"):
-        SamplingSettings.from_ui(float("nan"), 0.9, 50, 1.1, 0)
+    with pytest.raises(DemoInputError, match="must be numbers"):
+        SamplingSettings.from_ui("warm", 0.9, 50, 1.1, 0)
 
 
 def test_limits_are_validated_by_name():
-    with pytest.raises(ValueError, match="max_text_chars must be in 1..100000, got 0"):
+    with pytest.raises(InputError, match="max_text_chars must be in 1..100000, got 0"):
         DemoLimits(max_text_chars=0)
-    with pytest.raises(ValueError, match="concurrency_limit"):
+    with pytest.raises(InputError, match="concurrency_limit"):
         DemoLimits(concurrency_limit=0)
-    with pytest.raises(ValueError, match="min_reference_seconds"):
+    with pytest.raises(InputError, match="max_reference_seconds must be in 40..600"):
         DemoLimits(min_reference_seconds=40.0, max_reference_seconds=30.0)
+    with pytest.raises(InputError, match="min_new_frames .9. must not exceed max_new_frames .2."):
+        DemoLimits(min_new_frames=9, max_new_frames=2)  # GenerationConfig's rule for the frame limits
+
+
+def test_concurrency_defaults_to_the_engine_slots():
+    assert DemoLimits().concurrency(FakePipeline(max_slots=5)) == 5
+    assert DemoLimits(concurrency_limit=3).concurrency(FakePipeline(max_slots=5)) == 3
+    assert DemoLimits().concurrency(FakePipeline(max_slots=None)) == 1  # a pipeline without an engine
 
 
 def test_summary_line_has_depth_kbps_seconds_time_and_rtf():
@@ -145,26 +200,30 @@ def test_generate_streams_chunks_then_the_full_clip(fake, clips):
     assert sr == 24000 and full.dtype == np.int16
     # The full clip is exactly the streamed chunks, and exactly what synthesize gives for the same request.
     np.testing.assert_array_equal(full, np.concatenate(chunks))
-    expected, _ = fake.synthesize("Hello there, general.", (np.zeros(10, np.float32), 24000), depth=8, seed=7)
+    call = fake.calls[0]
+    reference = (np.zeros(10, np.float32), 24000)
+    expected, _ = fake.synthesize("Hello there, general.", reference, depth=8, config=call["config"])
     np.testing.assert_array_equal(full, to_int16(expected))
     assert summary.startswith(f"Depth 8 = 1 kbps · {full.size / 24000:.2f} s of audio · generated in ")
     assert "RTF" in summary
-    call = fake.calls[0]
-    assert call["depth"] == 8 and call["seed"] == 7 and call["reference_text"] is None
-    assert call["sampling"] == {"temperature": 1.0, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1}
+    assert call["depth"] == 8 and call["reference_text"] is None
+    temperature, top_p, top_k, repetition_penalty, seed = SAMPLING  # what the widgets sent
+    assert call["config"] == GenerationConfig(
+        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed
+    )
 
 
 def test_without_streaming_only_the_progress_line_moves(fake, clips):
     *streamed, (stream, (sr, full), summary) = run_generate(DemoHandlers(fake, streaming=False), "Hi.", clips["good"])
     assert streamed and all(isinstance(s, type(gr.skip())) and "so far" in status for s, _, status in streamed)
-    expected, _ = fake.synthesize("Hi.", (np.zeros(10, np.float32), 24000), depth=8, seed=7)
+    expected, _ = fake.synthesize("Hi.", (np.zeros(10, np.float32), 24000), depth=8, config=fake.calls[0]["config"])
     np.testing.assert_array_equal(full, to_int16(expected))
 
 
 def test_transcript_is_passed_for_continuation(fake, clips):
-    run_generate(DemoHandlers(fake), "Next sentence.", clips["good"], depth=32, transcript="  What the clip says. ")
-    assert fake.calls[0]["reference_text"] == "What the clip says."
-    assert fake.calls[0]["depth"] == 32
+    run_generate(DemoHandlers(fake), "Next sentence.", clips["good"], depth=fake.n_vq, transcript=" What it says. ")
+    assert fake.calls[0]["reference_text"] == "What it says."
+    assert fake.calls[0]["depth"] == fake.n_vq
 
 
 @pytest.mark.parametrize(
@@ -198,22 +257,54 @@ def test_a_failing_request_is_reported_and_the_next_one_works(clips):
 
 def test_compare_uses_the_same_text_voice_and_seed_at_two_depths(fake, clips):
     handlers = DemoHandlers(fake)
+    n = fake.n_vq
     (sr_a, clip_a), report_a, (sr_b, clip_b), report_b = handlers.compare(
-        "Compare me.", str(clips["good"]), "", 8, 32, *SAMPLING
+        "Compare me.", str(clips["good"]), "", 8, n, *SAMPLING
     )
     assert sr_a == sr_b == 24000
     first, second = fake.calls
-    assert (first["depth"], second["depth"]) == (8, 32)
-    for key in ("text", "seed", "sampling", "reference_text"):
+    assert (first["depth"], second["depth"]) == (8, n)
+    for key in ("text", "config", "reference_text"):
         assert first[key] == second[key]
-    reference = (np.zeros(10, np.float32), 24000)
-    np.testing.assert_array_equal(clip_a, to_int16(fake.synthesize("Compare me.", reference, depth=8, seed=7)[0]))
-    np.testing.assert_array_equal(clip_b, to_int16(fake.synthesize("Compare me.", reference, depth=32, seed=7)[0]))
+    reference, config = (np.zeros(10, np.float32), 24000), first["config"]
+    np.testing.assert_array_equal(
+        clip_a, to_int16(fake.synthesize("Compare me.", reference, depth=8, config=config)[0])
+    )
+    np.testing.assert_array_equal(
+        clip_b, to_int16(fake.synthesize("Compare me.", reference, depth=n, config=config)[0])
+    )
     assert not np.array_equal(clip_a, clip_b)
-    assert report_a.startswith("Depth 8 = 1 kbps") and report_b.startswith("Depth 32 = 4 kbps")
+    assert report_a.startswith("Depth 8 = 1 kbps") and report_b.startswith(f"Depth {n} = {kbps(n):g} kbps")
 
 
 def test_compare_refuses_a_bad_second_depth(fake, clips):
-    with pytest.raises(gr.Error, match="Depth B must be a whole number of layers in 1..32"):
+    with pytest.raises(gr.Error, match=rf"Depth B must be a whole number of layers in 1\.\.{fake.n_vq}, got 0"):
         DemoHandlers(fake).compare("Hi.", str(clips["good"]), "", 8, 0, *SAMPLING)
     assert fake.calls == []
+
+
+def test_a_model_with_fewer_layers_bounds_every_depth(clips):
+    pipeline = FakePipeline(n_vq=12)
+    handlers = DemoHandlers(pipeline)
+    *_, (_, (_, full), summary) = run_generate(handlers, "Twelve layers.", clips["good"], depth=12)
+    assert full.size and summary.startswith(f"Depth 12 = {kbps(12):g} kbps")
+    with pytest.raises(gr.Error, match=r"Bitrate must be a whole number of layers in 1\.\.12, got 13"):
+        run_generate(handlers, "Thirteen layers.", clips["good"], depth=13)
+    with pytest.raises(gr.Error, match=r"Depth A must be a whole number of layers in 1\.\.12, got 32"):
+        handlers.compare("Hi.", str(clips["good"]), "", 32, 12, *SAMPLING)
+    assert [call["depth"] for call in pipeline.calls] == [12]  # the refused requests never reached the model
+
+
+def test_stopping_a_generation_closes_the_pipeline_stream(clips):
+    pipeline = FakePipeline(frames_per_chunk=1)
+    updates = DemoHandlers(pipeline).generate("A long enough sentence.", str(clips["good"]), "", 8, *SAMPLING)
+    next(updates)  # the first chunk is playing
+    updates.close()  # what Gradio does on Stop or at the time limit
+    assert pipeline.closed_early == 1
+
+
+def test_a_full_engine_is_reported_while_the_request_waits(clips):
+    pipeline = FakePipeline(max_slots=2)
+    pipeline.engine.busy_slots = 2
+    first = next(DemoHandlers(pipeline).generate("Hello.", str(clips["good"]), "", 8, *SAMPLING))
+    assert first[2] == "Waiting for a free slot: all 2 are generating for other requests…"

@@ -1,16 +1,21 @@
-"""The Blocks layout and queue settings, checked on the built (not launched) demo, and app.py's argument errors."""
+"""The Blocks layout and queue settings, checked on the built (not launched) demo.
+
+What the page shows is derived from the pipeline (N layers, frame rate, engine slots) and from `GenerationConfig`
+(sampling defaults); the tests build pages for models with different N and check they follow.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import gradio as gr
 import pytest
 from app_fakes import FakePipeline
 
-from cat_tts.app import DemoLimits, Example, build_demo, bundled_examples
+from cat_tts.app import DemoLimits, Example, bitrate_info, build_demo, bundled_examples, default_depths
+from cat_tts.app.handlers import format_kbps
+from cat_tts.errors import InputError
+from cat_tts.generation import GenerationConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,12 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def demo():
     limits = DemoLimits(max_text_chars=300, concurrency_limit=2, max_queue_size=5, time_limit_seconds=120)
-    examples = bundled_examples(ROOT)
+    examples = bundled_examples(ROOT, FakePipeline().n_vq)
     return build_demo(FakePipeline(), limits, examples=examples, streaming=True)
 
 
 def components(demo, kind):
     return {b.label: b for b in demo.blocks.values() if isinstance(b, kind)}
+
+
+def explanation_text(demo) -> str:
+    """The slider explanation under the page, with its line breaks as spaces."""
+    (block,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "explanation"]
+    return " ".join(block.value.split())
 
 
 def test_inputs_are_labelled_and_bounded(demo):
@@ -33,16 +44,47 @@ def test_inputs_are_labelled_and_bounded(demo):
     audios = components(demo, gr.Audio)
     reference = audios["Reference audio"]
     assert reference.sources == ["upload", "microphone"] and reference.type == "filepath"
-    sliders = components(demo, gr.Slider)
-    bitrate = sliders["Bitrate"]
-    assert (bitrate.minimum, bitrate.maximum, bitrate.step, bitrate.value) == (1, 32, 1, 16)
-    assert bitrate.info == "16 of 32 layers = 2 kbps (0.125 kbps per layer)"
-    assert (sliders["Depth A"].value, sliders["Depth B"].value) == (8, 32)
-    assert sliders["Depth B"].info.startswith("32 of 32 layers = 4 kbps")
     assert audios["Streaming playback"].streaming and not audios["Full clip (WAV)"].streaming
     assert {"Generate", "Stop", "Compare bitrates"} <= {
         b.value for b in demo.blocks.values() if isinstance(b, gr.Button)
     }
+
+
+@pytest.mark.parametrize("n_vq", [32, 12, 2])
+def test_depth_sliders_run_over_the_layers_of_the_model(n_vq):
+    page = build_demo(FakePipeline(n_vq=n_vq), streaming=False)
+    sliders = components(page, gr.Slider)
+    start, start_a, start_b = default_depths(n_vq)
+    for label, value in (("Bitrate", start), ("Depth A", start_a), ("Depth B", start_b)):
+        slider = sliders[label]
+        assert (slider.minimum, slider.maximum, slider.step, slider.value) == (1, n_vq, 1, value), label
+        assert slider.info == bitrate_info(value, n_vq)
+    assert 1 <= start_a <= start <= start_b == n_vq
+    explanation = explanation_text(page)
+    assert f"up to {n_vq} stacked codebooks" in explanation and f"K = {n_vq} is {format_kbps(n_vq)}" in explanation
+
+
+def test_a_model_with_one_layer_has_no_bitrate_to_choose():
+    with pytest.raises(InputError, match="at least 2 RVQ layers"):
+        build_demo(FakePipeline(n_vq=1), streaming=False)
+
+
+def test_explanation_gives_the_frame_length_of_the_codec():
+    pipeline = FakePipeline()
+    assert f"every {1000 / pipeline.frame_rate:g} ms of sound" in explanation_text(
+        build_demo(pipeline, streaming=False)
+    )
+    pipeline.frame_rate = 25.0  # another codec: the page follows
+    assert "every 40 ms of sound" in explanation_text(build_demo(pipeline, streaming=False))
+
+
+def test_sampling_settings_start_at_the_generation_defaults(demo):
+    sliders = components(demo, gr.Slider)
+    released = GenerationConfig()
+    assert sliders["Temperature"].value == released.temperature
+    assert sliders["Top-p"].value == released.top_p
+    assert sliders["Top-k (0 = off)"].value == released.top_k
+    assert sliders["Repetition penalty"].value == released.repetition_penalty
 
 
 def test_streaming_player_is_hidden_without_streaming():
@@ -74,24 +116,23 @@ def test_generation_is_queued_with_one_shared_concurrency_limit(demo):
     assert len(updates) == 3 and not any(fn.queue for fn in updates)
 
 
-def test_examples_use_the_bundled_reference_clip():
-    examples = bundled_examples(ROOT)
+@pytest.mark.parametrize("slots", [1, 3, 8])
+def test_concurrency_defaults_to_the_engine_slots(slots):
+    page = build_demo(FakePipeline(max_slots=slots), streaming=False)
+    assert page._queue.default_concurrency_limit == slots
+
+
+@pytest.mark.parametrize("n_vq", [32, 12])
+def test_examples_use_the_bundled_reference_clip_at_depths_of_the_model(n_vq):
+    examples = bundled_examples(ROOT, n_vq)
     assert examples and all(Path(e.reference_path) == ROOT / "docs/assets/reference.wav" for e in examples)
-    assert any(e.reference_text for e in examples) and all(1 <= e.depth <= 32 for e in examples)
+    assert any(e.reference_text for e in examples) and all(1 <= e.depth <= n_vq for e in examples)
+    assert max(e.depth for e in examples) == n_vq
     assert isinstance(examples[0], Example)
-    assert bundled_examples(ROOT / "nowhere") == []
+    assert bundled_examples(ROOT / "nowhere", n_vq) == []
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--model", "/nonexistent/model", "--codec", "/nonexistent/codec"], "does not exist"),
-        (["--min-new-frames", "9", "--max-new-frames", "2"], "min_new_frames must be in 0..max_new_frames"),
-        (["--port", "70000"], "--port must be in 1..65535"),
-    ],
-)
-def test_app_cli_fails_with_one_line(args, message):
-    result = subprocess.run([sys.executable, str(ROOT / "app.py"), *args], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+def test_examples_deeper_than_the_model_are_left_out():
+    page = build_demo(FakePipeline(n_vq=12), examples=bundled_examples(ROOT, 32), streaming=False)
+    (table,) = [b for b in page.blocks.values() if isinstance(b, gr.Dataset)]
+    assert table.samples and all(row[-1] <= 12 for row in table.samples)
