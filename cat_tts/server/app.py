@@ -65,15 +65,34 @@ class ServerState:
         self.metrics = ServerMetrics(backend.load)
         self.pumps: set[AudioPump] = set()  # speech streams in flight
         self.draining = False  # SIGTERM received: new speech requests get 503
+        self.ready = False  # engines warm (CUDA graphs captured / compiled) and default voice installed
+        self.startup_error: str | None = None  # why start-up failed, if it did
         self.started_at = time.time()
         self.instance = f"{socket.gethostname()}:{os.getpid()}"  # tells replicas apart (Ray, load balancers)
         self.close_grace_s = config.shutdown_grace_s  # what is left for the engine when the app shuts down
 
     def startup(self) -> None:
-        """Starts the engines and installs the default voice (blocking: run in a thread)."""
-        self.backend.start()
-        if self.config.install_default_voice:
-            install_default_voice(self.voices, self.backend)
+        """Warms the engines up (CUDA graph capture / compilation), starts them and installs the default voice
+        (blocking: runs in a thread while /health answers "starting")."""
+        try:
+            self.backend.start()
+            if self.config.install_default_voice:
+                install_default_voice(self.voices, self.backend)
+        except Exception as err:  # the server stays up and says why in /health
+            logger.exception("start-up failed")
+            self.startup_error = f"{type(err).__name__}: {err}"
+            return
+        self.ready = True
+        logger.info("ready")
+
+    @property
+    def status(self) -> str:
+        """ "starting" (warming up), "ok", "draining" (SIGTERM received) or "failed" (start-up failed)."""
+        if self.draining:
+            return "draining"
+        if self.startup_error is not None:
+            return "failed"
+        return "ok" if self.ready else "starting"
 
     async def drain(self, grace_s: float) -> None:
         """Stops admitting speech requests, waits up to `grace_s` for the streams in flight, then cancels them."""
@@ -91,8 +110,8 @@ class ServerState:
     def health(self) -> dict[str, Any]:
         loads = self.backend.loads()
         total = self.backend.load()
-        return {
-            "status": "draining" if self.draining else "ok",
+        body = {
+            "status": self.status,
             **total.as_dict(),
             "open_streams": len(self.pumps),
             "model": self.config.model_id,
@@ -102,6 +121,9 @@ class ServerState:
             "uptime_s": round(time.time() - self.started_at, 1),
             "instance": self.instance,
         }
+        if self.startup_error is not None:
+            body["error"] = self.startup_error
+        return body
 
 
 def install_default_voice(voices: VoiceStore, backend: Backend) -> None:
@@ -134,12 +156,14 @@ def create_app(backend: Backend, config: ServerConfig, voices: VoiceStore | None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(state.startup)
+        # Warm-up runs while the server already answers: /health says "starting" (503) until it is done.
+        starting = asyncio.create_task(anyio.to_thread.run_sync(state.startup))
         sampler = asyncio.create_task(_sample_frames(state))
         try:
             yield
         finally:
             sampler.cancel()
+            await starting
             for pump in list(state.pumps):
                 pump.cancel()
             await anyio.to_thread.run_sync(backend.close, state.close_grace_s)
@@ -186,7 +210,7 @@ def create_app(backend: Backend, config: ServerConfig, voices: VoiceStore | None
     @app.get("/health")
     async def health() -> JSONResponse:
         body = state.health()
-        return JSONResponse(body, status_code=503 if state.draining else 200)
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     @app.get("/metrics", dependencies=auth)
     async def metrics() -> Response:
@@ -199,11 +223,22 @@ def create_app(backend: Backend, config: ServerConfig, voices: VoiceStore | None
 # ---------------------------------------------------------------------------------------------------- speech
 
 
+def _require_ready(state: ServerState) -> None:
+    """503 with Retry-After while the engines warm up (or after start-up failed)."""
+    if state.ready:
+        return
+    if state.startup_error is not None:
+        raise APIError(503, f"the server failed to start: {state.startup_error}", code="startup_failed")
+    raise APIError(503, "the server is starting (warming up the engine); retry shortly", code="starting",
+                   headers={"Retry-After": "2"})  # fmt: skip
+
+
 async def _speech(request: Request, state: ServerState) -> Response:
     arrived = time.monotonic()
     config = state.config
     if state.draining:
         raise _shutting_down(config)
+    _require_ready(state)
     req = parse_speech_request(await _read_json(request))
     depth, job = _build_job(req, state)
     encoder = _encoder(req, state)

@@ -196,7 +196,11 @@ class PipelineBackend:
         return cls(tts, device=device, codec_id=str(codec))
 
     def start(self) -> None:
+        """Warms the engine up (CUDA graphs captured, units compiled), then starts its thread."""
         if not self._started:
+            warmup = getattr(self.tts, "warmup", None)
+            if warmup is not None:
+                warmup()
             self.tts.start()
             self._started = True
 

@@ -71,7 +71,8 @@ def serve_forever(app: Any, sock: socket.socket, grace_s: float, log_level: str 
 
 @contextlib.contextmanager
 def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 300.0) -> Iterator[str]:
-    """Runs `app` under uvicorn in a background thread (benchmarks, notebooks); yields its base URL.
+    """Runs `app` under uvicorn in a background thread (benchmarks, notebooks); yields its base URL once the app is
+    ready (for the speech app: its engines warm).
 
     Raises:
         RuntimeError: the server did not start within `timeout_s` (e.g. the app's startup failed).
@@ -83,7 +84,8 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, timeout_s:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
     thread.start()
     deadline = time.monotonic() + timeout_s
-    while not server.started:
+    state = getattr(getattr(app, "state", None), "cat", None)  # the speech app's state: wait for its warm-up too
+    while not server.started or (state is not None and not state.ready and state.startup_error is None):
         if not thread.is_alive() or time.monotonic() > deadline:
             sock.close()
             raise RuntimeError("the server did not start (see the log)")

@@ -60,8 +60,8 @@ def free_socket() -> socket.socket:
 
 
 @contextlib.contextmanager
-def serve(backend, config: ServerConfig, tts: Any = None) -> Iterator[RunningServer]:
-    """Runs uvicorn in a thread on a free loopback port until the block ends."""
+def serve(backend, config: ServerConfig, tts: Any = None, wait_ready: bool = True) -> Iterator[RunningServer]:
+    """Runs uvicorn in a thread on a free loopback port until the block ends (by default once the app is ready)."""
     import uvicorn
 
     app = create_app(backend, config)
@@ -71,7 +71,8 @@ def serve(backend, config: ServerConfig, tts: Any = None) -> Iterator[RunningSer
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while not server.started:
+    state = app.state.cat
+    while not server.started or (wait_ready and not state.ready and state.startup_error is None):
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)

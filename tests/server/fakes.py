@@ -115,8 +115,13 @@ class FakeTTS:
         self.closed_with: float | None = None
         self.fail_next: Exception | None = None  # raised by the next stream's first next()
         self._cancel_all = threading.Event()
+        self.warm = threading.Event()  # warmup() blocks until set (tests of the "starting" state clear it)
+        self.warm.set()
 
     # ------------------------------------------------------------------ lifecycle
+
+    def warmup(self) -> None:
+        self.warm.wait(timeout=60)
 
     def start(self) -> None:
         self.started = True

@@ -128,6 +128,28 @@ def test_health_reports_engine_load(make_fake_server):
     assert idle["active_requests"] == 0 and idle["queued_requests"] == 0 and idle["max_slots"] == 4
 
 
+def test_health_says_starting_until_the_engine_is_warm(tmp_path):
+    from cat_tts.server.backend import PipelineBackend
+
+    from .conftest import fake_config, serve
+
+    tts = FakeTTS()
+    tts.warm.clear()  # the warm-up (CUDA graph capture / compilation) is still running
+    with serve(PipelineBackend(tts, codec_id="fake"), fake_config(tmp_path), tts, wait_ready=False) as server:
+        starting = httpx.get(f"{server.url}/health", timeout=10)
+        refused = httpx.post(f"{server.url}/v1/audio/speech", json={"input": "x"}, timeout=10)
+        assert starting.status_code == 503 and starting.json()["status"] == "starting"
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "2"
+        assert refused.json()["error"]["code"] == "starting"
+        assert not tts.started
+        tts.warm.set()
+        ready = _wait_for(lambda: httpx.get(f"{server.url}/health", timeout=10), lambda r: r.status_code == 200)
+        assert ready.json()["status"] == "ok" and tts.started
+        speech = httpx.post(f"{server.url}/v1/audio/speech", json={"input": "x", "response_format": "wav",
+                                                                   "max_new_frames": 3}, timeout=30)  # fmt: skip
+        assert speech.status_code == 200
+
+
 def test_metrics_in_prometheus_format(make_fake_server):
     fake_server = make_fake_server()  # fresh counters
     client = fake_server.openai()
