@@ -3,9 +3,10 @@
 Shapes: K generated layers, t frames in a piece, s = t x frame_size samples, L prefix frames.
 
 `stream_audio` takes the frame chunks of one request (`Request.chunks()`) and feeds its codes to the codec's
-streaming decoder (one decoder state per request, prefix decode at the request's K) in small groups: the first
-piece after `first_chunk_frames` frames (low latency), then every `frames_per_chunk` frames. The concatenated pieces
-equal the codec's one-shot decode of all frames (the codec's streaming property).
+streaming decoder (one decoder state per request, prefix decode at the request's K) in fixed groups: the first
+piece after `first_chunk_frames` frames (low latency), then every `frames_per_chunk` frames, whatever the grouping
+in which the engine delivered them. The concatenated pieces equal the codec's one-shot decode of all frames (the
+codec's streaming property), and are bit-identical for the same frames under any load.
 """
 
 from __future__ import annotations
@@ -45,20 +46,22 @@ def stream_audio(
     if prefix_codes is not None and prefix_codes.shape[-1] > 0:
         with torch.inference_mode():
             codec.decode_step(prefix_codes[None].to(device), state)  # context only
-    pending: list[torch.Tensor] = []  # [t_i, K] code chunks not decoded yet
-    count, want = 0, first_chunk_frames
+    pending = torch.zeros(0, 0, dtype=torch.long)  # [t, K] codes received and not decoded yet
+    want = first_chunk_frames
     for chunk in chunks:
-        pending.append(chunk[:, 1:])
-        count += chunk.shape[0]
-        if count >= want:
-            yield _decode(codec, state, pending, device)
-            pending, count, want = [], 0, frames_per_chunk
-    if pending and count:
+        codes = chunk[:, 1:]  # [t, K]
+        pending = codes if pending.numel() == 0 else torch.cat([pending, codes])
+        # Decode in groups of exactly `want` frames, however the frames arrived: the pieces (and their float
+        # rounding) do not depend on how busy the engine was.
+        while pending.shape[0] >= want:
+            yield _decode(codec, state, pending[:want], device)
+            pending, want = pending[want:], frames_per_chunk
+    if pending.shape[0]:
         yield _decode(codec, state, pending, device)
 
 
-def _decode(codec: Any, state: Any, pending: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    codes = torch.cat(pending).t()[None].to(device)  # [1, K, t]
+def _decode(codec: Any, state: Any, codes: torch.Tensor, device: torch.device) -> torch.Tensor:
+    codes = codes.t()[None].to(device)  # [1, K, t]
     with torch.inference_mode():
         return codec.decode_step(codes, state)[0].float().cpu()  # [s]
 

@@ -6,6 +6,7 @@ from cat_tts.inference.pipeline import (
     CatTTS,
     InputError,
     ModelLoadError,
+    SpeechStream,
     SynthesisConfig,
     frame_budget,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "CatTTS",
     "InputError",
     "ModelLoadError",
+    "SpeechStream",
     "SynthesisConfig",
     "frame_budget",
 ]

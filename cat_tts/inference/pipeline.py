@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,49 @@ class _Job:
     config: GenerationConfig
     reference_codes: torch.Tensor  # [N, L] the voice (all layers)
     request: Request | None = None
+
+
+class SpeechStream:
+    """The audio of one `CatTTS.stream` call: an iterator of float32 pieces that can be cancelled from any thread.
+
+    `cancel()` is thread-safe and immediate: the engine requests of every text chunk (queued or running) are
+    cancelled and their slots freed; the iterator then ends. `close()` (the generator protocol, from the iterating
+    thread) does the same and finishes the iterator.
+    """
+
+    def __init__(self) -> None:
+        self._gen: Iterator[np.ndarray] | None = None
+        self._jobs: list[_Job] = []
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> SpeechStream:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._cancelled.is_set():
+            self.close()
+            raise StopIteration
+        return next(self._gen)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once `cancel()` or `close()` ran."""
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stops the generation from any thread; the engine frees the slots at once."""
+        self._cancelled.set()
+        for job in list(self._jobs):
+            if job.request is not None and not job.request.done:
+                job.request.cancel()
+
+    def close(self) -> None:
+        """Cancels and finishes the iterator (call from the thread that iterates, or after it stopped)."""
+        self.cancel()
+        try:
+            self._gen.close()
+        except ValueError:  # "generator already executing": another thread is inside next(); cancel() suffices
+            pass
 
 
 class CatTTS:
@@ -328,32 +372,49 @@ class CatTTS:
         config: GenerationConfig | None = None,
         wait: bool = True,
         **settings: Any,
-    ) -> Iterator[np.ndarray]:
+    ) -> SpeechStream:
         """Like `synthesize`, but yields audio while frames are being generated.
 
         The first audio comes after `first_chunk_frames` frames, then every `frames_per_chunk` frames; up to
         `config.lookahead_chunks` text chunks are generated ahead. The concatenation of the yielded arrays equals
-        `synthesize(...)[0]` for the same arguments and seed. The generator is lazy: input errors and `QueueFull`
-        are raised by the first `next()`. Closing it cancels the generation and frees the engine's slots.
+        `synthesize(...)[0]` for the same arguments and seed. The stream is lazy: input errors and `QueueFull`
+        are raised by the first `next()`. `close()` (from the iterating thread) or `cancel()` (from any thread)
+        stops the generation and frees the engine's slots at once, queued or running.
 
-        Yields:
-            float32 `[s]` pieces at `self.sample_rate`.
+        Returns:
+            A `SpeechStream`: an iterator of float32 `[s]` pieces at `self.sample_rate`.
         """
         if frames_per_chunk < 1 or first_chunk_frames < 1:
             raise InputError("frames_per_chunk and first_chunk_frames must be >= 1")
+        stream = SpeechStream()
+        stream._gen = self._stream(
+            stream, text, reference_audio, reference_text, depth, seed, mode, max_new_frames, instructions,
+            frames_per_chunk, first_chunk_frames, on_frame, config, wait, settings,
+        )  # fmt: skip
+        return stream
+
+    def _stream(
+        self, stream, text, reference_audio, reference_text, depth, seed, mode, max_new_frames, instructions,
+        frames_per_chunk, first_chunk_frames, on_frame, config, wait, settings,
+    ) -> Iterator[np.ndarray]:  # fmt: skip
         jobs = self._jobs(text, reference_audio, reference_text, depth, seed, mode, max_new_frames, instructions,
                           config, settings)  # fmt: skip
+        stream._jobs = jobs
         ahead = self.config.lookahead_chunks
-        self._submit(jobs[:ahead], wait)
         fader = _Crossfader(self._overlap())
         try:
+            self._submit(jobs[:ahead], wait)
             for i, job in enumerate(jobs):
+                if stream.cancelled:
+                    return
                 if i + ahead < len(jobs):
                     self._submit([jobs[i + ahead]], wait=True)
                 out = fader.start_segment()
                 if out.size:
                     yield out
                 for piece in self._stream_job(job, frames_per_chunk, first_chunk_frames, on_frame):
+                    if stream.cancelled:
+                        return
                     out = fader.push(piece)
                     if out.size:
                         yield out
@@ -361,9 +422,7 @@ class CatTTS:
             if out.size:
                 yield out
         finally:
-            for job in jobs:
-                if job.request is not None and not job.request.done:
-                    job.request.cancel()
+            stream.cancel()
 
     def synthesize_batch(
         self,
@@ -642,4 +701,3 @@ def _load_tokenizer(auto_tokenizer: Any, directory: str | Path) -> Any:
         return auto_tokenizer.from_pretrained(str(directory), trust_remote_code=False)
     finally:
         hf_logging.set_verbosity(level)
-

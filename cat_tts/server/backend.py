@@ -265,6 +265,9 @@ class PieceStream:
             return
         self._closed = True
         try:
+            cancel = getattr(self._gen, "cancel", None)  # SpeechStream.cancel: thread-safe, frees queued slots too
+            if cancel is not None:
+                cancel()
             close = getattr(self._gen, "close", None)
             if close is not None:
                 close()

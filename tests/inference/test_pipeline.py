@@ -195,3 +195,42 @@ def test_a_voice_encoded_once_can_be_reused(tiny_tts, ref_wav):
         tiny_tts.synthesize("Hi.", voice[:8])
     with pytest.raises(InputError, match="codes must be in"):
         tiny_tts.synthesize("Hi.", voice + 5000)
+
+
+def test_a_stream_cancelled_from_another_thread_frees_its_queued_and_running_slots(tiny_tts, ref_wav):
+    import threading
+    import time
+
+    from cat_tts.generation import EngineConfig
+
+    tts = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer,
+                 engine=EngineConfig(max_slots=1, max_queue=4))  # fmt: skip
+    tts.start()
+    try:
+        running = tts.stream("Hello there.", ref_wav, depth=2, min_new_frames=500, max_new_frames=500)
+        first = next(running)  # holds the only slot
+        queued = tts.stream("Waiting.", ref_wav, depth=2, min_new_frames=5, max_new_frames=5)
+        started = threading.Event()
+
+        def consume():
+            started.set()
+            list(queued)  # blocks in the queue until cancelled
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        started.wait()
+        deadline = time.monotonic() + 10
+        while tts.engine.stats().queued_requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert tts.engine.stats().queued_requests == 1
+        queued.cancel()  # another thread: the queued request leaves the queue at once
+        thread.join(timeout=10)
+        assert not thread.is_alive() and tts.engine.stats().queued_requests == 0
+        running.cancel()  # a running request frees its slot at the next frame boundary
+        assert first.size > 0 and list(running) == []
+        deadline = time.monotonic() + 5
+        while tts.engine.stats().busy_slots and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert tts.engine.stats().busy_slots == 0
+    finally:
+        tts.close()
