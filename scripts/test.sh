@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs cat-tts with its test dependencies on a fresh machine and runs the default test suite.
+# Installs cat-tts with its test dependencies on a fresh machine and runs the default test suite (every extra the
+# tests exercise: training, demo, evaluation, server, Ray Serve).
 #   bash scripts/test.sh            # default suite (CPU, a few minutes)
 #   bash scripts/test.sh -m slow    # the slow tests (multi-rank, overfit, train -> use, ...); other pytest
 #                                   # arguments work too (CI runs both commands)
@@ -21,5 +22,5 @@ fi
 
 # torch first and pinned: an unpinned torch pulls several GB of CUDA wheels on a CPU machine.
 $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[dev,train,app,eval]"
+$PY -m pip install -q -e ".[dev,train,app,eval,serve,ray]"
 $PY -m pytest -q "$@"
