@@ -182,7 +182,7 @@ def _encode(codec: Any, wavs: list[np.ndarray], device: torch.device) -> list[np
     with torch.inference_mode():
         out = codec.encode(batch.to(device), lengths=lengths.to(device))
     codes = out.codes.cpu()  # [B, K, T]
-    frames = out.lengths.cpu().tolist() if out.lengths is not None else [len(w) // 1920 for w in wavs]
+    frames = out.lengths.cpu().tolist() if out.lengths is not None else [len(w) // codec.frame_size for w in wavs]
     return [codes[b, :, : int(frames[b])].numpy().astype(np.int16) for b in range(len(wavs))]
 
 

@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CLIP = REPO_ROOT / "docs" / "assets" / "reference.wav"  # the project's reference clip (voice "default")
 DEFAULT_CLIP_TEXT = REPO_ROOT / "docs" / "assets" / "reference.txt"  # its transcript
-FRAME_RATE = 12.5  # codec frames per second
 DISCONNECT_POLL_S = 0.1  # how often a request waiting for its first audio checks that its client is still there
 MAX_FORM_FIELDS = 8
 
@@ -409,7 +408,7 @@ async def _stream_body(state: ServerState, pump: AudioPump, first: Chunk, deadli
                 break
         if sse and outcome == "completed":
             seconds = pump.samples / state.backend.sample_rate
-            frames = int(round(seconds * FRAME_RATE))
+            frames = int(round(seconds * state.backend.frame_rate))
             usage = {"input_tokens": len(job.text), "output_tokens": frames, "total_tokens": len(job.text) + frames}
             yield _sse_event({"type": "speech.audio.done", "usage": usage, "audio_seconds": round(seconds, 4),
                               "depth": depth, "bitrate_kbps": bitrate_kbps(depth)})  # fmt: skip
@@ -557,7 +556,7 @@ def _model_card(state: ServerState) -> dict:
         "n_vq": n,
         "depths": [1, n],
         "sample_rate": state.backend.sample_rate,
-        "frame_rate": FRAME_RATE,
+        "frame_rate": state.backend.frame_rate,
         "bitrates_kbps": [bitrate_kbps(k) for k in range(1, n + 1)],
         "response_formats": list(SUPPORTED_FORMATS),
         "aliases": list(state.config.model_names[1:]),

@@ -103,6 +103,7 @@ class Backend(Protocol):
 
     n_vq: int  # N: layers of the codec (depth range 1..N)
     sample_rate: int  # Hz of the audio pieces
+    frame_rate: float  # codec frames per second
     codec_id: str  # identifies the codec (stored voices record it)
     devices: list[str]  # one entry per engine
 
@@ -166,6 +167,7 @@ class PipelineBackend:
         self.codec_id = codec_id
         self.n_vq = int(tts.n_vq)
         self.sample_rate = int(tts.sample_rate)
+        self.frame_rate = float(tts.frame_rate)
         self._started = False
         self._encode_lock = threading.Lock()  # one reference encode at a time per pipeline (codec on the device)
         # the engine waits for queue room unless told not to: the server answers 429 instead
@@ -294,6 +296,7 @@ class RoutedBackend:
         self.devices = [d for b in backends for d in b.devices]
         self.n_vq = first.n_vq
         self.sample_rate = first.sample_rate
+        self.frame_rate = first.frame_rate
         self.codec_id = first.codec_id
         self._open = [0] * len(backends)  # streams in flight per backend
         self._lock = threading.Lock()

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-new-frames",
         type=int,
         default=None,
-        help="cap on a request's frames per text chunk, 12.5/s (default: from the text length)",
+        help="cap on a request's frames per text chunk, 80 ms each (default: from the text length)",
     )
     lim.add_argument(
         "--min-new-frames",

@@ -37,7 +37,6 @@ DEFAULT_VOICE = "default"  # installed from the project's reference clip; cannot
 MAX_NAME_CHARS = 64
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # no separators, no leading dot
 _TMP_PREFIX = ".tmp-"
-_FRAME_RATE = 12.5  # codec frames per second
 
 
 class VoiceNotFoundError(KeyError):
@@ -299,8 +298,3 @@ def decode_clip(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
     if samples.ndim == 2:  # [S, channels] -> the pipeline's [channels, S]
         samples = np.ascontiguousarray(samples.T)
     return samples, int(rate)
-
-
-def frames_to_seconds(frames: int) -> float:
-    """Duration of `frames` codec frames."""
-    return frames / _FRAME_RATE

@@ -107,6 +107,7 @@ class FakeTTS:
     def __init__(self, frame_time: float = 0.002, max_slots: int = 4, max_queue: int = 8, default_frames: int = 12):
         self.n_vq = N_VQ
         self.sample_rate = SAMPLE_RATE
+        self.frame_rate = SAMPLE_RATE / FRAME_SAMPLES
         self.frame_time = frame_time
         self.default_frames = default_frames
         self.engine = FakeEngine(max_slots, max_queue)

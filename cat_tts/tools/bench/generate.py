@@ -27,9 +27,7 @@ import time
 import torch
 
 from cat_tts.tools.bench import sync
-from cat_tts.tools.bench.models import add_model_arguments, build_model, describe, random_prompt
-
-FRAME_SECONDS = 0.08  # audio per frame at 12.5 frames/s (the CAT codec)
+from cat_tts.tools.bench.models import FRAME_SECONDS, add_model_arguments, build_model, describe, random_prompt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,8 +2,8 @@
 
 The default model has the released depth-transformer size (4 blocks of width 1536, FFN 8960, 16/8 heads of 128;
 the shared input adapter and 33 output adapters of width 2048; 32 audio heads of 1025 codes) with a shortened
-temporal transformer (the released width 2048 and Qwen3-1.7B layer shape, but `--temporal-layers` layers and a
-`--text-vocab` text vocabulary) so that CPU runs stay short; `--released` restores all 28 layers and the 155648-token
+temporal transformer (the released width 2048 and Qwen3-1.7B block shape, but `--temporal-blocks` blocks and a
+`--text-vocab` text vocabulary) so that CPU runs stay short; `--released` restores all 28 blocks and the 155648-token
 vocabulary (the real model's size, for GPU runs); `--quick` shrinks every width (a smoke test of the harness).
 """
 
@@ -13,18 +13,20 @@ import argparse
 
 import torch
 
+from cat_tts.codec import CodecConfig
 from cat_tts.model import CatTTSConfig, CatTTSModel
 from cat_tts.model.config import tiny_token_ids
 
-RELEASED_TEMPORAL_LAYERS = 28
+RELEASED_TEMPORAL_BLOCKS = 28
 RELEASED_TEXT_VOCAB = 155648
+FRAME_SECONDS = 1.0 / CodecConfig.released().frame_rate  # audio per generated frame (80 ms for the CAT codec)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model options every generation benchmark takes."""
-    parser.add_argument("--temporal-layers", type=int, default=1, help="temporal layers (released: 28)")
+    parser.add_argument("--temporal-blocks", type=int, default=1, help="temporal transformer blocks (released: 28)")
     parser.add_argument("--text-vocab", type=int, default=8192, help="text vocabulary (released: 155648)")
-    parser.add_argument("--released", action="store_true", help="the released sizes: 28 temporal layers, full vocab")
+    parser.add_argument("--released", action="store_true", help="the released sizes: 28 temporal blocks, full vocab")
     parser.add_argument("--quick", action="store_true", help="tiny widths: a smoke test of the harness only")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
@@ -35,7 +37,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_config(args: argparse.Namespace) -> CatTTSConfig:
     """The benchmark model's config (see the module docstring)."""
-    layers = RELEASED_TEMPORAL_LAYERS if args.released else args.temporal_layers
+    blocks = RELEASED_TEMPORAL_BLOCKS if args.released else args.temporal_blocks
     vocab = RELEASED_TEXT_VOCAB if args.released else args.text_vocab
     if args.quick:
         lang = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
@@ -47,7 +49,7 @@ def model_config(args: argparse.Namespace) -> CatTTSConfig:
         sizes = dict(additional_mlp_ffn_hidden_size=2048, local_hidden_size=1536, local_ffn_hidden_size=8960)
     language = dict(
         vocab_size=max(512, vocab),
-        num_hidden_layers=layers,
+        num_hidden_layers=blocks,
         max_position_embeddings=40960,
         rope_theta=1000000.0,
         rms_norm_eps=1e-6,
@@ -107,6 +109,6 @@ def describe(model: CatTTSModel, args: argparse.Namespace) -> str:
     what = "QUICK: tiny widths, harness smoke test only" if args.quick else "released depth transformer"
     return (
         f"random weights, {params / 1e6:.0f}M parameters, {model.dtype}, {args.device}, "
-        f"{torch.get_num_threads()} CPU threads; temporal: {model.config.language_config.num_hidden_layers} layer(s), "
+        f"{torch.get_num_threads()} CPU threads; temporal: {model.config.language_config.num_hidden_layers} block(s), "
         f"text vocab {model.config.vocab_size} ({what})"
     )

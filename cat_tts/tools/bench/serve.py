@@ -28,8 +28,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-FRAME_SAMPLES = 1920  # 24 kHz / 12.5 frames/s
-SAMPLE_RATE = 24000
+from cat_tts.tools.bench.models import FRAME_SECONDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="engine compilation")
     parser.add_argument("--concurrency", default="1,4,8,16", help="comma-separated client counts N (1,4,8,16)")
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests each client sends in turn (2)")
-    parser.add_argument("--frames", type=int, default=24, help="frames per request, 12.5/s (24 = 1.92 s of audio)")
+    parser.add_argument("--frames", type=int, default=24, help="frames per request (80 ms each: 24 = 1.92 s of audio)")
     parser.add_argument("--depth", type=int, default=8, help="depth K of every request (8 = 1 kbps)")
     parser.add_argument("--format", default="pcm", choices=["pcm", "wav", "flac", "mp3", "opus"], help="response")
     parser.add_argument("--text", default="The quick brown fox jumps over the lazy dog.", help="text of each request")
@@ -161,7 +160,7 @@ def _run_clients(url: str, clients: int, per_client: int, args: argparse.Namespa
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
     requests = clients * per_client
-    audio_s = requests * args.frames * FRAME_SAMPLES / SAMPLE_RATE  # every request is forced to --frames frames
+    audio_s = requests * args.frames * FRAME_SECONDS  # every request is forced to --frames frames
     return {
         "clients": clients,
         "requests": requests,
