@@ -6,12 +6,12 @@ asks this module for a language config, a temporal model, or a Qwen3 checkpoint'
 The temporal model is a stock `Qwen3Model` driven by `inputs_embeds` (the summed per-channel
 frame embeddings); its output is the final-normed last hidden state `[B, T, D]`.
 
-For inference, `SlotKVCache` is a transformers `Cache` with static shapes: a pool of S slots of R rows each,
+For inference, `SlotKVCache` is a transformers `Cache` with static shapes: a pool of B slots of R rows each,
 preallocated once. Each slot holds one request's rows at columns 0..len-1 (its own positions, no padding), so
 requests of different lengths share a batch without left padding; `run_temporal` drives the stock `Qwen3Model`
 with per-slot positions and an explicit attention mask (which rows each query may see).
 
-Shapes: S slots, R rows per slot, B slots in a step (a prefix of the pool), L new rows, P visible columns,
+Shapes: B slots, R rows per slot, b slots in a step (a prefix of the pool), L new rows, P visible columns,
 Hk key/value heads, Dh head dim, D width.
 """
 
@@ -140,17 +140,17 @@ class SlotKVCache(Cache):
     """Preallocated temporal keys/values for a pool of slots (a transformers `Cache`, so `Qwen3Model` writes into it).
 
     Two ways to write, chosen before each forward:
-    * decode (default): the forward runs the first B slots with one new row each; slot b's row is written at column
-      `write_columns[b]` (a tensor the caller owns and updates in place: no host synchronisation, fixed addresses), and
-      attention sees all R columns of the B slots (the caller's mask says which are valid);
+    * decode (default): the forward runs the first b slots with one new row each; slot i's row is written at column
+      `write_columns[i]` (a tensor the caller owns and updates in place: no host synchronisation, fixed addresses), and
+      attention sees all R columns of the b slots (the caller's mask says which are valid);
     * prefill (`prefill(slot, start)`): the forward runs one slot's next L prompt rows, written at columns
       start..start+L-1; attention sees columns 0..start+L-1 of that slot.
 
     Args:
         config: the temporal Qwen3 config (layers, KV heads, head dim).
-        slots: S, the number of slots.
+        slots: B, the number of slots.
         rows: R, the capacity of each slot (prompt rows + generated frames).
-        write_columns: `[S]` int64 tensor on `device`: the column each slot's next decode row goes to.
+        write_columns: `[B]` int64 tensor on `device`: the column each slot's next decode row goes to.
         dtype, device: of the buffers.
     """
 
@@ -179,7 +179,7 @@ class SlotKVCache(Cache):
 
     @property
     def slots(self) -> int:
-        """S, the number of slots."""
+        """B, the number of slots."""
         return self.keys[0].shape[0]
 
     def nbytes(self) -> int:
@@ -195,7 +195,7 @@ class SlotKVCache(Cache):
         self._prefill = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        """Stores the new keys/values `[B, Hk, L, Dh]` and returns what attention sees (`[B, Hk, P, Dh]` each)."""
+        """Stores the new keys/values `[b, Hk, L, Dh]` and returns what attention sees (`[b, Hk, P, Dh]` each)."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         if self._prefill is not None:
             slot, start = self._prefill
@@ -246,7 +246,7 @@ def run_temporal(
     mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
     mask = mask[:, None]  # [B, 1, L, P]
     if getattr(temporal, "has_sliding_layers", False):
-        raise NotImplementedError("sliding-window temporal layers are not supported by the slot cache")
+        raise NotImplementedError("sliding-window temporal blocks are not supported by the slot cache")
     masks = {"full_attention": mask}  # a prepared mask bypasses transformers' own mask construction
     out = temporal(
         inputs_embeds=inputs_embeds,
