@@ -250,7 +250,7 @@ class Request:
 
 @dataclass
 class _SlotState:
-    """Every per-slot tensor of the engine, preallocated for the B slots of the pool (fixed addresses for CUDA graphs)."""
+    """Every per-slot tensor of the engine, preallocated for the B slots (fixed addresses for CUDA graphs)."""
 
     hidden: torch.Tensor  # [B, D] temporal state of each slot's last row
     row_embed: torch.Tensor  # [B, D] temporal input of the frame being built (sum of its channels' embeddings)
