@@ -1,4 +1,6 @@
-"""The generation settings, defined once: every entry point (model.generate, CatTTS, infer.py, the demo, the
+"""The generation settings (`GenerationConfig`, per request) and the engine's settings (`EngineConfig`, per engine).
+
+The generation settings are defined once: every entry point (model.generate, CatTTS, infer.py, the demo, the
 evaluator, the server) builds a `GenerationConfig` and nothing else.
 
 Sampling defaults are the released model's (model card: audio 1.0 / 0.95 / 50 / 1.1, channel 0 1.5 / 1.0 / 50).
@@ -16,6 +18,7 @@ from typing import Any, Literal
 from cat_tts.errors import InputError
 
 ControlTokens = Literal["audio", "full"]
+CompileMode = Literal["auto"] | bool
 
 MAX_TEMPERATURE = 100.0  # above this the distribution is uniform for any practical purpose
 MAX_REPETITION_PENALTY = 100.0
@@ -130,3 +133,32 @@ def _check_float(name: str, value: Any, low: float, high: float) -> None:
         raise InputError(f"{name} must be a finite number, got {value!r}")
     if not low <= value <= high:
         raise InputError(f"{name} must be in [{low:g}, {high:g}], got {value:g}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine is sized and run. Validation raises `InputError` naming the field."""
+
+    max_slots: int = 8  # S: requests generated together (one row of every batched tensor each)
+    max_rows: int = 2048  # R: temporal cache rows per slot = prompt rows + generated frames (+ sync_every)
+    max_queue: int = 64  # requests waiting for a slot; `submit` raises QueueFull beyond this
+    prefill_chunk: int = 256  # prompt rows per prefill forward; one chunk runs between two frames
+    sync_every: int = 4  # frames between host reads of the generated frames and end-of-speech flags (>= 1)
+    compile: CompileMode = "auto"  # "auto": CUDA graphs on CUDA, eager on CPU; True: also torch.compile; False: eager
+    buckets: tuple[int, ...] | None = None  # batch sizes a frame runs at; None = (max_slots,) on CPU (bit-exact
+    # batch invariance), powers of two up to max_slots on CUDA (a lone request does not pay for every slot)
+    compile_cache: str | None = None  # directory of PyTorch's on-disk compile caches (None: CAT_TTS_COMPILE_CACHE or
+    # PyTorch's default); a second start with the same configuration skips most of the compile time
+
+    def __post_init__(self) -> None:
+        for name, low in (("max_slots", 1), ("max_rows", 8), ("max_queue", 0), ("prefill_chunk", 1), ("sync_every", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.compile not in ("auto", True, False):
+            raise InputError(f"compile must be 'auto', True or False, got {self.compile!r}")
+        if self.buckets is not None:
+            if not self.buckets or any(not isinstance(b, int) or not 1 <= b <= self.max_slots for b in self.buckets):
+                raise InputError(f"buckets must be batch sizes in 1..max_slots={self.max_slots}, got {self.buckets}")
+            if self.max_slots not in self.buckets:
+                raise InputError(f"buckets must include max_slots={self.max_slots}, got {self.buckets}")

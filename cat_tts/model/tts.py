@@ -296,7 +296,7 @@ class CatTTSModel(nn.Module):
         Returns:
             `GenerationOutput` (`.frames [B, F, 1+K]`, `.lengths [B]`, `.finished [B]`, timings).
         """
-        from cat_tts.generation.engine import generate
+        from cat_tts.generation.batch import generate
 
         return generate(self, input_ids, attention_mask, config, on_frame=on_frame, **settings)
 

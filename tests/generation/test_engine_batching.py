@@ -103,14 +103,14 @@ def test_cancelled_and_failed_requests_free_everything(golden_model, golden):
     queued.cancel()  # cancelled while still queued
     assert queued.state == RequestState.CANCELLED
     # a failing step (here: the temporal unit raises) fails the requests in flight, and the engine keeps serving
-    original = engine._units["temporal"]
+    original = engine.runner.units["temporal"]
 
     def broken(*args):
         raise RuntimeError("simulated device failure")
 
-    engine._units["temporal"] = broken
+    engine.runner.units["temporal"] = broken
     engine.step()
-    engine._units["temporal"] = original
+    engine.runner.units["temporal"] = original
     for request in requests:
         assert request.done
         if request.state == RequestState.FAILED:
