@@ -102,3 +102,12 @@ def speechlike(seconds: float, sample_rate: int = 24000, channels: int = 1) -> n
     wav = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
     wav = (0.3 * wav / np.abs(wav).max()).astype(np.float32)
     return np.stack([wav] * channels, axis=1) if channels > 1 else wav
+
+
+def tiny_model_config(n_vq: int):
+    """`CatTTSConfig.tiny()` with `n_vq` RVQ layers instead of the release's."""
+    from cat_tts.model import CatTTSConfig
+
+    fields = CatTTSConfig.tiny().to_dict()
+    fields["n_vq"] = n_vq
+    return CatTTSConfig(**fields)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from app_fakes import FakePipeline, speechlike
+from app_fakes import FakePipeline, speechlike, tiny_model_config
 
 
 @pytest.fixture(scope="session")
@@ -51,15 +51,6 @@ def tiny_pipeline(tiny_dirs: dict[str, Path]) -> Iterator:
     pipeline.start()
     yield pipeline
     pipeline.close()
-
-
-def tiny_model_config(n_vq: int):
-    """`CatTTSConfig.tiny()` with `n_vq` RVQ layers instead of the release's."""
-    from cat_tts.model import CatTTSConfig
-
-    fields = CatTTSConfig.tiny().to_dict()
-    fields["n_vq"] = n_vq
-    return CatTTSConfig(**fields)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model_config
+from app_fakes import tiny_model_config
 
 from cat_tts.app import cli, kbps
 from cat_tts.codec.config import CodecConfig
