@@ -429,21 +429,21 @@ class Engine:
         return any(r is None for r in self._slots)
 
     def _prefill_once(self) -> bool:
-        """Runs prompt chunks: one chunk if some slot is generating (so it waits at most one chunk), else until one
-        prompt is complete."""
-        did = False
+        """Runs prompt chunks, first come first served, until `prefill_budget` rows ran in this step (whole chunks of
+        the request's own fixed chunk grid, so its cache never depends on its neighbours); when no slot is generating,
+        at least until one prompt is complete. Running requests therefore wait for at most one budget per frame."""
+        did, rows = False, 0
         while True:
             pending = [r for r in self._slots if r is not None and r.state == RequestState.PREFILL]
             if not pending:
                 return did
-            request = min(pending, key=lambda r: r.id)  # first come, first served
+            if did and rows >= self.config.prefill_budget and self._running():
+                return did
+            request = min(pending, key=lambda r: r.id)
+            rows += min(self.config.prefill_chunk, request.prompt_rows - request.prefilled)
             if self.runner.prefill_chunk(request):
                 request.state = RequestState.RUNNING
             did = True
-            if request.state == RequestState.RUNNING or any(
-                r is not None and r.state == RequestState.RUNNING for r in self._slots
-            ):
-                return did
 
     def _sync(self, b: int) -> None:
         """Reads the frames of the current window back to the host (one synchronisation) and delivers them."""

@@ -13,10 +13,12 @@ as a CUDA graph and replayed.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -176,7 +178,6 @@ class FrameRunner:
     """
 
     def __init__(self, model: CatTTSModel, config: EngineConfig) -> None:
-        self.model = model
         self.config = config
         self.device = model.device
         self.n_vq = model.config.n_vq
@@ -186,11 +187,15 @@ class FrameRunner:
         self.audio_vocab = model.config.audio_vocab_size + 1
         self.buckets = self._resolve_buckets()
         self.uses_cuda_graphs, self.uses_compile = self._resolve_compile()
+        self.model = model
+        self.uses_prepacked_weights = False
+        if config.cpu_prepack and self.device.type == "cpu" and not self.uses_compile:
+            self.model, self.uses_prepacked_weights = prepacked_view(model)
         self.state = self._allocate()
         self._views: dict[int, SlotViews] = {}
         self._constants = self._make_constants()
         self._positions = [torch.tensor(c, dtype=torch.long, device=self.device) for c in range(1 + self.n_vq)]
-        self._channels = [model.channel_modules(c) for c in range(1 + self.n_vq)]
+        self._channels = [self.model.channel_modules(c) for c in range(1 + self.n_vq)]
         self.units = self._build_units()
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._graph_pool = None
@@ -467,3 +472,47 @@ class FrameRunner:
         """Stops a slot (device flags cleared asynchronously; the next request overwrites the rest)."""
         self.state.active[slot] = False
         self.state.ended[slot] = False
+
+
+def prepacked_view(model: CatTTSModel) -> tuple[CatTTSModel, bool]:
+    """A view of `model` for CPU inference whose depth-side linear layers hold oneDNN-prepacked weights.
+
+    A frame runs ~35 matmuls per depth position with a handful of rows; the BLAS path repacks each (large) weight on
+    every call, which at 8 rows costs more than the matmul itself. Prepacked once, a batch of 8 costs about as much
+    as one row (measured on the 2-core CI machine at the released depth size: 3.7 vs 8.2 ms per 1536x8960 matmul).
+    The view shares every other parameter with `model`, which is left untouched (still trainable and savable); the
+    prepacked copies cost the depth side's weights once more (~2.5 GB in fp32 at the released size).
+
+    Returns:
+        `(view, True)`, or `(model, False)` where oneDNN cannot run the model's dtype here.
+    """
+    from torch import nn
+
+    if model.dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
+        return model, False
+    try:
+        with warnings.catch_warnings():  # torch.utils.mkldnn is TorchScript-based; its deprecation notice is noise here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torch.utils.mkldnn import MkldnnLinear
+
+        probe = MkldnnLinear(nn.Linear(8, 8, bias=False).to(model.dtype), model.dtype)
+        probe(torch.zeros(2, 8, dtype=model.dtype))  # bf16 needs CPU support: fall back where it is missing
+    except (RuntimeError, ImportError) as err:
+        logger.info("oneDNN prepacking unavailable for %s (%s): plain matmuls", model.dtype, err)
+        return model, False
+
+    def swap(module: nn.Module) -> nn.Module:
+        if isinstance(module, nn.Linear):
+            return MkldnnLinear(module, model.dtype)
+        clone = copy.copy(module)  # shares parameters and buffers; gets its own child table
+        clone._modules = {name: swap(child) for name, child in module._modules.items()}
+        return clone
+
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    for name in ("depth", "depth_input", "depth_output"):
+        view._modules[name] = swap(model._modules[name])
+    heads = copy.copy(model.heads)  # the text head stays dense: the control step reads rows of its weight
+    heads._modules = {name: head if name == "0" else swap(head) for name, head in model.heads._modules.items()}
+    view._modules["heads"] = heads
+    return view, True
