@@ -556,16 +556,18 @@ class CatTTSModel(nn.Module):
     def from_pretrained(
         cls,
         path_or_hub_id: str | Path,
-        dtype: torch.dtype | None = None,
+        dtype: str | torch.dtype | None = None,
         attn_implementation: str | None = None,
         device: torch.device | str | None = None,
     ) -> CatTTSModel:
-        """Load the official MOSS-TTS-Local-Transformer format (also what `save_pretrained` writes).
+        """Load the official MOSS-TTS-Local-Transformer format (also what `save_pretrained` writes), tensor by tensor
+        straight into parameters on `device` in the target dtype (~1x the weights in host memory on a CPU).
 
         Args:
             path_or_hub_id: a local directory (config.json + model.safetensors or sharded safetensors with
                 model.safetensors.index.json) or a Hugging Face hub repo id.
-            dtype: parameter dtype (default float32).
+            dtype: None / "auto" (see `cat_tts.hub.resolve_dtype`: float32 on the CPU, bfloat16 on CUDA unless the
+                checkpoint records float16), a name ("bf16", "float32", ...) or a torch dtype.
             attn_implementation: see `CatTTSModel`.
             device: where to put the weights (default CPU).
 
