@@ -18,27 +18,18 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from cat_tts.cli import COMPILE_MODES, add_model_options, check_writable_dir, check_writable_file, generation_settings
 from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
-from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
 
 FAILURES_FILE = "failures.jsonl"
-# Generation settings given on the command line: GenerationConfig field -> option (for error messages).
-SETTING_FLAGS = {
-    "depth": "--depth",
-    "temperature": "--temperature",
-    "top_p": "--top-p",
-    "top_k": "--top-k",
-    "repetition_penalty": "--repetition-penalty",
-    "max_new_frames": "--max-new-frames",
-    "min_new_frames": "--min-new-frames",
-    "seed": "--seed",
-}
+# Generation settings given on the command line (GenerationConfig fields; the options are --field-name).
+SETTING_FLAGS = (
+    "depth", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_frames", "min_new_frames", "seed",
+)  # fmt: skip
 
 
 class CliError(UserError):
@@ -88,53 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--greedy", action="store_true", help="greedy decoding for every channel (no sampling)")
     gen.add_argument("--max-new-frames", type=int, default=None, help="frame budget per text chunk (80 ms frames)")
     gen.add_argument("--min-new-frames", type=int, default=None, help="frames before the end may be chosen (0)")
-    mdl = p.add_argument_group("model")
-    mdl.add_argument("--model", default=DEFAULT_MODEL, help=f"TTS model directory or hub id ({DEFAULT_MODEL})")
-    mdl.add_argument("--codec", default=DEFAULT_CODEC, help=f"codec directory or hub id ({DEFAULT_CODEC})")
-    mdl.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    mdl.add_argument(
-        "--dtype", default="auto", choices=DTYPE_CHOICES, help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)"
-    )
-    mdl.add_argument(
-        "--compile",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="frame step compilation: auto = CUDA graphs on CUDA, eager on CPU; on = also torch.compile",
-    )
+    add_model_options(p.add_argument_group("model"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def generation_config(args: argparse.Namespace):
     """The command line's generation settings (unset options keep the released defaults; checked here)."""
-    from cat_tts.generation import GenerationConfig
-
     values = {field: getattr(args, field) for field in SETTING_FLAGS}
     if args.greedy:
         values["do_sample"] = False
-    try:
-        return GenerationConfig().with_overrides(**values)
-    except UserError as err:
-        message = str(err)
-        for field, flag in SETTING_FLAGS.items():
-            message = re.sub(rf"\b{field}\b", flag, message)
-        raise CliError(message) from err
-
-
-def check_writable_file(path: Path, option: str) -> None:
-    """Fails now (not after minutes of generation) when `path` cannot be written."""
-    if path.is_dir():
-        raise CliError(f"{option} {path} is a directory; give a file name ending in .wav")
-    _check_writable_dir(path.parent if str(path.parent) else Path("."), option)
-
-
-def _check_writable_dir(directory: Path, option: str) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise CliError(f"{option}: cannot write to {directory} ({err.strerror or err})") from err
+    return generation_settings(values)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -152,7 +107,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise CliError("--jsonl needs --out-dir")
         if args.stream:
             raise CliError("--stream works with a single --text, not with --jsonl")
-        _check_writable_dir(Path(args.out_dir), "--out-dir")
+        check_writable_dir(args.out_dir, "--out-dir")
         return
     if bool(args.text is not None) == bool(args.text_file):
         raise CliError("give exactly one of --text, --text-file or --jsonl")
@@ -174,7 +129,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise CliError("--mode continuation needs --prompt-text (the transcript of the reference clip)")
     if Path(args.output).suffix.lower() != ".wav":
         raise CliError(f"--output must end with .wav, got {args.output}")
-    check_writable_file(Path(args.output), "--output")
+    check_writable_file(args.output, "--output")
 
 
 def read_jobs(path: str) -> tuple[list[dict], list[dict]]:
@@ -270,7 +225,7 @@ def _load(args: argparse.Namespace):
     n_vq = int(read_config_json(model_dir).get("n_vq", 32))
     if args.depth is not None and args.depth > n_vq:
         raise CliError(f"--depth must be in 1..{n_vq} for this model, got {args.depth}")
-    compile_mode = {"auto": "auto", "on": True, "off": False}[args.compile]
+    compile_mode = COMPILE_MODES[args.compile]
     engine = EngineConfig(max_slots=args.batch_size if args.jsonl else 8, compile=compile_mode)
     tts = CatTTS.from_pretrained(
         model=model_dir,

@@ -30,10 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cat_tts.cli import COMPILE_MODES, add_model_options
 from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
-from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
 
-COMPILE = {"auto": "auto", "on": True, "off": False}  # --compile -> EngineConfig.compile
 # DemoLimits and EngineConfig fields -> the options that set them (their error messages name the option).
 OPTIONS = {
     "max_text_chars": "--max-text-chars",
@@ -65,19 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     limits, engine = DemoLimits(), EngineConfig()
     p = _Parser(prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULT_MODEL, help=f"TTS model: hub id or local directory ({DEFAULT_MODEL})")
-    m.add_argument("--codec", default=DEFAULT_CODEC, help=f"CAT codec: hub id or local directory ({DEFAULT_CODEC})")
-    m.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if found)")
-    m.add_argument(
-        "--dtype", default="auto", choices=DTYPE_CHOICES, help="model dtype (auto: bfloat16 on GPU, float32 on CPU)"
-    )
-    m.add_argument(
-        "--compile",
-        default="auto",
-        choices=sorted(COMPILE),
-        help="frame step compilation: auto = CUDA graphs on CUDA, eager on CPU; on = also torch.compile; off = eager",
-    )
+    add_model_options(p.add_argument_group("model"))
     h = p.add_argument_group("web server")
     h.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for all (default 127.0.0.1)")
     h.add_argument("--port", type=int, default=7860, help="TCP port, 1..65535 (default 7860)")
@@ -152,7 +139,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     if not 1 <= args.port <= 65535:
         raise CliError(f"--port must be in 1..65535, got {args.port}")
     try:
-        engine = EngineConfig(max_slots=args.max_slots, compile=COMPILE[args.compile])
+        engine = EngineConfig(max_slots=args.max_slots, compile=COMPILE_MODES[args.compile])
         limits = DemoLimits(
             max_text_chars=args.max_text_chars,
             max_reference_seconds=args.max_reference_seconds,

@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 
 from cat_tts.audio import DEFAULT_SAMPLE_RATE
 from cat_tts.data.manifest import ManifestRow, read_manifest
-from cat_tts.errors import USER_ERROR_EXIT_CODE, InputError, UserError
+from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -90,29 +89,11 @@ class PrepareSummary:
 
 
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Creates `path` if needed and checks that files can be written into it, before any work is done.
+    """Creates the output directory if needed and checks it is writable, before any work (see
+    `cat_tts.cli.check_writable_dir`)."""
+    from cat_tts.cli import check_writable_dir
 
-    Args:
-        path: the output directory.
-        flag: how the user named it (for the message), e.g. "--out".
-
-    Returns:
-        The directory.
-
-    Raises:
-        InputError: one line naming the path and the reason (it is a file, a parent is a file, no permission...).
-    """
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{flag} {path} is a file, not a directory; choose a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        reason = err.strerror or str(err)
-        raise InputError(f"cannot write to {flag} {path} ({reason}); choose a writable directory") from None
-    return path
+    return check_writable_dir(path, flag)
 
 
 def classify_audio_error(err: Exception) -> str:

@@ -22,31 +22,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cat_tts.cli import COMPILE_MODES, add_model_options
 from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
-from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL
 from cat_tts.server.config import API_KEY_ENV, MIB, ServerConfig, default_voices_dir
 
 logger = logging.getLogger(__name__)
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-COMPILE = {"auto": "auto", "on": True, "off": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python serve.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     m = p.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULT_MODEL, help="TTS model: hub id or local directory")
-    m.add_argument("--codec", default=DEFAULT_CODEC, help="CAT codec: hub id or local directory")
-    m.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if found)")
+    add_model_options(m)
     m.add_argument(
         "--devices",
         default=None,
         help="comma-separated devices, one engine each, e.g. cuda:0,cuda:1 (overrides --device)",
     )
-    m.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: bf16 on GPU, fp32 on CPU)")
-    m.add_argument("--compile", default="auto", choices=sorted(COMPILE),
-                   help="auto: CUDA graphs on GPU, eager on CPU; on: also torch.compile; off: eager")  # fmt: skip
     m.add_argument("--model-id", default=None, help="id reported by /v1/models (default: the --model value)")
     h = p.add_argument_group("http")
     h.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for all (default 127.0.0.1)")
@@ -89,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         from cat_tts.server.backend import load_backend
 
         backend = load_backend(args.model, args.codec, devices, args.dtype, args.max_slots, args.max_queue,
-                               COMPILE[args.compile])  # fmt: skip
+                               COMPILE_MODES[args.compile])  # fmt: skip
         app = create_app(backend, config)
     except (UserError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cat_tts.cli import COMPILE_HELP, COMPILE_MODES
 from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
 
 if TYPE_CHECKING:
@@ -31,16 +30,8 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 INTERRUPTED_EXIT_CODE = 130
-# Generation settings given on the command line: GenerationConfig field -> option (for error messages).
-SETTING_FLAGS = {
-    "temperature": "--temperature",
-    "top_p": "--top-p",
-    "top_k": "--top-k",
-    "repetition_penalty": "--repetition-penalty",
-    "max_new_frames": "--max-new-frames",
-    "min_new_frames": "--min-new-frames",
-}
-COMPILE_MODES = {"auto": "auto", "on": True, "off": False}
+# Generation settings given on the command line (GenerationConfig fields; the options are --field-name).
+SETTING_FLAGS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_frames", "min_new_frames")
 
 
 class CliError(UserError):
@@ -75,12 +66,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help=f"utterances the engine generates together (its slots; default {engine.max_slots}); "
         "--batch-size is the old name",
     )
-    p.add_argument(
-        "--compile",
-        default="auto",
-        choices=sorted(COMPILE_MODES),
-        help="frame step compilation: auto = CUDA graphs on CUDA, eager on CPU; on = also torch.compile",
-    )
+    p.add_argument("--compile", default="auto", choices=list(COMPILE_MODES), help=COMPILE_HELP)
     p.add_argument("--seed", type=int, default=0, help="base seed; each utterance gets seed + crc32(utt)")
     p.add_argument(
         "--mode",
@@ -177,15 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def generation_config(args: argparse.Namespace) -> GenerationConfig:
     """The command line's generation settings, checked now (unset options keep `GenerationConfig`'s defaults)."""
-    from cat_tts.generation import GenerationConfig
+    from cat_tts.cli import generation_settings
 
-    try:
-        return GenerationConfig().with_overrides(**{name: getattr(args, name) for name in SETTING_FLAGS})
-    except UserError as err:
-        message = str(err)
-        for name, flag in SETTING_FLAGS.items():
-            message = re.sub(rf"\b{name}\b", flag, message)
-        raise CliError(message) from err
+    return generation_settings({name: getattr(args, name) for name in SETTING_FLAGS})
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -199,14 +179,9 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 def check_output_dir(path: Path, option: str) -> None:
     """Creates `path` and checks that files can be written in it (before any model is loaded)."""
-    if path.exists() and not path.is_dir():
-        raise CliError(f"{option} {path} is a file; give a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise CliError(f"{option} {path} is not writable ({err.strerror or err})") from err
+    from cat_tts.cli import check_writable_dir
+
+    check_writable_dir(path, option)
 
 
 def load_pipeline(args: argparse.Namespace, depths: list[int]) -> CatTTS:

@@ -131,7 +131,7 @@ def test_unwritable_out_is_a_one_line_error_before_any_work(tmp_path, capsys):
     m = _manifest(tmp_path, [{"audio": "a.wav", "text": "x"}])
     (tmp_path / "file").write_text("not a directory")
     # the codec does not exist either: the output directory is checked first, before anything is loaded
-    for out, reason in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "cannot write to --out")):
+    for out, reason in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "--out: cannot write to")):
         assert main([str(m), "--codec", str(tmp_path / "no-codec"), "--out", str(out)]) == USER_ERROR_EXIT_CODE
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and reason in err and str(out) in err and "Traceback" not in err

@@ -250,7 +250,7 @@ def test_user_errors_are_one_line_with_exit_code_2(
     out_file = tmp_path / "a_file"
     out_file.write_text("x")
     msg = run("generate", "--meta", str(tiny_testset), "--depths", "2", "--out", str(out_file))
-    assert msg == f"error: --out {out_file} is a file; give a directory"
+    assert msg == f"error: --out {out_file} is a file, not a directory; choose a directory"
     msg = run(*base, "--meta", str(tiny_testset), "--model", str(tmp_path / "missing"), "--codec", "C")
     assert "does not exist" in msg and "hub" not in msg
     msg = run(*base, "--meta", str(tiny_testset), "--model", str(model_config_dir), "--codec", str(model_config_dir))

@@ -120,7 +120,7 @@ def test_score_cli_errors_are_one_line_with_exit_code_2(tiny_testset: Path, tmp_
     out_file.write_text("x")
     gt = ["--ground-truth", "--out", str(out_file)]
     msg = run("--meta", str(tiny_testset), *gt, "--lang", "en")
-    assert msg == f"error: --out {out_file} is a file; give a directory"
+    assert msg == f"error: --out {out_file} is a file, not a directory; choose a directory"
     with pytest.raises(SystemExit) as exit_info:  # argparse's own errors use the same code
         main(["score", "--meta", str(tiny_testset), "--wavs", str(tmp_path), "--lang", "fr"])
     assert exit_info.value.code == USER_ERROR_EXIT_CODE

@@ -158,7 +158,7 @@ def test_train_py_checks_the_run_directory_before_any_work(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     cli = _train_cli()
     config = str(ROOT / "configs" / "tiny.yaml")
-    for out, reason in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "run", "cannot write to --out")):
+    for out, reason in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "run", "--out: cannot write to")):
         # no data either: the output directory is the first thing checked
         assert cli.main(["--config", config, "--out", str(out), "--no-progress"]) == USER_ERROR_EXIT_CODE
         err = capsys.readouterr().err
