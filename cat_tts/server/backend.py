@@ -195,6 +195,17 @@ class PipelineBackend:
         engine = EngineConfig(max_slots=max_slots, max_queue=max_queue, compile=compile)
         dtype = None if dtype == "auto" else dtype  # the pipeline's default: bf16 on CUDA, fp32 on the CPU
         tts = CatTTS.from_pretrained(model=model, codec=codec, device=device, dtype=dtype, engine=engine)
+        from cat_tts.hub import dtype_name
+
+        logger.info(
+            "%s: model in %s, codec in %s, %d slots, CUDA graphs %s, torch.compile %s",
+            device,
+            dtype_name(tts.model.dtype),
+            dtype_name(tts.codec.dtype),
+            max_slots,
+            tts.engine.uses_cuda_graphs,
+            tts.engine.uses_compile,
+        )
         return cls(tts, device=device, codec_id=str(codec))
 
     def start(self) -> None:
