@@ -124,12 +124,12 @@ class SpeechServer:
     """One replica: loads the pipeline on its device, then serves the same app as serve.py."""
 
     def __init__(self, options: RayServeOptions) -> None:
+        from cat_tts.cli import COMPILE_MODES
         from cat_tts.server.app import create_app
         from cat_tts.server.backend import load_backend
-        from cat_tts.server.cli import COMPILE
 
         backend = load_backend(options.model, options.codec, [options.device], options.dtype, options.max_slots,
-                               options.max_queue, COMPILE[options.compile])  # fmt: skip
+                               options.max_queue, COMPILE_MODES[options.compile])  # fmt: skip
         self._app = create_app(backend, options.server_config())
         self._app.state.cat.startup()  # also when Ray does not run the app's lifespan (idempotent)
 

@@ -12,7 +12,7 @@ CONFIG = dict(max_slots=4, max_rows=160, prefill_chunk=32, sync_every=2)
 def _schedule(engine: Engine, golden) -> tuple[list, int]:
     """Requests at K = 1 and 32 (greedy and seeded sampling) joining and leaving while frames run."""
     specs = [
-        (golden["grid_clone"], GenerationConfig(depth=1, max_new_frames=12, min_new_frames=12, do_sample=False)),
+        (golden["grid_clone"], GenerationConfig(depth=1, max_new_frames=24, min_new_frames=24, do_sample=False)),
         (golden["grid_plain"], GenerationConfig(depth=32, max_new_frames=9, min_new_frames=9, do_sample=False)),
         (golden["grid_continuation"], GenerationConfig(depth=32, max_new_frames=10, min_new_frames=10, seed=3)),
         (golden["grid_clone"][:50], GenerationConfig(depth=1, max_new_frames=8, min_new_frames=8, seed=4)),
