@@ -9,8 +9,9 @@ Every caller (`CatTTSModel.generate`, `CatTTS`, infer.py, the demo, the evaluato
   KV rows (`SlotKVCache`, R rows), the depth KV cache (1+N positions), the next depth input, the frame being built,
   the request's depth K, its sampling settings and seed key as tensors, its repetition history, its frame counter
   and end flag. Nothing is allocated or concatenated per frame; every tensor keeps its address.
-* `Engine.step()` admits queued requests into free slots, runs at most one chunk of prompt prefill (so a long prompt
-  never stalls the running requests for more than one chunk), then advances every generating slot by one frame:
+* `Engine.step()` admits queued requests into free slots, runs prompt prefill in fixed chunks up to a row budget
+  (`prefill_budget`: a long prompt never stalls the running requests for more than that), then advances every
+  generating slot by one frame:
   depth position 0 samples the control token, positions 1..K_max sample the layers (a slot whose K is smaller
   ignores the extra positions), then one temporal step appends the frame to every slot's cache.
 * Sampling happens inside those units (`cat_tts.generation.sampling`): per-slot settings as tensors, counter-based
@@ -257,7 +258,7 @@ class Engine:
         self._window = 0
 
     def step(self) -> bool:
-        """Admits, prefills one chunk, and runs one frame for every generating slot.
+        """Admits, prefills up to `prefill_budget` prompt rows, and runs one frame for every generating slot.
 
         Returns:
             False when there was nothing to do.
