@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as err:
             return _error(err)
         return 0
-    from cat_tts.data.prepare import check_output_dir
+    from cat_tts.cli import check_writable_dir
 
     try:
-        check_output_dir(cfg.run.out, "--out")  # before DeepSpeed is even imported
+        check_writable_dir(cfg.run.out, "--out")  # before DeepSpeed is even imported
     except UserError as err:
         return _error(err)
     import os

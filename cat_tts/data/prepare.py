@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from cat_tts.audio import DEFAULT_SAMPLE_RATE
+from cat_tts.cli import check_writable_dir
 from cat_tts.data.manifest import ManifestRow, read_manifest
 from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
 
@@ -86,14 +87,6 @@ class PrepareSummary:
     @property
     def total_skipped(self) -> int:
         return sum(self.skipped.values())
-
-
-def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Creates the output directory if needed and checks it is writable, before any work (see
-    `cat_tts.cli.check_writable_dir`)."""
-    from cat_tts.cli import check_writable_dir
-
-    return check_writable_dir(path, flag)
 
 
 def classify_audio_error(err: Exception) -> str:
@@ -237,7 +230,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     from cat_tts.codec import CatCodec
 
     cfg.validate()
-    out = check_output_dir(cfg.out)
+    out = check_writable_dir(cfg.out, "--out")
     rows = [r for r in read_manifest(cfg.manifest) if r.index % cfg.world_size == cfg.rank]
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)

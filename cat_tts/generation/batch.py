@@ -14,7 +14,7 @@ import torch
 
 from cat_tts.errors import InputError
 from cat_tts.generation.config import EngineConfig, GenerationConfig
-from cat_tts.generation.engine import DEFAULT_FRAMES_PER_PROMPT_ROW, MIN_DEFAULT_FRAMES, Engine
+from cat_tts.generation.engine import Engine, default_budget
 
 if TYPE_CHECKING:  # pragma: no cover
     from cat_tts.model import CatTTSModel
@@ -89,12 +89,10 @@ def generate(
         attention_mask = torch.ones(b, t, dtype=torch.bool)
     mask = attention_mask.bool().cpu()
     prompts = [input_ids[i].cpu()[mask[i]] for i in range(b)]
-    budget = config.max_new_frames or MIN_DEFAULT_FRAMES + DEFAULT_FRAMES_PER_PROMPT_ROW * max(
-        p.shape[0] for p in prompts
-    )
-    if engine is None:
-        sync_every = 4
-        rows = max(p.shape[0] for p in prompts) + budget + sync_every
+    longest = max(p.shape[0] for p in prompts)
+    budget = config.max_new_frames or default_budget(longest)
+    if engine is None:  # sized for this batch: every slot holds its prompt, the budget and one read-back window
+        rows = longest + budget + EngineConfig().sync_every
         engine = Engine(model, EngineConfig(max_slots=max(b, 1), max_rows=rows, max_queue=b, compile=False))
     start = time.perf_counter()
     requests = [engine.submit(p, _row_seed(config, i), max_new_frames=budget) for i, p in enumerate(prompts)]

@@ -53,6 +53,11 @@ MIN_DEFAULT_FRAMES = 64
 DEFAULT_FRAMES_PER_PROMPT_ROW = 12
 
 
+def default_budget(prompt_rows: int) -> int:
+    """The frame budget of a request that gives none (before the slot capacity bounds it)."""
+    return MIN_DEFAULT_FRAMES + DEFAULT_FRAMES_PER_PROMPT_ROW * prompt_rows
+
+
 class QueueFull(UserError):
     """Every slot is busy and the waiting queue is full; retry later."""
 
@@ -101,8 +106,6 @@ class Engine:
             logger.info("the engine runs attention with SDPA (FlashAttention-2 takes no per-slot masks)")
             model.set_attn_implementation("sdpa")
         self.n_vq = model.config.n_vq
-        self.text_vocab = model.config.vocab_size
-        self.pad_code = model.config.audio_pad_code
         self.runner = FrameRunner(model, self.config)  # the device side: slot tensors, units, compilation, graphs
 
         self._mutex = threading.Lock()  # guards the queue, the slot table and every Request's consumer fields
@@ -172,7 +175,7 @@ class Engine:
         room = self.config.max_rows - self.config.sync_every - rows
         budget = max_new_frames if max_new_frames is not None else config.max_new_frames
         if budget is None:
-            budget = min(room, MIN_DEFAULT_FRAMES + DEFAULT_FRAMES_PER_PROMPT_ROW * rows)
+            budget = min(room, default_budget(rows))
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise InputError(f"max_new_frames must be a positive integer, got {budget!r}")
         if budget > room:
@@ -212,10 +215,11 @@ class Engine:
             raise InputError(f"a prompt must hold integer token ids, got {prompt.dtype}")
         prompt = prompt.detach().to("cpu", torch.long).contiguous()
         text, codes = prompt[:, 0], prompt[:, 1:]
-        if int(text.min()) < 0 or int(text.max()) >= self.text_vocab:
-            raise InputError(f"prompt text ids must be in 0..{self.text_vocab - 1}")
-        if int(codes.min()) < 0 or int(codes.max()) > self.pad_code:
-            raise InputError(f"prompt audio codes must be in 0..{self.pad_code} (the pad code)")
+        vocab, pad = self.runner.text_vocab, self.runner.pad_code
+        if int(text.min()) < 0 or int(text.max()) >= vocab:
+            raise InputError(f"prompt text ids must be in 0..{vocab - 1}")
+        if int(codes.min()) < 0 or int(codes.max()) > pad:
+            raise InputError(f"prompt audio codes must be in 0..{pad} (the pad code)")
         return prompt
 
     def stats(self) -> EngineStats:
@@ -417,7 +421,7 @@ class Engine:
     # ------------------------------------------------------------------ admission, prefill, delivery
     def _admit(self) -> list[tuple[int, Request]]:
         admitted = []
-        while self._queue and self._accepting_slots():
+        while self._queue and self._free_slots():
             slot = self._slots.index(None)
             request = self._queue.popleft()
             request.slot = slot
@@ -425,9 +429,6 @@ class Engine:
             self._slots[slot] = request
             admitted.append((slot, request))
         return admitted
-
-    def _accepting_slots(self) -> bool:
-        return any(r is None for r in self._slots)
 
     def _prefill_once(self) -> bool:
         """Runs prompt chunks, first come first served, until `prefill_budget` rows ran in this step (whole chunks of

@@ -111,10 +111,5 @@ class Request:
             return torch.zeros(0, 1 + self.depth, dtype=torch.long)
         return torch.cat(self._frames)
 
-    @property
-    def time_to_first_frame(self) -> float | None:
-        """Seconds from submission to the delivery of the first audio frame."""
-        return None if self.first_frame_at is None else self.first_frame_at - self.submitted_at
-
     def __repr__(self) -> str:
         return f"Request(id={self.id}, state={self.state.value}, depth={self.depth}, frames={self.num_frames})"

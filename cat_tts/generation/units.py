@@ -187,10 +187,8 @@ class FrameRunner:
         self.audio_vocab = model.config.audio_vocab_size + 1
         self.buckets = self._resolve_buckets()
         self.uses_cuda_graphs, self.uses_compile = self._resolve_compile()
-        self.model = model
-        self.uses_prepacked_weights = False
-        if config.cpu_prepack and self.device.type == "cpu" and not self.uses_compile:
-            self.model, self.uses_prepacked_weights = prepacked_view(model)
+        cpu_eager = self.device.type == "cpu" and not self.uses_compile
+        self.model = prepacked_view(model) if config.cpu_prepack and cpu_eager else model
         self.state = self._allocate()
         self._views: dict[int, SlotViews] = {}
         self._constants = self._make_constants()
@@ -474,7 +472,7 @@ class FrameRunner:
         self.state.ended[slot] = False
 
 
-def prepacked_view(model: CatTTSModel) -> tuple[CatTTSModel, bool]:
+def prepacked_view(model: CatTTSModel) -> CatTTSModel:
     """A view of `model` for CPU inference whose depth-side linear layers hold oneDNN-prepacked weights.
 
     A frame runs ~35 matmuls per depth position with a handful of rows; the BLAS path repacks each (large) weight on
@@ -484,12 +482,12 @@ def prepacked_view(model: CatTTSModel) -> tuple[CatTTSModel, bool]:
     prepacked copies cost the depth side's weights once more (~2.5 GB in fp32 at the released size).
 
     Returns:
-        `(view, True)`, or `(model, False)` where oneDNN cannot run the model's dtype here.
+        The view, or `model` itself where oneDNN cannot run the model's dtype here.
     """
     from torch import nn
 
     if model.dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
-        return model, False
+        return model
     try:
         with warnings.catch_warnings():  # torch.utils.mkldnn is TorchScript-based; its deprecation notice is noise here
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -499,7 +497,7 @@ def prepacked_view(model: CatTTSModel) -> tuple[CatTTSModel, bool]:
         probe(torch.zeros(2, 8, dtype=model.dtype))  # bf16 needs CPU support: fall back where it is missing
     except (RuntimeError, ImportError) as err:
         logger.info("oneDNN prepacking unavailable for %s (%s): plain matmuls", model.dtype, err)
-        return model, False
+        return model
 
     def swap(module: nn.Module) -> nn.Module:
         if isinstance(module, nn.Linear):
@@ -515,4 +513,4 @@ def prepacked_view(model: CatTTSModel) -> tuple[CatTTSModel, bool]:
     heads = copy.copy(model.heads)  # the text head stays dense: the control step reads rows of its weight
     heads._modules = {name: head if name == "0" else swap(head) for name, head in model.heads._modules.items()}
     view._modules["heads"] = heads
-    return view, True
+    return view

@@ -196,9 +196,7 @@ class SpeechStream:
     def cancel(self) -> None:
         """Stops the generation from any thread; the engine frees the slots at once."""
         self._cancelled.set()
-        for job in list(self._jobs):
-            if job.request is not None and not job.request.done:
-                job.request.cancel()
+        _cancel_unfinished(list(self._jobs))
 
     def close(self) -> None:
         """Cancels and finishes the iterator (call from the thread that iterates, or after it stopped)."""
@@ -353,8 +351,11 @@ class CatTTS:
         """
         jobs = self._jobs(text, reference_audio, reference_text, depth, seed, mode, max_new_frames, instructions,
                           config, settings)  # fmt: skip
-        self._submit(jobs, wait)
-        return self._join([self._collect(job, on_frame) for job in jobs]), self.sample_rate
+        try:
+            self._submit(jobs, wait)
+            return self._join([self._collect(job, on_frame) for job in jobs]), self.sample_rate
+        finally:
+            _cancel_unfinished(jobs)
 
     def stream(
         self,
@@ -501,9 +502,8 @@ class CatTTS:
                     yield i, err
         finally:
             for _, jobs in inflight:
-                for job in jobs if isinstance(jobs, list) else []:
-                    if job.request is not None and not job.request.done:
-                        job.request.cancel()
+                if isinstance(jobs, list):
+                    _cancel_unfinished(jobs)
 
     def _check_item(self, i: int, item: Any) -> None:
         if not isinstance(item, dict) or "text" not in item or "reference_audio" not in item:
@@ -585,24 +585,16 @@ class CatTTS:
 
     def _collect(self, job: _Job, on_frame: ProgressCallback | None) -> np.ndarray:
         """Waits for one job's frames and decodes them (prefix decode at the job's K)."""
-        request = job.request
-        for chunk in request.chunks():
-            if on_frame is not None:
-                on_frame(chunk.shape[0])
-        _warn_unusual(request, job.text)
-        return self._decode(request.frames[:, 1:].t()[None], job.prompt.prefix_codes)  # [1, K, F]
+        for _ in _frame_chunks(job.request, on_frame):
+            pass
+        _warn_unusual(job.request, job.text)
+        return self._decode(job.request.frames[:, 1:].t()[None], job.prompt.prefix_codes)  # [1, K, F]
 
     def _stream_job(self, job: _Job, frames_per_chunk: int, first_chunk_frames: int, on_frame) -> Iterator[np.ndarray]:
         request = job.request
         prefix = None if job.prompt.prefix_codes is None else job.prompt.prefix_codes[: request.depth]  # [K, L]
-
-        def chunks():
-            for chunk in request.chunks():
-                if on_frame is not None:
-                    on_frame(chunk.shape[0])
-                yield chunk
-
-        for audio in stream_audio(chunks(), self.codec, first_chunk_frames, frames_per_chunk, prefix):
+        chunks = _frame_chunks(request, on_frame)
+        for audio in stream_audio(chunks, self.codec, first_chunk_frames, frames_per_chunk, prefix):
             yield audio.numpy()
         _warn_unusual(request, job.text)
 
@@ -677,6 +669,21 @@ class CatTTS:
             return next(self.codec.parameters()).device
         except (AttributeError, StopIteration):
             return torch.device("cpu")
+
+
+def _cancel_unfinished(jobs: list[_Job]) -> None:
+    """Cancels the engine requests of `jobs` that are still queued or running (their slots are freed)."""
+    for job in jobs:
+        if job.request is not None and not job.request.done:
+            job.request.cancel()
+
+
+def _frame_chunks(request: Request, on_frame: ProgressCallback | None) -> Iterator[torch.Tensor]:
+    """The request's frame chunks as they arrive, reporting each chunk's frame count to `on_frame`."""
+    for chunk in request.chunks():
+        if on_frame is not None:
+            on_frame(chunk.shape[0])
+        yield chunk
 
 
 def _warn_unusual(request: Request, chunk: str) -> None:

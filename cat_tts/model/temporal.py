@@ -177,15 +177,6 @@ class SlotKVCache(Cache):
         """R, the capacity of each slot."""
         return self.keys[0].shape[2]
 
-    @property
-    def slots(self) -> int:
-        """B, the number of slots."""
-        return self.keys[0].shape[0]
-
-    def nbytes(self) -> int:
-        """Bytes held by the buffers."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
     def prefill(self, slot: int, start: int) -> None:
         """The next forward writes prompt rows of `slot` from column `start` (call `decode()` afterwards)."""
         self._prefill = (slot, start)
@@ -214,11 +205,6 @@ class SlotKVCache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         # Positions are always passed explicitly (per slot), so transformers never needs this.
         return 0
-
-    def reset_slot(self, slot: int) -> None:
-        """Zeroes one slot (not needed for correctness: masks hide stale rows; for tidy memory dumps)."""
-        for t in self.keys + self.values:
-            t[slot].zero_()
 
 
 def run_temporal(

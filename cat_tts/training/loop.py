@@ -198,10 +198,10 @@ def check_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     Raises:
         InputError: an unwritable or file `run.out`, existing checkpoints without `resume`, missing data.
     """
+    from cat_tts.cli import check_writable_dir
     from cat_tts.data.dataset import find_shards
-    from cat_tts.data.prepare import check_output_dir
 
-    run_dir = check_output_dir(cfg.run.out, "--out")
+    run_dir = check_writable_dir(cfg.run.out, "--out")
     if not resume and list_checkpoints(run_dir):
         raise InputError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
     if cfg.data.path is None:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cat_tts.cli import COMPILE_HELP, COMPILE_MODES
+from cat_tts.cli import COMPILE_HELP, COMPILE_MODES, check_writable_dir
 from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
 
 if TYPE_CHECKING:
@@ -177,13 +177,6 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(max_slots=args.slots, compile=COMPILE_MODES[args.compile])
 
 
-def check_output_dir(path: Path, option: str) -> None:
-    """Creates `path` and checks that files can be written in it (before any model is loaded)."""
-    from cat_tts.cli import check_writable_dir
-
-    check_writable_dir(path, option)
-
-
 def load_pipeline(args: argparse.Namespace, depths: list[int]) -> CatTTS:
     """The CAT-TTS pipeline for `generate` (tests replace this function to inject a stand-in).
 
@@ -215,7 +208,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise CliError(f"--depths: {err}") from err
     settings = generation_config(args)
     engine_config(args)
-    check_output_dir(args.out, "--out")
+    check_writable_dir(args.out, "--out")
     testset = read_testset(args.meta)
     if not testset.items:
         reasons = "; ".join(b.describe() for b in testset.bad_lines[:3])
@@ -288,7 +281,7 @@ def _score(args: argparse.Namespace) -> int:
     if args.sim_model is not None and not args.sim_model.is_file():
         raise CliError(f"--sim-model {args.sim_model} does not exist (give wavlm_large_finetune.pth or its conversion)")
     for out in [args.out] if args.out is not None else args.wavs:  # results are written after the ASR work
-        check_output_dir(out, "--out" if args.out is not None else "--wavs")
+        check_writable_dir(out, "--out" if args.out is not None else "--wavs")
     testset = read_testset(args.meta, require_ground_truth=args.ground_truth)
     for bad in testset.bad_lines:
         print(f"unusable test line, not scored: {bad.describe()}", file=sys.stderr)
