@@ -37,7 +37,7 @@ def stall_seconds(arrivals: Sequence[float], durations: Sequence[float]) -> floa
     played = 0.0  # audio seconds before the current piece
     latest = start  # max over pieces so far of arrival - audio before it
     previous = start
-    for arrival, duration in zip(arrivals, durations):
+    for arrival, duration in zip(arrivals, durations, strict=True):
         if arrival < previous:
             raise ValueError(f"arrivals must not decrease, got {arrival} after {previous}")
         if duration < 0:

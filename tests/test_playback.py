@@ -14,7 +14,7 @@ def _simulated_player(arrivals: list[float], durations: list[float]) -> float:
     received this one, and counts the time it spends waiting."""
     clock = arrivals[0]  # when the player is ready for the next piece
     waited = 0.0
-    for arrival, duration in zip(arrivals, durations):
+    for arrival, duration in zip(arrivals, durations, strict=True):
         if arrival > clock:
             waited += arrival - clock
             clock = arrival
