@@ -1,4 +1,4 @@
-"""cat_tts.hub: checkpoint references answer every mistake with what was wrong and how to fix it; one dtype rule;
+"""cat_tts.weights: checkpoint references answer every mistake with what was wrong and how to fix it; one dtype rule;
 one safetensors reader that names damaged files. Never downloads (the hub is replaced by stand-ins)."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import cat_tts.hub as hub
+import cat_tts.weights as weights
+import cat_tts.weights.dtype
 from cat_tts.errors import CheckpointError, InputError, ModelLoadError
-from cat_tts.hub import (
+from cat_tts.weights import (
     CheckpointNotFoundError,
     DamagedCheckpointError,
     HubUnavailableError,
@@ -105,11 +106,11 @@ def test_a_directory_without_config_or_with_a_broken_one(tmp_path, tiny):
 
 def test_an_unreachable_hub_says_how_to_pass_local_directories(no_hub):
     with pytest.raises(HubUnavailableError) as err:
-        resolve_checkpoint(hub.DEFAULT_MODEL, "model")
+        resolve_checkpoint(weights.DEFAULT_MODEL, "model")
     message = str(err.value)
     assert "could not be fetched from the Hugging Face hub (ConnectionError: Failed to resolve" in message
     assert "--model DIR --codec DIR" in message and "python -m cat_tts.tools.make_tiny OUT" in message
-    assert no_hub and no_hub[0]["repo_id"] == hub.DEFAULT_MODEL
+    assert no_hub and no_hub[0]["repo_id"] == weights.DEFAULT_MODEL
 
 
 def test_an_unknown_hub_repository_is_named(monkeypatch):
@@ -135,11 +136,11 @@ def test_a_hub_snapshot_is_checked_like_a_local_directory(tiny, monkeypatch):
         return str(tiny["codec"])
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
-    assert resolve_checkpoint(hub.DEFAULT_CODEC, "codec") == tiny["codec"]
+    assert resolve_checkpoint(weights.DEFAULT_CODEC, "codec") == tiny["codec"]
     patterns = calls[0]["allow_patterns"]
     assert "*.safetensors" in patterns and not any(p.endswith((".bin", ".pt", ".pth", ".py")) for p in patterns)
     with pytest.raises(WrongCheckpointKindError, match="holds a CAT codec"):
-        resolve_checkpoint(hub.DEFAULT_MODEL, "model")  # the stand-in hub returns a codec
+        resolve_checkpoint(weights.DEFAULT_MODEL, "model")  # the stand-in hub returns a codec
 
 
 def test_all_checkpoint_errors_share_one_base():
@@ -186,12 +187,12 @@ def test_loaders_use_the_same_answers(tiny, tmp_path):
     ],
 )
 def test_resolve_dtype(requested, device, recorded, kind, expected, monkeypatch):
-    monkeypatch.setattr(hub, "_cuda_supports_bf16", lambda: True)
+    monkeypatch.setattr(cat_tts.weights.dtype, "_cuda_supports_bf16", lambda: True)
     assert resolve_dtype(requested, device, recorded=recorded, kind=kind) == expected
 
 
 def test_auto_falls_back_to_float32_on_gpus_without_bfloat16(monkeypatch):
-    monkeypatch.setattr(hub, "_cuda_supports_bf16", lambda: False)
+    monkeypatch.setattr(cat_tts.weights.dtype, "_cuda_supports_bf16", lambda: False)
     assert resolve_dtype("auto", "cuda", recorded="bfloat16") == torch.float32
     assert resolve_dtype("auto", "cuda", recorded="float16") == torch.float16
 
@@ -258,3 +259,22 @@ def test_a_truncated_model_shard_is_named_before_anything_is_read(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"model.safetensors is not a readable .*\(truncated\).*fetch"):
         CatTTSModel.from_pretrained(tmp_path)
+
+
+def test_mapped_tensors_are_private_views_of_the_file(tmp_path):
+    path = tmp_path / "x.safetensors"
+    save_file({"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.bfloat16)}, str(path))
+    before = path.read_bytes()
+    got = read_safetensors(path, mmap=True)
+    assert torch.equal(got["a"], torch.arange(6.0).reshape(2, 3)) and got["a"].shape == (2, 3)
+    got["a"].mul_(-1)  # copy-on-write: the process's pages change, the file does not
+    assert path.read_bytes() == before
+    assert torch.equal(read_safetensors(path)["a"], torch.arange(6.0).reshape(2, 3))
+
+
+def test_the_defaults_need_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, cat_tts.cli, cat_tts.weights; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
