@@ -218,7 +218,7 @@ def _save(path: Path, audio, sample_rate: int) -> None:
 def _load(args: argparse.Namespace):
     """Checks the depth against the model's own number of layers, then loads the pipeline."""
     from cat_tts.generation import EngineConfig
-    from cat_tts.hub import read_config_json, resolve_checkpoint
+    from cat_tts.weights import read_config_json, resolve_checkpoint
     from cat_tts.inference import CatTTS, SynthesisConfig
 
     model_dir = resolve_checkpoint(args.model, "model")
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     settings = generation_config(args)
     jobs, failures = read_jobs(args.jsonl) if args.jsonl else (None, [])
     from cat_tts.codec.config import bitrate_kbps
-    from cat_tts.hub import dtype_name
+    from cat_tts.weights import dtype_name
 
     tts = _load(args)
     depth = settings.depth or tts.n_vq

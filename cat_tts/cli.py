@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cat_tts.errors import InputError
-from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
+from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
 
 # --compile value -> EngineConfig.compile
 COMPILE_MODES: dict[str, Any] = {"auto": "auto", "on": True, "off": False}

@@ -171,7 +171,7 @@ def check_gradio() -> None:
 
 def resolve_checkpoints(model: str, codec: str) -> tuple[Path, Path]:
     """The model and codec directories (hub ids fetched); a wrong kind or missing directory names the option."""
-    from cat_tts.hub import resolve_checkpoint
+    from cat_tts.weights import resolve_checkpoint
 
     dirs = []
     for option, ref, kind in (("--model", model, "model"), ("--codec", codec, "codec")):
@@ -198,7 +198,7 @@ def is_tiny(pipeline: Any) -> bool:
 def describe(pipeline: Any, limits: Any, compile_option: str) -> list[str]:
     """The start-up lines: device and dtypes, the depth range, and how requests are batched."""
     from cat_tts.codec.config import bitrate_kbps
-    from cat_tts.hub import dtype_name
+    from cat_tts.weights import dtype_name
 
     engine, n = pipeline.engine, pipeline.n_vq
     concurrency = limits.concurrency(pipeline)

@@ -375,7 +375,7 @@ class CatCodec(nn.Module):
         Args:
             path_or_hub_id: a local directory, or a Hugging Face hub id (e.g. "OpenMOSS-Team/MOSS-Audio-Tokenizer").
             dtype: compute dtype of the transformer stages: None / "auto" = float32 (see
-                `cat_tts.hub.resolve_dtype`), or a name / torch dtype (bfloat16 allowed). The quantizer always
+                `cat_tts.weights.resolve_dtype`), or a name / torch dtype (bfloat16 allowed). The quantizer always
                 runs in float32.
             device: where to put the model (default CPU).
 
@@ -384,7 +384,7 @@ class CatCodec(nn.Module):
             CheckpointError: the weights do not match the config (lists missing/unexpected keys), or a damaged file.
             InputError: an unknown dtype name.
         """
-        from cat_tts.hub import SafetensorsCheckpoint, checkpoint_files, read_safetensors, resolve_dtype
+        from cat_tts.weights import SafetensorsCheckpoint, checkpoint_files, read_safetensors, resolve_dtype
 
         directory = _resolve_checkpoint(path_or_hub_id)
         config = CodecConfig.from_json(directory / CONFIG_NAME)
@@ -424,7 +424,7 @@ class CatCodec(nn.Module):
 
 
 def _resolve_checkpoint(path_or_hub_id: str | Path) -> Path:
-    """The local directory of a codec checkpoint (see `cat_tts.hub.resolve_checkpoint`)."""
-    from cat_tts.hub import resolve_checkpoint
+    """The local directory of a codec checkpoint (see `cat_tts.weights.resolve_checkpoint`)."""
+    from cat_tts.weights import resolve_checkpoint
 
     return resolve_checkpoint(path_or_hub_id, "codec")

@@ -30,7 +30,7 @@ import torch
 from cat_tts.audio import DEFAULT_SAMPLE_RATE
 from cat_tts.errors import InputError, ModelLoadError
 from cat_tts.generation import Engine, EngineConfig, EngineError, GenerationConfig, Request, stream_audio
-from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL
+from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL
 from cat_tts.text.normalize import clean_text, split_sentences
 from cat_tts.text.prompt import Prompt, PromptBuilder
 
@@ -269,7 +269,7 @@ class CatTTS:
         from transformers import AutoTokenizer
 
         from cat_tts.codec import CatCodec
-        from cat_tts.hub import dtype_name, read_config_json, recorded_dtype, resolve_checkpoint, resolve_dtype
+        from cat_tts.weights import dtype_name, read_config_json, recorded_dtype, resolve_checkpoint, resolve_dtype
         from cat_tts.model import CatTTSModel
 
         try:

@@ -22,7 +22,7 @@ Two special cases:
 * Non-parameter buffers some checkpoints carry (`...rotary_emb.inv_freq`, `...position_ids`) are skipped.
 
 Loading builds the model on the meta device, materialises it on the target device in the target dtype and
-reads the checkpoint tensor by tensor into the parameters (`cat_tts.hub.SafetensorsCheckpoint`): peak host
+reads the checkpoint tensor by tensor into the parameters (`cat_tts.weights.SafetensorsCheckpoint`): peak host
 memory is the model itself on the CPU, near zero beyond a staging buffer on a GPU. Only safetensors are read
 (no pickle); no remote code is ever run.
 """
@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import save_file
 
 from cat_tts.errors import CheckpointError
-from cat_tts.hub import (
+from cat_tts.weights import (
     CONFIG_FILE,
     INDEX_FILE,
     SINGLE_FILE,
@@ -96,7 +96,7 @@ def internal_to_official(name: str) -> str:
 
 # ---------------------------------------------------------------------- directories and files
 def resolve_directory(path_or_hub_id: str | Path) -> Path:
-    """The local directory of a CAT-TTS model checkpoint (see `cat_tts.hub.resolve_checkpoint`)."""
+    """The local directory of a CAT-TTS model checkpoint (see `cat_tts.weights.resolve_checkpoint`)."""
     return resolve_checkpoint(path_or_hub_id, "model")
 
 
@@ -176,7 +176,7 @@ def load_pretrained(
 
     Args:
         path_or_hub_id: checkpoint directory or hub id.
-        dtype: None / "auto" (see `cat_tts.hub.resolve_dtype`: float32 on CPU, bfloat16 on CUDA unless the
+        dtype: None / "auto" (see `cat_tts.weights.resolve_dtype`: float32 on CPU, bfloat16 on CUDA unless the
             checkpoint records float16), a name ("bf16", "float32", ...) or a torch dtype.
         attn_implementation: see `CatTTSModel`.
         device: where the parameters are created (default CPU).

@@ -566,7 +566,7 @@ class CatTTSModel(nn.Module):
         Args:
             path_or_hub_id: a local directory (config.json + model.safetensors or sharded safetensors with
                 model.safetensors.index.json) or a Hugging Face hub repo id.
-            dtype: None / "auto" (see `cat_tts.hub.resolve_dtype`: float32 on the CPU, bfloat16 on CUDA unless the
+            dtype: None / "auto" (see `cat_tts.weights.resolve_dtype`: float32 on the CPU, bfloat16 on CUDA unless the
                 checkpoint records float16), a name ("bf16", "float32", ...) or a torch dtype.
             attn_implementation: see `CatTTSModel`.
             device: where to put the weights (default CPU).

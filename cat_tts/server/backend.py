@@ -195,7 +195,7 @@ class PipelineBackend:
         engine = EngineConfig(max_slots=max_slots, max_queue=max_queue, compile=compile)
         dtype = None if dtype == "auto" else dtype  # the pipeline's default: bf16 on CUDA, fp32 on the CPU
         tts = CatTTS.from_pretrained(model=model, codec=codec, device=device, dtype=dtype, engine=engine)
-        from cat_tts.hub import dtype_name
+        from cat_tts.weights import dtype_name
 
         logger.info(
             "%s: model in %s, codec in %s, %d slots, CUDA graphs %s, torch.compile %s",

@@ -40,7 +40,7 @@ class CliError(UserError):
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     from cat_tts.generation import EngineConfig, GenerationConfig
-    from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
+    from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
 
     gen, engine = GenerationConfig(), EngineConfig()
     p = sub.add_parser(
@@ -183,7 +183,7 @@ def load_pipeline(args: argparse.Namespace, depths: list[int]) -> CatTTS:
     The depths are checked against the model's config.json, and the codec directory's kind is checked, before any
     weights are read.
     """
-    from cat_tts.hub import resolve_checkpoint
+    from cat_tts.weights import resolve_checkpoint
     from cat_tts.inference import CatTTS
     from eval.seedtts.generate import check_depths, model_layers
 

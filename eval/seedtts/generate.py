@@ -139,7 +139,7 @@ def model_layers(model: str | Path) -> tuple[Path, int]:
         CheckpointError: a config.json whose `n_vq` is not a positive integer.
     """
     from cat_tts.errors import CheckpointError
-    from cat_tts.hub import read_config_json, resolve_checkpoint
+    from cat_tts.weights import read_config_json, resolve_checkpoint
 
     directory = resolve_checkpoint(model, "model")
     fields = read_config_json(directory)

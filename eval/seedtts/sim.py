@@ -501,7 +501,7 @@ def load_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"speaker-verification checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from cat_tts.hub import read_safetensors
+        from cat_tts.weights import read_safetensors
 
         return read_safetensors(path, mmap=True)  # a damaged file raises a CheckpointError naming it
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cat_tts.app import bitrate_info, default_depths
-from cat_tts.hub import read_config_json
+from cat_tts.weights import read_config_json
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"

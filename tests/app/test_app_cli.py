@@ -19,7 +19,7 @@ from app_fakes import tiny_model_config
 from cat_tts.app import cli, kbps
 from cat_tts.codec.config import CodecConfig
 from cat_tts.errors import USER_ERROR_EXIT_CODE
-from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
+from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-import cat_tts.hub as hub
+import cat_tts.weights.safetensors as hub
 from cat_tts.model import CatTTSConfig, CatTTSModel
 from cat_tts.model.tiny import build_tiny_model
 

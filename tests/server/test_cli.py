@@ -60,7 +60,7 @@ def test_missing_checkpoint_exits_2(capsys, tmp_path):
 
 
 def test_parser_defaults_are_the_released_weights():
-    from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL
+    from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL
 
     args = build_parser().parse_args([])
     assert (args.model, args.codec, args.host, args.port) == (DEFAULT_MODEL, DEFAULT_CODEC, "127.0.0.1", 8000)

@@ -9,7 +9,7 @@ Loads: random weights at the preset's size are written once to a temporary direc
 `save_pretrained`, as released: 5.8 GB at the released size; the codec in float32 at its released config:
 6.7 GB) and removed at the end; `--model/--codec DIR` measure existing checkpoints instead. Then every
 (part, dtype) loads in its own fresh process (`CatTTSModel.from_pretrained` / `CatCodec.from_pretrained`,
-dtype names as `cat_tts.hub.resolve_dtype` reads them). Reported per load: the call's wall time; the process
+dtype names as `cat_tts.weights.resolve_dtype` reads them). Reported per load: the call's wall time; the process
 wall time (interpreter start, imports, load); the resident set before the load (interpreter, torch, the CUDA
 context) and its peak during the load (the kernel's VmHWM, reset just before the call; ru_maxrss is not used:
 it also counts the parent's resident set at fork); that peak relative to the loaded weights' size; and on CUDA
@@ -175,7 +175,7 @@ def measure_load(part: str, directory: str, dtype: str, device: str, drop_page_c
     """Load one checkpoint in this (fresh) process and report time and memory (see the module docstring)."""
     import torch
 
-    from cat_tts.hub import dtype_name, read_config_json
+    from cat_tts.weights import dtype_name, read_config_json
     from cat_tts.tools.bench import sync
 
     dev = torch.device(device)
@@ -312,7 +312,7 @@ def _spawn(spec: dict[str, Any], timeout: float, env: dict[str, str] | None = No
 # ------------------------------------------------------------------------------------------------------- parent
 def _stored_parameters(directory: Path, part: str) -> int:
     """Parameters a checkpoint loads into (from the headers; the model's unused Qwen table copy excluded)."""
-    from cat_tts.hub import SafetensorsCheckpoint
+    from cat_tts.weights import SafetensorsCheckpoint
 
     skipped = {"model.language_model.embed_tokens.weight"} if part == "model" else set()
     with SafetensorsCheckpoint.from_directory(directory) as checkpoint:
@@ -333,7 +333,7 @@ def _dir_size(directory: Path) -> int:
 def _load_rows(args: argparse.Namespace, dirs: dict[str, Path]) -> list[dict[str, Any]]:
     import torch
 
-    from cat_tts.hub import resolve_dtype
+    from cat_tts.weights import resolve_dtype
 
     rows = []
     plan = [("model", d) for d in args.dtypes.split(",") if d]

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
 
 @contextlib.contextmanager
 def _checkpoints(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
-    from cat_tts.hub import DEFAULT_CODEC, DEFAULT_MODEL
+    from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL
 
     if not args.tiny:
         yield args.model or DEFAULT_MODEL, args.codec or DEFAULT_CODEC
