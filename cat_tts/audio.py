@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cat_tts.files import atomic_write
+
 DEFAULT_SAMPLE_RATE = 24000
 SILENCE_PEAK = 1e-5  # a clip whose peak |sample| is below this (-100 dBFS) counts as silent
 
@@ -160,6 +162,9 @@ def loudness_normalize(wav: np.ndarray, target_db: float = -20.0, max_gain_db: f
 def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int = DEFAULT_SAMPLE_RATE) -> Path:
     """Write a mono waveform as 16-bit PCM wav (samples clipped to [-1, 1]); creates parent directories.
 
+    The file is written under a temporary name and renamed when complete (`cat_tts.files.atomic_write`): a run
+    killed while writing never leaves a partial wav under `path`, so "the file exists" means "it is finished".
+
     Args:
         path: output file (".wav").
         wav: [S] float waveform (numpy or torch).
@@ -179,5 +184,6 @@ def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int = DEFAULT_SAM
         raise AudioError("refusing to save a waveform containing NaN or infinite samples")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    with atomic_write(path) as tmp:
+        sf.write(str(tmp), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path
