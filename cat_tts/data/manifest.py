@@ -11,12 +11,12 @@ Relative audio paths are resolved against the manifest's directory.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cat_tts.errors import InputError
+from cat_tts.files import JsonlError, read_jsonl
 
 # Optional user-message fields of the official chat format, kept verbatim for the chat prompt layout.
 PROMPT_FIELDS = ("instruction", "tokens", "quality", "sound_event", "ambient_sound")
@@ -91,7 +91,8 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     """Reads a JSONL manifest.
 
     Args:
-        path: the manifest file (one JSON object per line; blank lines are ignored).
+        path: the manifest file (one JSON object per line, UTF-8, a byte-order mark allowed; blank lines are
+            ignored).
 
     Returns:
         The rows in file order.
@@ -101,20 +102,11 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
             (names the file and line).
     """
     path = Path(path)
-    if path.is_dir():
-        raise ManifestError(f"the manifest {path} is a directory; pass the JSONL file (one utterance per line)")
-    if not path.is_file():
-        raise ManifestError(f"manifest not found: {path}")
     base = path.resolve().parent
     rows: list[ManifestRow] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ManifestError(f"{where}: not valid JSON ({err.msg})") from None
-            rows.append(parse_row(obj, len(rows), base, where))
+    try:
+        for number, obj in read_jsonl(path, what="manifest"):
+            rows.append(parse_row(obj, len(rows), base, f"{path}:{number}"))
+    except JsonlError as err:
+        raise ManifestError(str(err)) from None
     return rows

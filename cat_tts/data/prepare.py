@@ -38,6 +38,7 @@ from cat_tts.audio import DEFAULT_SAMPLE_RATE
 from cat_tts.cli import check_writable_dir
 from cat_tts.data.manifest import ManifestRow, read_manifest
 from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
+from cat_tts.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +62,27 @@ class PrepareConfig:
     device: str = "auto"  # "auto" = cuda:LOCAL_RANK when CUDA is available, else cpu
 
     def validate(self) -> PrepareConfig:
-        if self.batch_size < 1:
-            raise UserError(f"batch_size = {self.batch_size} is invalid; allowed: >= 1")
-        if self.num_workers < 0:
-            raise UserError(f"num_workers = {self.num_workers} is invalid; allowed: >= 0")
-        if self.shard_size < 1:
-            raise UserError(f"shard_size = {self.shard_size} is invalid; allowed: >= 1")
-        if self.max_seconds <= 0:
-            raise UserError(f"max_seconds = {self.max_seconds} is invalid; allowed: > 0")
+        """Checks every field; a `UserError` names the field and its option: `batch_size (--batch-size) = 0 ...`."""
+        for name, ok, allowed in (
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("num_workers", self.num_workers >= 0, ">= 0"),
+            ("shard_size", self.shard_size >= 1, ">= 1"),
+            ("max_seconds", self.max_seconds > 0, "> 0"),
+            ("world_size", self.world_size >= 1, ">= 1"),
+        ):
+            if not ok:
+                raise UserError(f"{_label(name)} = {getattr(self, name)} is invalid; allowed: {allowed}")
         if not 0 <= self.rank < self.world_size:
-            raise UserError(f"rank = {self.rank} is invalid for world_size = {self.world_size}; allowed: 0..W-1")
+            raise UserError(
+                f"{_label('rank')} = {self.rank} is invalid for {_label('world_size')} = {self.world_size}; "
+                "allowed: 0 .. world_size - 1 (the launcher's RANK and WORLD_SIZE are the defaults)"
+            )
         return self
+
+
+def _label(field: str) -> str:
+    """A `PrepareConfig` field as messages name it: the field and its `python -m cat_tts.data.prepare` option."""
+    return f"{field} (--{field.replace('_', '-')})"
 
 
 @dataclass
@@ -204,14 +215,10 @@ def write_shard(shard_dir: str | Path, name: str, records: dict[str, list[Any]],
     if final.exists():  # a previous run died between writing the data and its stats file
         shutil.rmtree(final)
     if records["id"]:
-        tmp = shard_dir / f".{name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        Dataset.from_dict(records, features=_features()).save_to_disk(str(tmp))
-        os.replace(tmp, final)
-    tmp_stats = shard_dir / f".{name}.json.tmp"
-    tmp_stats.write_text(json.dumps(stats, ensure_ascii=False))
-    os.replace(tmp_stats, shard_dir / f"{name}.json")  # marks the shard complete
+        with atomic_write(final) as tmp:
+            Dataset.from_dict(records, features=_features()).save_to_disk(str(tmp))
+    with atomic_write(shard_dir / f"{name}.json") as tmp:  # marks the shard complete
+        tmp.write_text(json.dumps(stats, ensure_ascii=False), encoding="utf-8")
     return final
 
 
@@ -321,7 +328,7 @@ def summarize(out: str | Path, rank: int = 0, world_size: int = 1) -> PrepareSum
     seconds = 0.0
     skipped: list[dict[str, Any]] = []
     for stats_file in sorted((out / "shards").glob(f"rank{rank:05d}-of-{world_size:05d}-*.json")):
-        stats = json.loads(stats_file.read_text())
+        stats = json.loads(stats_file.read_text(encoding="utf-8"))
         summary.kept += stats["kept"]
         seconds += stats["seconds"]
         summary.shards += 1
@@ -332,9 +339,11 @@ def summarize(out: str | Path, rank: int = 0, world_size: int = 1) -> PrepareSum
     summary.hours = seconds / 3600.0
     suffix = "" if world_size == 1 else f".rank{rank:05d}-of-{world_size:05d}"
     report = out / f"prepare_report{suffix}.jsonl"
-    with open(report, "w", encoding="utf-8") as f:
-        for s in sorted(skipped, key=lambda s: s["index"]):
-            f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    with atomic_write(report) as tmp:
+        tmp.write_text(
+            "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in sorted(skipped, key=lambda s: s["index"])),
+            encoding="utf-8",
+        )
     summary.report = str(report)
     return summary
 

@@ -62,5 +62,17 @@ def test_bad_lines_name_file_and_line(tmp_path, line, message):
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(tmp_path / "nope.jsonl")
-    with pytest.raises(ManifestError, match="is a directory; pass the JSONL file"):
+    with pytest.raises(ManifestError, match="is a directory; give the JSON-lines file"):
         read_manifest(tmp_path)
+
+
+def test_a_byte_order_mark_and_latin1_text(tmp_path):
+    """A manifest saved by Notepad/Excel starts with a UTF-8 byte-order mark: it reads; Latin-1 text names its line."""
+    m = tmp_path / "m.jsonl"
+    m.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"audio": "a.wav", "text": "caf\u00e9"}, ensure_ascii=False).encode() + b"\n"
+    )
+    assert [r.text for r in read_manifest(m)] == ["caf\u00e9"]
+    m.write_bytes(b'{"audio": "a.wav", "text": "ok"}\n{"audio": "b.wav", "text": "caf\xe9"}\n')
+    with pytest.raises(ManifestError, match=r"m\.jsonl:2: not UTF-8 text"):
+        read_manifest(m)

@@ -30,9 +30,9 @@ def _tone(path, seconds, freq):
     return path
 
 
-def _manifest(tmp_path, rows):
+def _manifest(tmp_path, rows, bom=False):
     m = tmp_path / "manifest.jsonl"
-    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m.write_bytes((b"\xef\xbb\xbf" if bom else b"") + "".join(json.dumps(r) + "\n" for r in rows).encode())
     return m
 
 
@@ -55,6 +55,7 @@ def test_prepare_skips_and_reports_bad_rows_and_resumes(tmp_path, codec_dir, cap
             {"audio": "silent.wav", "text": "quiet", "id": "silent"},
             {"audio": "long.wav", "text": "too long", "id": "long"},
         ],
+        bom=True,  # as Notepad or an Excel export saves it
     )
     out = tmp_path / "data"
     argv = [
@@ -118,6 +119,7 @@ def test_prepare_skips_and_reports_bad_rows_and_resumes(tmp_path, codec_dir, cap
     )
     assert again.kept == 2 and again.total_skipped == 4
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == stamp
+    assert not [p.name for p in out.rglob(".*")]  # every output was renamed into place: no temporary is left
 
 
 def test_prepare_exits_with_the_user_error_code_when_nothing_is_usable(tmp_path, codec_dir, capsys):
@@ -139,7 +141,10 @@ def test_unwritable_out_is_a_one_line_error_before_any_work(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "extra,message",
-    [(["--batch-size", "0"], "batch_size = 0"), (["--rank", "3", "--world-size", "2"], "rank = 3")],
+    [
+        (["--batch-size", "0"], "batch_size (--batch-size) = 0"),
+        (["--rank", "3", "--world-size", "2"], "rank (--rank) = 3"),
+    ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, message):
     m = _manifest(tmp_path, [{"audio": "a.wav", "text": "x"}])
