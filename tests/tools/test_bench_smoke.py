@@ -24,33 +24,57 @@ def _all_finite_positive(values) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
 
 
-def test_bench_generate_reports_engine_and_naive_rates(tmp_path):
-    result = _run(tmp_path, "generate", "--quick", "--depths", "1,2", "--batches", "1", "--frames", "2",
-                  "--warmup-frames", "1", "--naive-frames", "1", "--device", "cpu")  # fmt: skip
-    rows = result["rows"]
-    assert result["columns"] == ["eager", "naive"]
-    assert [(r["batch"], r["depth"]) for r in rows] == [(1, 1), (1, 2)]
-    keys = ("eager_ms_per_frame", "naive_ms_per_frame", "speedup", "rtf_per_stream", "best_frames_per_s")
-    assert _all_finite_positive(r[key] for r in rows for key in keys)
+FRAME_ROW = ("bench", "batch", "depth", "mode", "ms_per_frame")
+ENGINE_ROW = ("bench", "concurrency", "depth", "frames_per_request", "aggregate_realtime", "stream_rtf_p50",
+              "stream_rtf_p95", "ttfa_ms_p50", "ttfa_ms_p95", "stall_s_p50", "stall_s_p95")  # fmt: skip
 
 
-def test_bench_engine_compares_concurrent_with_sequential(tmp_path):
-    result = _run(tmp_path, "engine", "--quick", "--concurrency", "1,3", "--depths", "2", "--frames", "3",
-                  "--device", "cpu", "--compile", "off")  # fmt: skip
+def test_bench_generate_reports_each_mode_batch_and_depth(tmp_path):
+    result = _run(tmp_path, "generate", "--quick", "--device", "cpu", "--batches", "1,2", "--depths", "2",
+                  "--modes", "eager,default", "--frames", "8")  # fmt: skip
     rows = result["rows"]
-    assert [(r["depth"], r["concurrency"]) for r in rows] == [(2, 1), (2, 3)]
+    assert result["complete"] and result["baseline"] == "eager"
+    assert [(r["batch"], r["mode"]) for r in rows] == [(1, "eager"), (1, "default"), (2, "eager"), (2, "default")]
+    assert all(set(FRAME_ROW) <= set(r) and r["bench"] == "frame" and r["depth"] == 2 for r in rows)
+    assert _all_finite_positive(r[k] for r in rows for k in ("ms_per_frame", "frames_per_s", "rtf", "speedup"))
+    assert all(r["speedup"] == 1.0 for r in rows if r["mode"] == "eager")  # the first mode is the baseline
+    assert all(r["timed_frames"] >= 2 for r in rows)
+
+
+def test_bench_engine_serves_seed_tts_shaped_requests_at_each_concurrency(tmp_path):
+    result = _run(tmp_path, "engine", "--quick", "--device", "cpu", "--concurrency", "1,3", "--depths", "2",
+                  "--frames", "3-5", "--reference-seconds", "0.5-1", "--requests-per-client", "2")  # fmt: skip
+    rows = result["rows"]
+    assert [(r["depth"], r["concurrency"], r["requests"]) for r in rows] == [(2, 1, 2), (2, 3, 6)]
     for r in rows:
-        assert r["concurrent"]["frames"] == r["sequential"]["frames"] == 3 * r["concurrency"]
-        keys = ("frames_per_s", "rtf", "ttfa_p50_ms", "ttfa_p95_ms")
-        assert _all_finite_positive(r[run][key] for run in ("concurrent", "sequential") for key in keys)
-    assert rows[1]["concurrent"]["steps"] < rows[1]["sequential"]["steps"]  # the batch shared its frame steps
+        assert set(ENGINE_ROW) <= set(r) and r["bench"] == "engine" and r["mode"] == "default"
+        assert 3 <= r["frames_per_request"] <= 5
+        assert _all_finite_positive(r[k] for k in ENGINE_ROW[4:9]) and r["stall_s_p95"] >= r["stall_s_p50"] >= 0
+    assert rows[0]["speedup"] == 1.0  # the first concurrency is the baseline
+
+
+def test_bench_profile_lists_where_a_frame_goes(tmp_path):
+    result = _run(tmp_path, "profile", "--quick", "--device", "cpu", "--modes", "eager", "--depth", "2",
+                  "--frames", "5", "--top", "4")  # fmt: skip
+    (p,) = result["modes"]
+    assert p["mode"] == "eager" and p["frames"] >= 1 and len(p["top_ops"]) == 4 and p["top_kernels"] == []
+    numbers = [p["wall_ms_per_frame"], p["cpu_ops_ms_per_frame"]] + [r["ms_per_frame"] for r in p["top_ops"]]
+    assert _all_finite_positive(numbers)
+    assert sum(r["share"] for r in p["top_ops"]) <= 1.0 + 1e-9
 
 
 def test_bench_codec_reports_real_time_factors(tmp_path):
-    result = _run(tmp_path, "codec", "--preset", "tiny", "--seconds", "1", "--repeats", "1", "--device", "cpu")
+    result = _run(tmp_path, "codec", "--preset", "tiny", "--seconds", "1", "--repeats", "1", "--device", "cpu",
+                  "--batches", "1,2")  # fmt: skip
     assert result["preset"] == "tiny" and result["audio_seconds"] > 0
-    keys = ("encode_rtf", "decode_rtf", "stream_decode_first_chunk_ms", "stream_encode_first_chunk_ms")
-    assert _all_finite_positive(result[key] for key in keys)
+    assert [r["batch"] for r in result["rows"]] == [1, 2]
+    keys = ("encode_rtf", "decode_rtf", "decode_x_realtime", "stream_decode_first_chunk_ms", "stream_encode_rtf")
+    assert _all_finite_positive(r[key] for r in result["rows"] for key in keys)
+
+
+def test_a_bad_option_value_is_one_line_and_exit_2(capsys):
+    assert main(["engine", "--quick", "--device", "cpu", "--frames", "9-3"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --frames takes LO-HI with 0 < LO <= HI (or one number), got '9-3'"
 
 
 @pytest.mark.slow  # ~35 s
@@ -105,16 +129,16 @@ def test_bench_coldstart_times_first_audio_with_a_cold_then_warm_cache(tmp_path)
     assert cache.is_dir()  # a given cache directory is the user's: kept
 
 
-def test_bench_serve_compares_the_engine_server_with_a_one_slot_server(tmp_path):
-    for module in ("fastapi", "uvicorn", "python_multipart", "prometheus_client"):
+@pytest.mark.slow  # ~40 s: two server processes start (the fast suite covers the pieces: tests/tools/test_bench_load)
+def test_bench_serve_streams_seed_tts_shaped_requests_from_a_real_server(tmp_path):
+    for module in ("fastapi", "uvicorn", "python_multipart", "prometheus_client", "httpx"):
         pytest.importorskip(module, reason="bench serve needs the serve extra")
-    result = _run(tmp_path, "serve", "--tiny", "--concurrency", "1,2", "--requests-per-client", "1", "--frames", "2",
-                  "--depth", "2")  # fmt: skip
-    rows = {r["concurrency"]: r for r in result["rows"]}
-    assert set(rows) == {1, 2} and result["frames_per_request"] == 2
-    for row in rows.values():
-        for server in ("engine", "baseline"):
-            numbers = row[server]
-            assert numbers["requests"] == row["concurrency"] and numbers["bytes"] == numbers["requests"] * 2 * 1920 * 2
-            assert _all_finite_positive(numbers[k] for k in ("requests_per_s", "audio_s_per_s", "ttfa_p50_ms"))
-        assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+    result = _run(tmp_path, "serve", "--tiny", "--concurrency", "1,2", "--requests-per-client", "1", "--frames", "2-3",
+                  "--depth", "2", "--reference-seconds", "1-2", "--voices", "2", "--baseline")  # fmt: skip
+    rows = {(r["server"], r["concurrency"]): r for r in result["rows"]}
+    assert set(rows) == {("engine", 1), ("engine", 2), ("baseline", 1), ("baseline", 2)}
+    for (server, n), r in rows.items():
+        assert r["requests"] == n and r["slots"] == (2 if server == "engine" else 1)
+        assert 2 <= r["frames_per_request"] <= 3 and r["audio_s"] > 0
+        assert _all_finite_positive(r[k] for k in ENGINE_ROW[4:9])
+    assert all(math.isfinite(r["vs_one_slot_server"]) for r in result["rows"] if r["server"] == "engine")

@@ -10,14 +10,20 @@ promises: the machine decides the absolute numbers.
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
+
 import torch
 
 # subcommand name -> module (relative to this package) implementing it
 SUBCOMMANDS: dict[str, str] = {
     "train-step": "train_step",  # issue: model core (forward+backward at p=0 vs p=1)
     "codec": "codec",  # issue: codec (encode/decode RTF, streaming first-chunk latency)
-    "generate": "generate",  # issue: generation (ms/frame: eager vs compiled / CUDA graphs, or vs a naive loop)
-    "engine": "engine",  # issue: inference engine (N concurrent requests vs one after another)
+    "generate": "generate",  # issue 17: frame step (ms/frame) per engine mode, batch size and depth
+    "engine": "engine",  # issue 17: Seed-TTS-Eval-shaped concurrent requests on the engine (RTF, TTFA, stalls)
+    "profile": "profile",  # issue 17: where a frame's time goes (torch.profiler: top kernels / ops per frame)
     "train": "train",  # issue: training (tokens/s and peak memory, p=0 vs p=1)
 }
 
@@ -27,3 +33,29 @@ def sync(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def save_partial(args: argparse.Namespace, result: dict) -> None:
+    """Writes the results so far to `--json` (marked `"complete": false`), so that a run stopped by a time limit
+    keeps what it finished. No-op without `--json`."""
+    path = getattr(args, "json", None)
+    if path:
+        write_json(path, {**result, "complete": False})
+
+
+def write_json(path: str, result: dict) -> None:
+    """Writes a result atomically (a reader never sees half a file); NaN and infinities become null."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(_finite(result), f, indent=1)
+    os.replace(tmp, path)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
-from cat_tts.tools.bench import SUBCOMMANDS
+from cat_tts.errors import UserError
+from cat_tts.tools.bench import SUBCOMMANDS, write_json
 
 SUBCOMMANDS = {**SUBCOMMANDS, "coldstart": "coldstart"}  # issue 13: load time/memory in fresh processes, first audio
-SUBCOMMANDS = {**SUBCOMMANDS, "serve": "serve"}  # issue 11: HTTP clients on the engine vs a one-slot server
+SUBCOMMANDS = {**SUBCOMMANDS, "serve": "serve"}  # issues 11, 17: HTTP clients with Seed-TTS-Eval-shaped requests
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The command line (every subcommand's options) and the modules that implement the subcommands."""
     parser = argparse.ArgumentParser(prog="python -m cat_tts.tools.bench", description=__doc__)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,11 +29,19 @@ def main(argv: list[str] | None = None) -> int:
         modules[name] = module
         p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
         module.add_arguments(p)
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
     args = parser.parse_args(argv)
-    result = modules[args.command].run(args)
+    try:
+        result = modules[args.command].run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, {**result, "complete": True})
     return 0
 
 

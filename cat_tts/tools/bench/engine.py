@@ -1,103 +1,125 @@
-"""Continuous batching: N concurrent requests on one engine vs the same N requests one after another.
+"""The engine under Seed-TTS-Eval-shaped load: aggregate real-time rate, per-stream RTF, TTFA and playback stalls.
 
-    python -m cat_tts.tools.bench engine [--concurrency 1,4,8,16] [--depths 8,32] [--frames 16] [--released]
-                                         [--device cuda] [--compile auto]
+    python -m cat_tts.tools.bench engine [--concurrency 1,4,8,16,32,64] [--depths 32] [--modes default]
+                                         [--requests-per-client 2] [--reference-seconds 3-10] [--frames 40-100]
+                                         [--released] [--device cuda]
 
-For each depth K and concurrency N, the same N requests (random prompts of different lengths, sampling with the
-released settings, each forced to `--frames` frames) run twice in the same process:
-
-* `concurrent`: all N submitted at once to an engine of N slots (they share every frame step);
-* `sequential`: one after another on an engine of one slot (the best a one-request-at-a-time server does).
-
-Reported per run: aggregate frames/s (N x frames / wall time), the aggregate real-time factor (wall time / seconds of
-audio produced; < 1 is faster than real time), and the time to first audio frame of each request measured from the
-moment all N were submitted (what N clients arriving together see; p50 and p95), plus the ratio of the two
-aggregate rates. Audio decode is not included (see `bench codec` and `bench serve`).
+For each mode (`cat_tts.tools.bench.modes.MODES`) one engine of `--slots` slots (default: the largest concurrency,
+as a server would be configured) runs in its background thread; for each depth K and concurrency N, N clients start
+together and each sends `--requests-per-client` requests one after another (see `cat_tts.tools.bench.load` for
+their shapes: a 3-10 s reference clip's frames at the codec's frame rate plus text rows as the prompt, 40-100 frames
+of output). Each request is consumed through `request.chunks()`, so its times are those of a caller of the engine:
+time to first audio is submit -> first frames delivered (codec decode not included: `bench serve` has the whole
+path). Reported per (K, N): the aggregate real-time rate (audio seconds / wall seconds), per-stream RTF p50/p95 and
+how many streams were slower than real time, TTFA p50/p95, playback stall p50/p95, and the aggregate rate relative
+to the first concurrency listed (the baseline, measured in the same run). An untimed pass first pays the first-use
+costs (CUDA graph capture, compilation, allocations).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import gc
 import time
 
-import numpy as np
 import torch
 
-from cat_tts.tools.bench import sync
+from cat_tts.tools.bench import save_partial
+from cat_tts.tools.bench.load import StreamTiming, parse_ints, parse_range, request_shape, run_clients, summarize
 from cat_tts.tools.bench.models import FRAME_SECONDS, add_model_arguments, build_model, describe, random_prompt
+from cat_tts.tools.bench.modes import MODES, engine_config, parse_modes
+
+CHUNK_TIMEOUT_S = 1800.0  # a request that delivers nothing for this long fails the benchmark instead of hanging it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--concurrency", default="1,4,8,16", help="comma-separated request counts N (1,4,8,16)")
-    parser.add_argument("--depths", default="8,32", help="comma-separated depths K (default 8,32)")
-    parser.add_argument("--frames", type=int, default=16, help="frames generated per request (16)")
-    parser.add_argument("--prompt-rows", type=int, default=64, help="mean prompt length in rows (64; +-25%%)")
-    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="engine compilation")
-    parser.add_argument("--no-sequential", action="store_true", help="skip the one-after-another baseline")
+    parser.add_argument("--concurrency", default="1,4,8,16,32,64", help="comma-separated client counts N")
+    parser.add_argument("--depths", default="32", help="comma-separated depths K (32)")
+    parser.add_argument("--modes", default="default", help=f"engine modes ({', '.join(MODES)}; default: default)")
+    parser.add_argument("--requests-per-client", type=int, default=2, help="requests each client sends in turn (2)")
+    parser.add_argument("--reference-seconds", default="3-10", help="reference clip durations, LO-HI seconds (3-10)")
+    parser.add_argument("--frames", default="40-100", help="frames generated per request, LO-HI (40-100)")
+    parser.add_argument("--text-rows", default="32-96", help="text rows of the prompt, LO-HI (32-96)")
+    parser.add_argument("--slots", type=int, default=None, help="engine slots (default: the largest concurrency)")
     add_model_arguments(parser)
 
 
-def _compile_mode(name: str):
-    return {"auto": "auto", "on": True, "off": False}[name]
-
-
 @torch.inference_mode()
-def serve(model, n: int, slots: int, depth: int, args: argparse.Namespace) -> dict:
-    """Submits n requests at once to an engine of `slots` slots; returns wall time and per-request latency."""
-    from cat_tts.generation import Engine, EngineConfig, GenerationConfig
+def run_mode(model, mode: str, depths: list[int], counts: list[int], args: argparse.Namespace, emit) -> None:
+    """Every (depth, concurrency) on one engine of `mode`; `emit(depth, n, summary)` receives each result."""
+    from cat_tts.generation import Engine, GenerationConfig
 
-    rows = int(args.prompt_rows * 1.25) + args.frames + 16
-    config = EngineConfig(max_slots=slots, max_rows=rows, max_queue=n, compile=_compile_mode(args.compile))
+    ref = parse_range(args.reference_seconds, "--reference-seconds")
+    text = parse_range(args.text_rows, "--text-rows")
+    frames = parse_range(args.frames, "--frames")
+    per_client = args.requests_per_client
+    slots = args.slots or max(counts)
+    rows = round(text[1]) + round(ref[1] / FRAME_SECONDS) + 1 + round(frames[1]) + 16  # + room between host reads
+    config = engine_config(mode, max_slots=slots, max_rows=rows, max_queue=max(counts) * per_client)
     engine = Engine(model, config)
-    engine.warmup()
-    cfg = GenerationConfig(depth=depth, max_new_frames=args.frames, min_new_frames=args.frames)
-    lengths = [int(args.prompt_rows * (0.75 + 0.5 * i / max(n - 1, 1))) for i in range(n)]
-    prompts = [random_prompt(model, t, seed=i) for i, t in enumerate(lengths)]
-    # Untimed pass over the same prompt shapes: first-use costs (kernel selection for each prefill length, lazy
-    # allocations) are paid here, not by whichever configuration happens to run first.
-    for request in [engine.submit(p, cfg.with_overrides(max_new_frames=2, min_new_frames=2)) for p in prompts]:
-        request.result()
-    sync(model.device)
-    warm_steps = engine.stats().frame_steps
-    start = time.perf_counter()
-    requests = [engine.submit(p, cfg.with_overrides(seed=i)) for i, p in enumerate(prompts)]
-    while not all(r.done for r in requests):
-        engine.step()
-    sync(model.device)
-    wall = time.perf_counter() - start
-    first = [r.first_frame_at - start for r in requests]
-    frames = sum(r.num_frames for r in requests)
-    return {
-        "wall_s": wall,
-        "frames": frames,
-        "frames_per_s": frames / wall,
-        "rtf": wall / (frames * FRAME_SECONDS),
-        "ttfa_p50_ms": statistics.median(first) * 1e3,
-        "ttfa_p95_ms": float(np.percentile(first, 95)) * 1e3,
-        "steps": engine.stats().frame_steps - warm_steps,
-        "cuda_graphs": engine.uses_cuda_graphs,
-    }
+    engine.start()
+
+    def one_request(client: int, index: int, depth: int, frames_override: int | None = None) -> StreamTiming:
+        shape = request_shape(client, index, ref, text, frames)
+        n = frames_override or shape.frames
+        prompt = random_prompt(model, shape.text_rows + round(shape.reference_seconds / FRAME_SECONDS) + 1, shape.seed)
+        timing = StreamTiming(sent=time.perf_counter())
+        request = engine.submit(prompt, GenerationConfig(depth=depth, min_new_frames=n, seed=shape.seed),
+                                max_new_frames=n)  # fmt: skip
+        for chunk in request.chunks(timeout=CHUNK_TIMEOUT_S):
+            timing.arrivals.append(time.perf_counter())
+            timing.durations.append(chunk.shape[0] * FRAME_SECONDS)
+        return timing
+
+    try:
+        run_clients(min(slots, max(counts)), 1, lambda i, j: one_request(i, j, max(depths), frames_override=2))
+        for depth in depths:
+            for n in counts:
+                streams = run_clients(n, per_client, lambda i, j, k=depth: one_request(i, j, k))
+                emit(depth, n, summarize(**streams))
+    finally:
+        engine.close()
 
 
 def run(args: argparse.Namespace) -> dict:
-    counts = [int(x) for x in args.concurrency.split(",")]
-    depths = [int(x) for x in args.depths.split(",")]
+    counts = parse_ints(args.concurrency, "--concurrency")
+    depths = parse_ints(args.depths, "--depths")
+    modes = parse_modes(args.modes)
+    parse_range(args.frames, "--frames")  # refuse a bad range before the model is built
+    if args.requests_per_client < 1:
+        raise SystemExit("--requests-per-client must be >= 1")
     model = build_model(args)
-    print(describe(model, args), flush=True)
-    print(f"{'K':>3} {'N':>3} {'concurrent fr/s':>15} {'sequential fr/s':>15} {'ratio':>6} {'agg RTF':>8} "
-          f"{'TTFA p50 ms':>11} {'TTFA p95 ms':>11} {'seq TTFA p50':>12} {'seq TTFA p95':>12}", flush=True)  # fmt: skip
-    rows = []
-    for k in depths:
-        for n in counts:
-            concurrent = serve(model, n, n, k, args)
-            sequential = None if args.no_sequential else serve(model, n, 1, k, args)
-            row = {"depth": k, "concurrency": n, "concurrent": concurrent, "sequential": sequential}
-            ratio = concurrent["frames_per_s"] / sequential["frames_per_s"] if sequential else float("nan")
-            row["ratio"] = ratio
-            rows.append(row)
-            seq = sequential or {"frames_per_s": float("nan"), "ttfa_p50_ms": float("nan"), "ttfa_p95_ms": float("nan")}
-            print(f"{k:>3} {n:>3} {concurrent['frames_per_s']:>15.2f} {seq['frames_per_s']:>15.2f} {ratio:>5.2f}x "
-                  f"{concurrent['rtf']:>8.3f} {concurrent['ttfa_p50_ms']:>11.0f} {concurrent['ttfa_p95_ms']:>11.0f} "
-                  f"{seq['ttfa_p50_ms']:>12.0f} {seq['ttfa_p95_ms']:>12.0f}", flush=True)  # fmt: skip
-    return {"model": describe(model, args), "frames_per_request": args.frames, "rows": rows}
+    result = {
+        "model": describe(model, args),
+        "frame_seconds": FRAME_SECONDS,
+        "reference_seconds": args.reference_seconds,
+        "frames": args.frames,
+        "requests_per_client": args.requests_per_client,
+        "rows": [],
+    }
+    print(result["model"], flush=True)
+    print(f"requests: {args.reference_seconds} s reference clips, {args.frames} frames of output, "
+          f"{args.requests_per_client} per client", flush=True)  # fmt: skip
+    print(f"{'mode':>9} {'K':>3} {'N':>3} {'x realtime':>10} {'vs N=' + str(counts[0]):>8} {'RTF p50':>8} "
+          f"{'p95':>6} {'>=1':>4} {'TTFA p50 ms':>11} {'p95':>6} {'stall p50 s':>11} {'p95':>6}",
+          flush=True)  # fmt: skip
+    for mode in modes:
+        baseline: dict[int, float] = {}
+
+        def emit(depth: int, n: int, s: dict, mode: str = mode, baseline: dict = baseline) -> None:
+            baseline.setdefault(depth, s["aggregate_realtime"])
+            row = {"bench": "engine", "mode": mode, "concurrency": n, "depth": depth,
+                   "frames_per_request": s["audio_s"] / s["requests"] / FRAME_SECONDS, **s,
+                   "speedup": s["aggregate_realtime"] / baseline[depth]}  # fmt: skip
+            result["rows"].append(row)
+            save_partial(args, result)
+            print(f"{mode:>9} {depth:>3} {n:>3} {s['aggregate_realtime']:>10.2f} {row['speedup']:>7.2f}x "
+                  f"{s['stream_rtf_p50']:>8.3f} {s['stream_rtf_p95']:>6.3f} {s['streams_slower_than_realtime']:>4} "
+                  f"{s['ttfa_ms_p50']:>11.0f} {s['ttfa_ms_p95']:>6.0f} {s['stall_s_p50']:>11.2f} "
+                  f"{s['stall_s_p95']:>6.2f}", flush=True)  # fmt: skip
+
+        run_mode(model, mode, depths, counts, args, emit)
+        gc.collect()  # the mode's engine (slot caches, graphs) goes before the next one is built
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return result

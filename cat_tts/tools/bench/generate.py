@@ -1,19 +1,17 @@
-"""Frame-step speed of the inference engine: eager vs compiled (CUDA graphs / torch.compile), or vs a naive loop.
+"""Frame-step speed of the inference engine per mode, batch size and depth.
 
-    python -m cat_tts.tools.bench generate [--depths 1,8,16,32] [--batches 1,8] [--frames 8] [--compile] [--naive]
-                                           [--released] [--device cuda]
+    python -m cat_tts.tools.bench generate [--batches 1,8,16,32,64] [--depths 8,16,32] [--modes eager,default,compiled]
+                                           [--frames 24] [--prompt-rows 64] [--released] [--device cuda]
 
-Per batch size B and depth K: B requests fill B engine slots (random prompts, sampling with the released settings,
-every request forced to the same number of frames); after warm-up, each frame step is timed with the device
-synchronised, and the median is reported as ms/frame, frames/s (B x 1000 / ms) and the real-time factor of one
-stream (ms per frame / 80 ms of audio per frame). Columns:
-
-* `eager`: the engine's units run op by op (`EngineConfig(compile=False)`);
-* with `--compile`: on CUDA, `graphs` (the units captured as CUDA graphs, `compile="auto"`) and `compiled`
-  (torch.compile(fullgraph=True) + CUDA graphs, `compile=True`; skip it with `--no-inductor`); on the CPU,
-  `compiled` (torch.compile);
-* with `--naive` (the default when `--compile` is not given): the released code's algorithm, which re-runs the
-  whole growing depth sequence at every depth step and the full text head for channel 0 (greedy).
+For each mode (`cat_tts.tools.bench.modes.MODES`: eager, default, compiled, ...) and batch size B, one engine of B
+slots runs, through its public API only (submit, chunks, start, close): first an untimed pass (B requests of 2 frames
+at the largest depth: CUDA graph capture, compilation, first-use allocations; its wall time is `warmup_s`), then for
+each depth K, B requests at once (random prompts, sampling with the released settings, each forced to `--frames`
+frames). The frame time is measured from when audio arrives, as a user sees it: over the window in which every
+request is generating (after the last request's first audio, before the first request's last audio), the time
+between two arrivals divided by the frames they delivered, median over the B requests. Reported: ms per frame step,
+frames/s (B x 1000 / ms), the real-time factor of one stream (ms per frame / the codec's frame duration) and the
+speedup over the first mode listed (the baseline, measured in the same run).
 
 The model is random (see `cat_tts.tools.bench.models`): `--released` for the real sizes on a GPU.
 """
@@ -21,138 +19,121 @@ The model is random (see `cat_tts.tools.bench.models`): `--released` for the rea
 from __future__ import annotations
 
 import argparse
+import gc
+import math
 import statistics
 import time
 
 import torch
 
-from cat_tts.tools.bench import sync
+from cat_tts.tools.bench import save_partial
+from cat_tts.tools.bench.load import StreamTiming, parse_ints, run_clients
 from cat_tts.tools.bench.models import FRAME_SECONDS, add_model_arguments, build_model, describe, random_prompt
+from cat_tts.tools.bench.modes import MODES, engine_config, parse_modes
+
+CHUNK_TIMEOUT_S = 1800.0  # a request that delivers nothing for this long fails the benchmark instead of hanging it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--depths", default="1,8,16,32", help="comma-separated depths K (default 1,8,16,32)")
-    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
-    parser.add_argument("--frames", type=int, default=8, help="timed frames per run (8)")
-    parser.add_argument("--warmup-frames", type=int, default=3, help="untimed frames before timing (3)")
+    parser.add_argument("--batches", default="1,8,16,32,64", help="comma-separated batch sizes (1,8,16,32,64)")
+    parser.add_argument("--depths", default="8,16,32", help="comma-separated depths K (8,16,32)")
+    parser.add_argument(
+        "--modes", default="eager,default,compiled", help=f"engine modes, first = baseline ({', '.join(MODES)})"
+    )
+    parser.add_argument("--frames", type=int, default=24, help="frames per request (24); the steady window is timed")
     parser.add_argument("--prompt-rows", type=int, default=64, help="prompt length in rows (64)")
-    parser.add_argument("--compile", action="store_true", help="compare eager with compiled (graphs / compile)")
-    parser.add_argument("--no-inductor", action="store_true", help="with --compile on CUDA: CUDA graphs only")
-    parser.add_argument("--naive", action="store_true", help="also time the naive loop (default without --compile)")
-    parser.add_argument("--naive-frames", type=int, default=2, help="timed frames of the naive loop (2)")
     add_model_arguments(parser)
 
 
-def modes(args: argparse.Namespace) -> dict[str, object]:
-    """Column name -> `EngineConfig.compile` value."""
-    out: dict[str, object] = {"eager": False}
-    if args.compile:
-        if torch.device(args.device).type == "cuda":
-            out["graphs"] = "auto"
-            if not args.no_inductor:
-                out["compiled"] = True
-        else:
-            out["compiled"] = True
-    return out
+def run_batch(engine, model, batch: int, depth: int, frames: int, prompt_rows: int) -> list[StreamTiming]:
+    """B requests submitted together; returns their audio arrival times (one piece per delivered chunk)."""
+    from cat_tts.generation import GenerationConfig
+
+    def one_request(i: int, _: int) -> StreamTiming:
+        config = GenerationConfig(depth=depth, min_new_frames=frames, seed=i)
+        timing = StreamTiming(sent=time.perf_counter())
+        request = engine.submit(random_prompt(model, prompt_rows, seed=i), config, max_new_frames=frames)
+        for chunk in request.chunks(timeout=CHUNK_TIMEOUT_S):
+            timing.arrivals.append(time.perf_counter())
+            timing.durations.append(chunk.shape[0] * FRAME_SECONDS)
+        return timing
+
+    return run_clients(batch, 1, one_request)["streams"]
+
+
+def steady_frame_time(streams: list[StreamTiming]) -> tuple[float, int]:
+    """(seconds per frame step, frames timed): the median over streams of the time between two arrivals per frame
+    delivered between them, over the window in which every stream was generating (see the module docstring); when
+    that window holds fewer than two arrivals of every stream (short runs), over each stream's own first to last
+    arrival. (nan, 0) when no stream has two arrivals."""
+    start = max(s.arrivals[0] for s in streams if s.arrivals)
+    end = min(s.arrivals[-1] for s in streams if s.arrivals)
+    for low, high in ((start, end), (-math.inf, math.inf)):
+        per_stream = []
+        for s in streams:
+            frames = [round(sum(s.durations[: i + 1]) / FRAME_SECONDS) for i in range(len(s.durations))]  # cumulative
+            inside = [i for i, t in enumerate(s.arrivals) if low <= t <= high]
+            if len(inside) >= 2 and frames[inside[-1]] > frames[inside[0]]:
+                first, last = inside[0], inside[-1]
+                per_stream.append(((s.arrivals[last] - s.arrivals[first]) / (frames[last] - frames[first]),
+                                   frames[last] - frames[first]))  # fmt: skip
+        if per_stream:
+            return statistics.median(t for t, _ in per_stream), min(n for _, n in per_stream)
+    return math.nan, 0
 
 
 @torch.inference_mode()
-def time_engine(model, compile_mode, batch: int, depth: int, args: argparse.Namespace) -> dict:
-    """Median seconds per frame step of `batch` requests at depth K, and the warm-up (compile/capture) time."""
-    from cat_tts.generation import Engine, EngineConfig, GenerationConfig, RequestState
+def time_mode(model, mode: str, batch: int, depths: list[int], args: argparse.Namespace) -> tuple[float, list[dict]]:
+    """Warm-up seconds and one (ms/frame, timed frames) row per depth for one mode at one batch size."""
+    from cat_tts.generation import Engine
 
-    frames = args.warmup_frames + args.frames
-    rows = args.prompt_rows + frames + 16
-    engine = Engine(model, EngineConfig(max_slots=batch, max_rows=rows, compile=compile_mode, buckets=(batch,)))
+    rows = args.prompt_rows + args.frames + 16  # + room for the frames between two host reads
+    config = engine_config(mode, max_slots=batch, max_rows=rows, max_queue=batch, buckets=(batch,))
     start = time.perf_counter()
-    engine.warmup()
-    warmup_s = time.perf_counter() - start
-    cfg = GenerationConfig(depth=depth, max_new_frames=frames, min_new_frames=frames)
-    requests = [engine.submit(random_prompt(model, args.prompt_rows, seed=i), cfg.with_overrides(seed=i))
-                for i in range(batch)]  # fmt: skip
-    while any(r.state != RequestState.RUNNING for r in requests):  # prefill (the first frame may run with it)
-        engine.step()
-    times = []
-    while not all(r.done for r in requests):
-        sync(model.device)
-        t = time.perf_counter()
-        engine.step()
-        sync(model.device)
-        times.append(time.perf_counter() - t)
-    timed = times[args.warmup_frames :] or times
-    return {"s_per_frame": statistics.median(timed), "warmup_s": warmup_s, "graphs": engine.uses_cuda_graphs}
-
-
-@torch.inference_mode()
-def time_naive(model, batch: int, depth: int, args: argparse.Namespace) -> float:
-    """Median seconds per frame of the released code's algorithm (recompute the depth sequence), greedy."""
-    from transformers import DynamicCache
-
-    grid = torch.stack([random_prompt(model, args.prompt_rows, seed=i) for i in range(batch)]).to(model.device)
-    mask = torch.ones(grid.shape[:2], dtype=torch.long, device=model.device)
-    pad = model.config.audio_pad_code
-    cache = DynamicCache()
-    h = model.temporal(
-        inputs_embeds=model.embed_frames(grid, depth), attention_mask=mask, past_key_values=cache
-    ).last_hidden_state[:, -1]
-    times = []
-    for _ in range(args.naive_frames + 1):
-        sync(model.device)
-        start = time.perf_counter()
-        xs = [model.depth_input(h)]  # [B, Dd] per position
-        toks = []
-        for c in range(depth + 1):
-            y = model.depth(torch.stack(xs, dim=1))  # [B, c+1, Dd], recomputed from scratch
-            z = model.head_norms[c](model.depth_output[c](y))  # adapters on every position, as upstream
-            logits = model.heads[c](z[:, -1])  # channel 0: the full text head
-            if c > 0:
-                logits[:, pad] = float("-inf")
-            tok = logits.argmax(-1)
-            toks.append(tok)
-            xs.append(model.depth_input(model.channel_embedding(c, tok)))
-        row = torch.full((batch, 1, grid.shape[-1]), pad, dtype=torch.long, device=grid.device)
-        row[:, 0, : depth + 1] = torch.stack(toks, dim=-1)
-        row[:, 0, 0] = model.config.token_ids.audio_assistant_gen_slot
-        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-        h = model.temporal(
-            inputs_embeds=model.embed_frames(row, depth),
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1)[:, -1:],
-            past_key_values=cache,
-        ).last_hidden_state[:, -1]
-        sync(model.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    engine = Engine(model, config)
+    engine.start()
+    try:
+        run_batch(engine, model, batch, max(depths), 2, args.prompt_rows)
+        warmup_s = time.perf_counter() - start
+        out = []
+        for depth in depths:
+            seconds, timed = steady_frame_time(run_batch(engine, model, batch, depth, args.frames, args.prompt_rows))
+            out.append({"depth": depth, "ms_per_frame": seconds * 1e3, "timed_frames": timed})
+    finally:
+        engine.close()
+        del engine
+        gc.collect()
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return warmup_s, out
 
 
 def run(args: argparse.Namespace) -> dict:
-    depths = [int(x) for x in args.depths.split(",")]
-    batches = [int(x) for x in args.batches.split(",")]
-    naive = args.naive or not args.compile
+    depths = parse_ints(args.depths, "--depths")
+    batches = parse_ints(args.batches, "--batches")
+    modes = parse_modes(args.modes)
+    if args.frames < 2:
+        raise SystemExit("--frames must be >= 2")
     model = build_model(args)
-    print(describe(model, args), flush=True)
-    columns = modes(args)
-    head = " ".join(f"{name + ' ms':>12}" for name in columns) + (f" {'naive ms':>10}" if naive else "")
-    print(f"{'batch':>5} {'K':>3} {head} {'best frames/s':>13} {'RTF (1 stream)':>14} {'speedup':>8}", flush=True)
-    rows = []
-    for b in batches:
-        for k in depths:
-            row: dict = {"batch": b, "depth": k}
-            for name, mode in columns.items():
-                timing = time_engine(model, mode, b, k, args)
-                row[f"{name}_ms_per_frame"] = timing["s_per_frame"] * 1e3
-                row[f"{name}_warmup_s"] = timing["warmup_s"]
-            if naive:
-                row["naive_ms_per_frame"] = time_naive(model, b, k, args) * 1e3
-            best = min(row[f"{name}_ms_per_frame"] for name in columns)
-            row["best_frames_per_s"] = b * 1e3 / best
-            row["rtf_per_stream"] = best / 1e3 / FRAME_SECONDS
-            baseline = row["naive_ms_per_frame"] if naive else row["eager_ms_per_frame"]
-            row["speedup"] = baseline / best
-            rows.append(row)
-            cells = " ".join(f"{row[f'{name}_ms_per_frame']:>12.2f}" for name in columns)
-            if naive:
-                cells += f" {row['naive_ms_per_frame']:>10.1f}"
-            print(f"{b:>5} {k:>3} {cells} {row['best_frames_per_s']:>13.1f} {row['rtf_per_stream']:>14.3f} "
-                  f"{row['speedup']:>7.1f}x", flush=True)  # fmt: skip
-    return {"model": describe(model, args), "columns": list(columns) + (["naive"] if naive else []), "rows": rows}
+    result = {"model": describe(model, args), "modes": modes, "baseline": modes[0], "rows": []}
+    print(result["model"], flush=True)
+    print(f"{'mode':>10} {'batch':>5} {'K':>3} {'ms/frame':>9} {'frames/s':>9} {'RTF (1 stream)':>14} "
+          f"{'vs ' + modes[0]:>10} {'timed':>5} {'warm-up s':>9}", flush=True)  # fmt: skip
+    baseline: dict[tuple[int, int], float] = {}
+    for batch in batches:  # batch outer: a run stopped early has every mode of the batches it finished
+        for mode in modes:
+            warmup_s, timings = time_mode(model, mode, batch, depths, args)
+            for t in timings:
+                ms = t["ms_per_frame"]
+                key = (batch, t["depth"])
+                baseline.setdefault(key, ms)
+                row = {"bench": "frame", "batch": batch, "depth": t["depth"], "mode": mode, "ms_per_frame": ms,
+                       "frames_per_s": batch * 1e3 / ms, "rtf": ms / 1e3 / FRAME_SECONDS,
+                       "speedup": baseline[key] / ms, "timed_frames": t["timed_frames"],
+                       "warmup_s": warmup_s}  # fmt: skip
+                result["rows"].append(row)
+                save_partial(args, result)
+                print(f"{mode:>10} {batch:>5} {t['depth']:>3} {ms:>9.2f} {row['frames_per_s']:>9.1f} "
+                      f"{row['rtf']:>14.3f} {row['speedup']:>9.2f}x {row['timed_frames']:>5} {warmup_s:>9.1f}",
+                      flush=True)  # fmt: skip
+    return result
