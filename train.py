@@ -7,7 +7,12 @@
 Settings come from the YAML config (see cat_tts/training/config.py); the flags below override single
 fields, `--set section.field=value` any field. `--print-deepspeed` prints the DeepSpeed JSON the run uses.
 `--resume` continues from the newest intact checkpoint (every file checked against the checkpoint's manifest;
-a damaged newer checkpoint is named and moved aside).
+a damaged newer checkpoint is named and moved aside). A resumed run must train as the checkpoint's run did: a
+changed training field (e.g. `--set optim.lr=1e-4`) is refused, naming each change (old -> new), unless
+`--allow-config-change` is given; the run length, logging, saving and loader workers may change freely.
+
+One run per run directory: while a run lives it holds `OUT/train.lock`; a second run on the same `--out` exits 2
+naming the first one's pid. A lock left by a killed run is reported and taken over.
 
 Exit codes: 0 done; 2 a user error (bad config, data, --out, checkpoint; one line on stderr); 3 the loss
 became NaN/inf; 130 interrupted.
@@ -39,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume",
         action="store_true",
         help="continue from the newest intact checkpoint in the run directory (damaged ones are named and set aside)",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue even though training fields of the config differ from the checkpoint's "
+        "(the changes are listed as a warning); without it such a resume is refused",
     )
     parser.add_argument(
         "--set",
@@ -123,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     from cat_tts.training.loop import NonFiniteLossError, train
 
     try:
-        result = train(cfg, resume=args.resume, progress=not args.no_progress)
+        result = train(
+            cfg, resume=args.resume, progress=not args.no_progress, allow_config_change=args.allow_config_change
+        )
     except KeyboardInterrupt:
         print("train.py: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""Training on a DeepSpeed engine: config, generated DeepSpeed JSON, the explicit loop, checkpoints, schedule.
+"""Training under DeepSpeed: config, generated DeepSpeed JSON, the explicit loop, checkpoints, schedule, run lock.
 
 DeepSpeed is imported only when training starts (`pip install 'cat-tts[train]'`).
 """

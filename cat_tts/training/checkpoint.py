@@ -3,7 +3,7 @@
 Layout of a run directory:
 
     RUN_DIR/checkpoints/step-00000100/
-        deepspeed/            engine state: model, optimizer (fp32 master weights), scheduler (DeepSpeed files)
+        deepspeed/            DeepSpeed's state: model, optimizer (fp32 master weights), scheduler (its own files)
         trainer_state.json    step, data position (epoch, batch), tokens seen
         rng/rank00000.json    Python / NumPy generator state of each rank (+ .safetensors: torch CPU/CUDA states)
         config.yaml           the resolved TrainConfig
@@ -25,6 +25,7 @@ code wrote into the run directory. Models are shared as the `model/` export (saf
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,8 +38,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from cat_tts.errors import CheckpointError
+from cat_tts.files import atomic_write
+from cat_tts.weights import read_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +109,8 @@ def write_manifest(directory: str | Path, step: int) -> Path:
         if rel == MANIFEST:
             continue
         files[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-    tmp = directory / f".{MANIFEST}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"format": MANIFEST_FORMAT, "step": step, "files": files}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / MANIFEST)
+    with atomic_write(directory / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "step": step, "files": files}, indent=1), "utf-8")
     return directory / MANIFEST
 
 
@@ -271,25 +271,27 @@ def _barrier() -> None:
 def export_model(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, zero_stage: int = 0) -> Path:
     """Writes a Hugging Face-format model directory (safetensors + config + tokenizer). Call on every rank.
 
-    Under ZeRO-3 the weights are gathered first; only rank 0 writes.
+    Under ZeRO-3 the weights are gathered first; only rank 0 writes. The directory is written under a temporary
+    name and renamed into place (replacing an older export), so `out_dir` never holds a partial model.
     """
     out_dir = Path(out_dir)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    gathered = contextlib.nullcontext()
     if zero_stage == 3:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            if rank == 0:
-                model.save_pretrained(out_dir)
-    elif rank == 0:
-        model.save_pretrained(out_dir)
-    if rank == 0 and tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+        gathered = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    with gathered:
+        if rank == 0:
+            with atomic_write(out_dir) as tmp:
+                model.save_pretrained(tmp)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(tmp)
     return out_dir
 
 
 def save_checkpoint(
-    engine: Any,
+    ds_model: Any,
     run_dir: str | Path,
     step: int,
     trainer_state: dict[str, Any],
@@ -301,7 +303,7 @@ def save_checkpoint(
     """Saves a complete checkpoint atomically, with its manifest, then rotates old ones (every rank must call it).
 
     Args:
-        engine: the DeepSpeed engine (model, optimizer and scheduler state).
+        ds_model: the model as wrapped by `deepspeed.initialize` (model, optimizer and scheduler state).
         run_dir: the run directory.
         step: optimizer steps done.
         trainer_state: JSON-able loop state (data position, tokens seen, ...).
@@ -313,8 +315,6 @@ def save_checkpoint(
     Returns:
         The final checkpoint directory.
     """
-    from safetensors.torch import save_file
-
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     final = checkpoint_dir(run_dir, step)
     tmp = final.parent / f".{final.name}.tmp"
@@ -323,14 +323,14 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     _barrier()
-    engine.save_checkpoint(str(tmp / "deepspeed"), tag=DEEPSPEED_TAG, save_latest=False)
+    ds_model.save_checkpoint(str(tmp / "deepspeed"), tag=DEEPSPEED_TAG, save_latest=False)
     meta, tensors = rng_state()
     (tmp / "rng").mkdir(exist_ok=True)
     (tmp / "rng" / f"rank{rank:05d}.json").write_text(json.dumps(meta))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "rng" / f"rank{rank:05d}.safetensors"))
     if export:
-        stage = engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
-        export_model(engine.module, tokenizer, tmp / "model", zero_stage=stage)
+        stage = ds_model.zero_optimization_stage() if hasattr(ds_model, "zero_optimization_stage") else 0
+        export_model(ds_model.module, tokenizer, tmp / "model", zero_stage=stage)
     _barrier()
     if rank == 0:
         (tmp / "config.yaml").write_text(config_yaml)
@@ -349,27 +349,26 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(engine: Any, ckpt: str | Path) -> dict[str, Any]:
-    """Restores engine state and this rank's RNG state from a verified checkpoint; returns the trainer state.
+def load_checkpoint(ds_model: Any, ckpt: str | Path) -> dict[str, Any]:
+    """Restores the DeepSpeed state (model, optimizer, scheduler) and this rank's RNG state from a verified
+    checkpoint; returns the trainer state.
 
     Raises:
         CheckpointError: naming the checkpoint, when DeepSpeed or the RNG state cannot be loaded from it.
     """
-    from safetensors.torch import load_file
-
     ckpt = Path(ckpt)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     try:
-        load_path, _ = engine.load_checkpoint(
+        load_path, _ = ds_model.load_checkpoint(
             str(ckpt / "deepspeed"), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
         )
     except Exception as err:  # DeepSpeed raises anything from pickle/zip/KeyError to RuntimeError on a bad file
         raise CheckpointError(
-            f"could not load the engine state of checkpoint {ckpt / 'deepspeed'}: {type(err).__name__}: "
+            f"could not load the DeepSpeed state of checkpoint {ckpt / 'deepspeed'}: {type(err).__name__}: "
             f"{str(err).splitlines()[0][:300] if str(err) else ''}"
         ) from err
     if load_path is None:
-        raise CheckpointError(f"DeepSpeed found no engine state in {ckpt / 'deepspeed'}")
+        raise CheckpointError(f"DeepSpeed found no state in {ckpt / 'deepspeed'}")
     try:
         state = json.loads((ckpt / TRAINER_STATE).read_text())
     except (OSError, ValueError) as err:
@@ -377,7 +376,7 @@ def load_checkpoint(engine: Any, ckpt: str | Path) -> dict[str, Any]:
     rng_json = ckpt / "rng" / f"rank{rank:05d}.json"
     if rng_json.exists():
         try:
-            set_rng_state(json.loads(rng_json.read_text()), load_file(str(rng_json.with_suffix(".safetensors"))))
+            set_rng_state(json.loads(rng_json.read_text()), read_safetensors(rng_json.with_suffix(".safetensors")))
         except Exception as err:  # JSON, safetensors header or generator-state errors
             raise CheckpointError(f"could not restore the RNG state {rng_json}: {type(err).__name__}: {err}") from err
     else:

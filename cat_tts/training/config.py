@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from cat_tts.errors import InputError, UserError
+from cat_tts.files import read_yaml
 from cat_tts.model.psd import DEPTH_RANGES, PAPER_DEPTH_RANGE
 from cat_tts.text.prompt import DEPRECATED_LAYOUT_NAMES, LAYOUTS, check_layout
 
@@ -151,7 +152,7 @@ class OptimSection:
 
 @dataclass
 class DeepSpeedSection:
-    """How the DeepSpeed engine shards and accumulates."""
+    """How DeepSpeed shards the model state and accumulates gradients."""
 
     # ZeRO stage: 2 shards optimizer state and gradients (default); 3 also the weights (large runs; with several
     # ranks the model runs in its rank-uniform mode, see docs/notes/train.md)
@@ -234,14 +235,16 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """Reads a YAML file (see `configs/`)."""
+        """Reads a YAML file (see `configs/`).
+
+        Raises:
+            UserError: the file is missing, not UTF-8 or not valid YAML (one line naming the file and line), or a
+                field is unknown or invalid (naming the file and the field).
+        """
         path = Path(path)
         if path.is_dir():
             raise InputError(f"the config {path} is a directory; pass a YAML file such as configs/tiny.yaml")
-        if not path.is_file():
-            raise InputError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        data = read_yaml(path, what="config")  # syntax and encoding errors name the file and line
         if data is not None and not isinstance(data, dict):
             raise UserError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
         try:
@@ -275,6 +278,68 @@ class TrainConfig:
                 raise UserError(f"override {item!r}: unknown field {section}.{key}; known: {', '.join(data[section])}")
             data[section][key] = yaml.safe_load(raw) if raw.strip() else None
         return TrainConfig.from_dict(data)
+
+
+# Fields a resumed run may change without asking: they change neither what is trained nor how (where the run
+# lives, how long it goes on, how often it logs and saves, how batches are loaded). Changing `run.max_steps` while
+# `optim.decay_steps` is null changes the cosine's length: that is reported as a change of optim.decay_steps.
+RESUME_FREE_FIELDS = frozenset(
+    {
+        "run.out",
+        "run.max_steps",
+        "run.save_every",
+        "run.keep_last",
+        "run.log_every",
+        "run.export",
+        "run.tensorboard",
+        "data.num_workers",
+    }
+)
+
+
+def config_changes(saved: dict[str, Any], current: TrainConfig) -> tuple[list[str], list[str]]:
+    """What differs between a checkpoint's saved config and the config of the run that resumes it.
+
+    Args:
+        saved: the checkpoint's `config.yaml`, parsed (older files with renamed fields are read too).
+        current: the resuming run's config.
+
+    Returns:
+        (changes that alter the training, changes of `RESUME_FREE_FIELDS`), each as "section.field: old -> new",
+        in config order. The cosine's effective length is compared as `optim.decay_steps`.
+    """
+    before = _flatten(_renamed(saved) if isinstance(saved, dict) else {})
+    after = _flatten(current.to_dict())
+    for flat, max_steps in ((before, before.get("run.max_steps")), (after, current.run.max_steps)):
+        if flat.get("optim.decay_steps") is None:
+            flat["optim.decay_steps"] = f"null (= run.max_steps {max_steps})"
+    absent = "(absent)"
+    training, free = [], []
+    for name in [*after, *(k for k in before if k not in after)]:
+        old, new = before.get(name, absent), after.get(name, absent)
+        if old != new:
+            (free if name in RESUME_FREE_FIELDS else training).append(f"{name}: {_show(old)} -> {_show(new)}")
+    return training, free
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """{"optim": {"lr": 1e-4}} -> {"optim.lr": 1e-4}."""
+    return {
+        f"{section}.{key}": value
+        for section, fields in data.items()
+        if isinstance(fields, dict)
+        for key, value in fields.items()
+    }
+
+
+def _show(value: Any) -> str:
+    return (
+        "null"
+        if value is None
+        else value
+        if isinstance(value, str)
+        else yaml.safe_dump(value).strip().removesuffix("\n...")
+    )
 
 
 def _new_name(section: str, key: str) -> str:

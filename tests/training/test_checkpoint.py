@@ -1,6 +1,6 @@
 """Checkpoint manifests: what counts as intact, which checkpoint `--resume` picks, what rotation may delete.
 
-Fast tests on hand-made checkpoint directories (no DeepSpeed engine); the end-to-end damage test with real
+Fast tests on hand-made checkpoint directories (no DeepSpeed); the end-to-end damage test with real
 DeepSpeed checkpoints is tests/training/test_resume_damaged.py.
 """
 

@@ -1,7 +1,7 @@
 """Two data-parallel ranks (torchrun, gloo) compute the same update as one rank accumulating both batches.
 
 Progressive Sequence Dropout gives every rank a different graph (different depths, unused heads); this checks
-that gradient reduction still sums matching gradients (ZeRO-2: `cat_tts.training.loop.gated_forward`) and that
+that gradient reduction still sums matching gradients (ZeRO-2: `cat_tts.training.distributed.gated_forward`) and that
 ZeRO-3's per-module parameter gathering still matches across ranks (`CatTTSModel.uniform_graph`; every parameter
 is partitioned there: persistence threshold 0, and the trace-based prefetch is on from the second step).
 """
@@ -31,7 +31,7 @@ def _port() -> int:
 def _rank_depths(data: Path, steps: int) -> list[list[list[int]]]:
     """PSD depths of each rank's micro-batches in a 2-rank run of configs/tiny.yaml (as train.py draws them)."""
     from cat_tts.training.config import TrainConfig
-    from cat_tts.training.loop import build_model, build_stream, load_tokenizer
+    from cat_tts.training.build import build_model, build_stream, load_tokenizer
 
     cfg = TrainConfig.from_yaml(ROOT / "configs" / "tiny.yaml").with_overrides(
         [f"data.path={data}", "data.tokens_per_batch=64"]

@@ -1,4 +1,4 @@
-"""train.py on a real DeepSpeed engine (ZeRO-2, one CPU process, gloo): learning, exact resume, export, NaN stop."""
+"""train.py under real DeepSpeed (ZeRO-2, one CPU process, gloo): learning, exact resume, export, NaN stop."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_zero2_run_learns_resumes_exactly_and_exports(prepared, tmp_path):
     losses = _losses(full)
     assert sorted(losses) == list(range(1, 9))
     assert np.mean([losses[7], losses[8]]) < np.mean([losses[1], losses[2]]) - 0.05  # it learns
-    # a real ZeRO-2 engine: partitioned optimizer state files, fp32 on CPU
+    # real ZeRO-2 state: partitioned optimizer state files, fp32 on CPU
     ckpts = sorted(p.name for p in (full / "checkpoints").iterdir())
     assert ckpts == ["step-00000004", "step-00000008"]
     ds_files = {p.name for p in (full / "checkpoints" / "step-00000008" / "deepspeed" / "state").iterdir()}
@@ -134,7 +134,7 @@ def test_zero2_run_learns_resumes_exactly_and_exports(prepared, tmp_path):
 
     # a training checkpoint directory is a valid --init (its model/ export is loaded)
     from cat_tts.training.config import TrainConfig
-    from cat_tts.training.loop import build_model
+    from cat_tts.training.build import build_model
 
     init = TrainConfig.from_dict({"model": {"init": str(full / "checkpoints" / "step-00000008")}})
     started = build_model(init, torch.device("cpu"))
@@ -238,7 +238,7 @@ def test_init_from_a_qwen3_lm_copies_its_temporal_weights(tmp_path):
     from cat_tts.model import CatTTSConfig
     from cat_tts.text.tiny_tokenizer import build_tiny_tokenizer
     from cat_tts.training.config import TrainConfig
-    from cat_tts.training.loop import build_model, load_tokenizer
+    from cat_tts.training.build import build_model, load_tokenizer
 
     lc = CatTTSConfig.tiny().language_config
     fields = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,10 +132,62 @@ def test_old_data_format_names_are_read_as_the_plain_or_chat_layout(tmp_path, ca
         TrainConfig.from_dict({"data": {"format": "chat", "prompt_layout": "plain"}})
 
 
-def test_shipped_recipes_train_every_layer_and_say_why():
+def test_shipped_recipes_train_every_layer():
+    """At p = 1 the paper's range 1..N-1 never keeps layer N: every recipe must draw depths that reach N."""
+    import torch
+
+    from cat_tts.model.psd import sample_depths
+
     for name in SHIPPED:
         cfg = TrainConfig.from_yaml(ROOT / "configs" / f"{name}.yaml")
-        # at p = 1 the paper's range 1..N-1 would never train layer N: every recipe draws from 1..N
-        assert cfg.psd.p == 1.0 and cfg.psd.depth_range == "1..N", name
-        assert "layer 32" in (ROOT / "configs" / f"{name}.yaml").read_text(), name
-    assert TrainConfig().psd.depth_range == "1..N-1"  # the paper's range stays the default of the field
+        depths = sample_depths(4096, 32, cfg.psd.p, torch.Generator().manual_seed(0), depth_range=cfg.psd.depth_range)
+        assert int(depths.max()) == 32, name  # some samples keep all 32 layers: layer 32 gets a loss
+    paper = sample_depths(4096, 32, 1.0, torch.Generator().manual_seed(0), depth_range=TrainConfig().psd.depth_range)
+    assert int(paper.max()) == 31  # the default (the paper's range) would not: why the recipes change it
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"optim:\n  lr: 1e-4\n  betas: [0.9, 0.95\nrun:\n  out: x\n", r"bad\.yaml:4:\d+: not valid YAML \("),
+        (b"run:\n  out: runs/caf\xe9\n", r"bad\.yaml:2: not UTF-8 text \(byte 0xe9\); save the config as UTF-8"),
+        (b"run:\n\tout: x\n", r"bad\.yaml:2:\d+: not valid YAML \(found character '\\t'"),
+    ],
+    ids=["syntax", "latin1", "tab"],
+)
+def test_a_config_that_is_not_yaml_is_one_line_naming_file_and_line(tmp_path, capsys, content, expected):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    assert cli.main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(r"^train\.py: error: .*" + expected, err), err
+
+
+def test_a_config_with_a_byte_order_mark_reads(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + (ROOT / "configs" / "tiny.yaml").read_bytes())
+    assert TrainConfig.from_yaml(path) == TrainConfig.from_yaml(ROOT / "configs" / "tiny.yaml")
+
+
+def test_resume_changes_are_named_and_split_into_training_and_free_ones():
+    import yaml
+
+    from cat_tts.training.config import config_changes
+
+    saved = yaml.safe_load(TrainConfig().to_yaml())
+    changed = TrainConfig().with_overrides(["optim.lr=1e-4", "data.tokens_per_batch=8192", "run.log_every=1"])
+    training, free = config_changes(saved, changed)
+    assert training == ["data.tokens_per_batch: 4096 -> 8192", "optim.lr: 0.0002 -> 0.0001"]
+    assert free == ["run.log_every: 10 -> 1"]
+    # a longer run with decay_steps null stretches the cosine: a training change, said as such
+    training, free = config_changes(saved, TrainConfig().with_overrides(["run.max_steps=2000"]))
+    assert training == ["optim.decay_steps: null (= run.max_steps 1000) -> null (= run.max_steps 2000)"]
+    assert free == ["run.max_steps: 1000 -> 2000"]
+    pinned = TrainConfig().with_overrides(["optim.decay_steps=1000"])
+    assert config_changes(yaml.safe_load(pinned.to_yaml()), pinned.with_overrides(["run.max_steps=2000"]))[0] == []
+    assert config_changes(saved, TrainConfig()) == ([], [])
