@@ -51,8 +51,9 @@ def atomic_write(path: str | Path, durable: bool = True) -> Iterator[Path]:
     The temporary is a hidden name in the same directory (so the rename stays on one filesystem and is atomic)
     and ends in `.tmp`, so no `*.wav` / `*.jsonl` pattern picks it up. Pass the file format explicitly to writers
     that infer it from the name (`soundfile.write(..., format="WAV")`). The temporary may also be made a
-    directory (replacing a `path` that does not exist). On an error, the temporary is removed and `path` is
-    left as it was.
+    directory; it replaces a directory `path` by two renames (the old one is moved aside, then deleted), so for
+    an instant `path` does not exist, but it is never partial. On an error, the temporary is removed and `path`
+    is left as it was.
 
         with atomic_write(out / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary), encoding="utf-8")
@@ -75,7 +76,10 @@ def atomic_write(path: str | Path, durable: bool = True) -> Iterator[Path]:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.replace(tmp, path)
+        if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+            _replace_directory(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -84,9 +88,21 @@ def atomic_write(path: str | Path, durable: bool = True) -> Iterator[Path]:
         raise
 
 
+def _replace_directory(new: Path, path: Path) -> None:
+    """Puts directory `new` in the place of directory `path` (two renames), then deletes the old one."""
+    old = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.old")
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)  # put the old one back: `path` is never left missing by a failed rename
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _check_file(path: Path, what: str) -> None:
     if path.is_dir():
-        raise JsonlError(f"{what} {path} is a directory; give the file", path)
+        raise JsonlError(f"{what} {path} is a directory; give the JSON-lines file (one JSON value per line)", path)
     if not path.is_file():
         raise JsonlError(f"{what} not found: {path}", path)
 

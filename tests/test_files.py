@@ -55,6 +55,11 @@ def test_a_directory_can_be_written_atomically(tmp_path):
         (tmp / "data").write_text("x")
         raise ValueError
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard"]
+    with atomic_write(tmp_path / "shard") as tmp:  # an existing directory is replaced whole
+        tmp.mkdir()
+        (tmp / "new").write_text("y")
+    assert sorted(p.name for p in (tmp_path / "shard").iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard"]
 
 
 def test_a_process_killed_while_writing_leaves_nothing_under_the_final_name(tmp_path):
@@ -114,7 +119,7 @@ def test_bad_lines_can_fail_alone(tmp_path):
 def test_a_missing_file_or_a_directory_is_named(tmp_path):
     with pytest.raises(JsonlError, match=f"^manifest not found: {tmp_path / 'nope.jsonl'}$"):
         list(read_jsonl(tmp_path / "nope.jsonl", what="manifest"))
-    with pytest.raises(JsonlError, match="is a directory; give the file"):
+    with pytest.raises(JsonlError, match="is a directory; give the JSON-lines file"):
         list(read_jsonl(tmp_path))
 
 
