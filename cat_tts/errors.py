@@ -18,6 +18,25 @@ class InputError(UserError):
     """A user input (text, reference clip, depth, sampling value, path) is not usable."""
 
 
+class FieldError(InputError):
+    """One field of a request is not usable; `field` names it as the request spells it (`top_k`, `duration`, ...).
+
+    Front ends show it under their own label for the field (`--top-k`, "Top-k") with `labelled`.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def labelled(self, labels: dict[str, str]) -> str:
+        """The message with the field's name replaced by the front end's label for it (unknown fields unchanged)."""
+        label = labels.get(self.field, self.field)
+        message = str(self)
+        if label == self.field:
+            return message
+        return label + message[len(self.field) :] if message.startswith(self.field) else f"{label}: {message}"
+
+
 class CheckpointError(UserError):
     """A checkpoint (model, codec, training state) is missing, damaged, of the wrong kind or does not match."""
 

@@ -7,7 +7,8 @@ Every caller runs the engine: `CatTTSModel.generate` (a batch of prompt grids), 
 
 from cat_tts.generation.batch import FrameStep, GenerationOutput, generate
 from cat_tts.generation.config import EngineConfig, GenerationConfig
-from cat_tts.generation.engine import Engine, EngineClosed, EngineError, EngineStats, QueueFull
+from cat_tts.generation.engine import Engine, EngineStats
+from cat_tts.generation.errors import EngineClosed, EngineError, QueueFull
 from cat_tts.generation.request import Request, RequestState
 from cat_tts.generation.streaming import stream_audio
 

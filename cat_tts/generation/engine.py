@@ -4,26 +4,18 @@ Shapes: B slots (the pool: the batch), b slots in a step (the batch bucket), R r
 N layers of the grid, K a request's depth, C = 1 + N channels.
 
 Every caller (`CatTTSModel.generate`, `CatTTS`, infer.py, the demo, the evaluator, the server) runs this one path.
+Three parts, each with one concern:
 
-* The device side (`cat_tts.generation.units.FrameRunner`) holds typed, preallocated state: per slot, the temporal
-  KV rows (`SlotKVCache`, R rows), the depth KV cache (1+N positions), the next depth input, the frame being built,
-  the request's depth K, its sampling settings and seed key as tensors, its repetition history, its frame counter
-  and end flag. Nothing is allocated or concatenated per frame; every tensor keeps its address.
-* `Engine.step()` admits queued requests into free slots, runs prompt prefill in fixed chunks up to a row budget
-  (`prefill_budget`: a long prompt never stalls the running requests for more than that), then advances every
-  generating slot by one frame:
-  depth position 0 samples the control token, positions 1..K_max sample the layers (a slot whose K is smaller
-  ignores the extra positions), then one temporal step appends the frame to every slot's cache.
-* Sampling happens inside those units (`cat_tts.generation.sampling`): per-slot settings as tensors, counter-based
-  Gumbel-max noise keyed by (seed, frame, channel), so a seeded request yields the same frames alone or beside
-  others, and greedy decoding is exactly `argmax`.
-* The host reads back frames and end-of-speech flags once every `sync_every` frames (and right after a request's
-  first frame, for latency), never inside a frame.
-* Compilation (`EngineConfig.compile`): on CUDA the units are captured as CUDA graphs per batch bucket (`auto`);
-  `True` adds `torch.compile(fullgraph=True)` (on the CPU: compiled units, no graphs).
-* Requests wait in a bounded queue when every slot is busy (`QueueFull` beyond it); they leave on audio_end, their
-  frame budget or cancellation, and free their slot at once. A failing step fails the requests in flight
-  (`EngineError`) and the engine keeps serving.
+* `cat_tts.generation.policy` decides what a step does (admissions and their depths, prefill chunks, the bucket,
+  K_max, when to read back): pure functions of the queue, the slot table and measured frame times.
+* this module carries the plan out: the queue and the slot table, the background thread, locks, delivery to the
+  requests, cancellation, failures and statistics.
+* `cat_tts.generation.runner.FrameRunner` runs frames on the device over preallocated, typed slot state
+  (`cat_tts.generation.slots`), one frame being `cat_tts.generation.frame.run_frame`.
+
+A request that cannot be run fails alone: loading its settings into a slot and running its prompt are guarded per
+request; a frame that raises is retried once without the requests that joined since the last good frame (they fail);
+only a frame that fails again fails the requests in it. The engine keeps serving either way.
 """
 
 from __future__ import annotations
@@ -38,10 +30,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from cat_tts.errors import InputError, UserError
+from cat_tts.errors import InputError
+from cat_tts.generation import policy
 from cat_tts.generation.config import EngineConfig, GenerationConfig
+from cat_tts.generation.errors import EngineClosed, EngineError, QueueFull
 from cat_tts.generation.request import FinishReason, Request, RequestState
-from cat_tts.generation.units import FrameRunner
+from cat_tts.generation.runner import FrameRunner, PendingRead
 
 if TYPE_CHECKING:  # pragma: no cover
     from cat_tts.model import CatTTSModel
@@ -54,20 +48,8 @@ DEFAULT_FRAMES_PER_PROMPT_ROW = 12
 
 
 def default_budget(prompt_rows: int) -> int:
-    """The frame budget of a request that gives none (before the slot capacity bounds it)."""
+    """The frame budget of a request that gives none and has no estimate (before the slot capacity bounds it)."""
     return MIN_DEFAULT_FRAMES + DEFAULT_FRAMES_PER_PROMPT_ROW * prompt_rows
-
-
-class QueueFull(UserError):
-    """Every slot is busy and the waiting queue is full; retry later."""
-
-
-class EngineClosed(UserError):
-    """The engine no longer admits requests (it is shutting down)."""
-
-
-class EngineError(RuntimeError):
-    """The engine failed while running a request (the traceback is in the log); other requests are unaffected."""
 
 
 @dataclass
@@ -76,15 +58,15 @@ class EngineStats:
 
     active_requests: int  # requests holding a slot (prefilling or generating)
     queued_requests: int  # requests waiting for a slot
-    busy_slots: int  # slots in use
-    max_slots: int  # S
-    frames_generated: int  # frames produced since start (all requests, cumulative)
+    max_slots: int  # B
+    frames_generated: int  # audio frames delivered since start (all requests, cumulative)
     frame_steps: int  # frame steps run since start
     requests_finished: int  # requests ended by audio_end or budget since start
     requests_cancelled: int  # cancelled since start
     requests_failed: int  # failed since start
     accepting: bool  # False once the engine is closing
     warm: bool  # True once warm-up (CUDA graph capture / compilation) is done
+    frame_seconds: float | None  # the last measured wall time per frame step (None before any)
 
 
 class Engine:
@@ -93,12 +75,14 @@ class Engine:
     Args:
         model: a `CatTTSModel` (put in eval mode; its attention runs SDPA or eager: FlashAttention-2 takes no masks).
         config: sizes and compilation.
+        frame_rate: frames per second of audio (the codec's); what real time means for depth "auto" (None: depth
+            "auto" always takes its ceiling).
 
-    Use: `request = engine.submit(prompt [T, 1+N], GenerationConfig(...))`, then `request.chunks()` /
+    Use: `request = engine.submit(prompt [T, 1+N], GenerationConfig(...))`, then `request.stream()` /
     `request.result()`; with `engine.start()` a background thread steps the engine and any number of threads consume.
     """
 
-    def __init__(self, model: CatTTSModel, config: EngineConfig | None = None) -> None:
+    def __init__(self, model: CatTTSModel, config: EngineConfig | None = None, frame_rate: float | None = None) -> None:
         self.model = model.eval()
         self.config = config or EngineConfig()
         cfg = self.config
@@ -106,15 +90,29 @@ class Engine:
             logger.info("the engine runs attention with SDPA (FlashAttention-2 takes no per-slot masks)")
             model.set_attn_implementation("sdpa")
         self.n_vq = model.config.n_vq
-        self.runner = FrameRunner(model, self.config)  # the device side: slot tensors, units, compilation, graphs
-
-        self._mutex = threading.Lock()  # guards the queue, the slot table and every Request's consumer fields
+        self.runner = FrameRunner(model, cfg)  # the device side: slot tensors, frames, compilation, graphs
+        self.limits = policy.Limits(
+            buckets=self.runner.buckets,
+            prefill_chunk=cfg.prefill_chunk,
+            prefill_budget=cfg.prefill_budget,
+            sync_every=cfg.sync_every,
+            frame_period=None if frame_rate is None else 1.0 / frame_rate,
+            margin=cfg.auto_depth_margin,
+        )
+        self.clock = policy.FrameClock()  # measured frame times (depth "auto")
+        self._mutex = threading.Lock()  # guards the queue, the slot table and the requests' states
         self._changed = threading.Condition(self._mutex)  # notified whenever requests progress
         self._step_lock = threading.Lock()  # one thread runs `step()` at a time
         self._queue: deque[Request] = deque()
         self._slots: list[Request | None] = [None] * cfg.max_slots
+        self._fresh: set[Request] = set()  # admitted since the last good frame (suspects if a frame fails)
         self._ids = itertools.count()
-        self._window = 0  # frames in the history window since the last host read
+        self._window = 0  # frames run since the last host read
+        self._window_bucket = 0  # the largest bucket of those frames
+        self._window_k = 0  # the largest K_max of those frames
+        self._window_start = time.perf_counter()
+        self._reads: deque[tuple[PendingRead, list[tuple[int, Request, int]]]] = deque()  # started, not delivered
+        self._frame_seconds: float | None = None
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -138,13 +136,41 @@ class Engine:
 
     @property
     def uses_compile(self) -> bool:
-        """True when the frame units run through torch.compile."""
+        """True when the frame runs through torch.compile."""
         return self.runner.uses_compile
 
     @property
     def warm(self) -> bool:
-        """True once the units are compiled / the CUDA graphs captured (always true when eager)."""
+        """True once the frame is compiled / the CUDA graphs captured (always true when eager)."""
         return self.runner.warm
+
+    @property
+    def background(self) -> bool:
+        """True while a background thread steps the engine."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop
+
+    def frame_budget(self, prompt_rows: int, asked: int | None = None, estimate: int | None = None) -> int:
+        """The frame budget of a request: the one rule, used by `submit` and asked by planners before submitting.
+
+        Args:
+            prompt_rows: T.
+            asked: a budget the user gave (checked: it must fit the slot), or None.
+            estimate: a caller's estimate from its text (e.g. 3x a normal speaking time), used when none was asked;
+                None = a floor plus frames per prompt row.
+
+        Raises:
+            InputError: an asked budget that does not fit a slot with this prompt.
+        """
+        room = self.config.max_rows - self.config.sync_every - prompt_rows
+        if asked is None:
+            return max(1, min(room, estimate if estimate is not None else default_budget(prompt_rows)))
+        if asked > room:
+            raise InputError(
+                f"a prompt of {prompt_rows} rows plus {asked} new frames does not fit a slot of {self.config.max_rows} "
+                f"rows (room for {max(room, 0)} frames): shorten the reference or the text, lower max_new_frames, or "
+                "raise the engine's max_rows"
+            )
+        return asked
 
     def submit(
         self,
@@ -152,16 +178,18 @@ class Engine:
         config: GenerationConfig | None = None,
         max_new_frames: int | None = None,
         wait: bool = False,
+        estimate: int | None = None,
     ) -> Request:
         """Queues a request; it joins the running batch at the next frame boundary with a free slot.
 
         Args:
             prompt: `[T, 1+N]` int64 prompt grid (no padding).
-            config: generation settings (depth, sampling, seed, frame limits).
-            max_new_frames: frame budget (overrides `config.max_new_frames`); None = the config's, else a default
-                from the prompt length. Bounded by the slot capacity (`max_rows`).
+            config: generation settings (depth or depth "auto", sampling, seed, frame limits).
+            max_new_frames: frame budget (overrides `config.max_new_frames`); None = the config's, else
+                `frame_budget`'s default from the prompt length.
             wait: when the queue is full, wait for room (driving the engine if no background thread runs it)
                 instead of raising `QueueFull`.
+            estimate: the caller's estimate of the frames needed (from its text), the budget when none is given.
 
         Raises:
             InputError: a malformed prompt, a depth outside 1..N, a budget that does not fit a slot.
@@ -169,40 +197,32 @@ class Engine:
             EngineClosed: the engine is shutting down.
         """
         config = config or GenerationConfig()
-        depth = config.resolved_depth(self.n_vq)
+        depths = config.depth_range(self.n_vq)
         prompt = self._check_prompt(prompt)
-        rows = prompt.shape[0]
-        room = self.config.max_rows - self.config.sync_every - rows
-        budget = max_new_frames if max_new_frames is not None else config.max_new_frames
-        if budget is None:
-            budget = min(room, default_budget(rows))
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise InputError(f"max_new_frames must be a positive integer, got {budget!r}")
-        if budget > room:
-            raise InputError(
-                f"a prompt of {rows} rows plus {budget} new frames does not fit a slot of {self.config.max_rows} rows "
-                f"(room for {max(room, 0)} frames): shorten the reference or the text, lower max_new_frames, or raise "
-                "the engine's max_rows"
-            )
+        asked = max_new_frames if max_new_frames is not None else config.max_new_frames
+        if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 1):
+            raise InputError(f"max_new_frames must be a positive integer, got {asked!r}")
+        budget = self.frame_budget(prompt.shape[0], asked, estimate)
         if budget < config.min_new_frames:
             raise InputError(f"min_new_frames ({config.min_new_frames}) must not exceed the budget ({budget})")
+        seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()).item())
         while True:
             with self._mutex:
                 if not self._accepting:
                     raise EngineClosed("the engine is shutting down and no longer accepts requests")
                 if len(self._queue) < self._free_slots() + self.config.max_queue:
-                    request = Request(self, next(self._ids), prompt, config, depth, budget)
+                    request = Request(self, next(self._ids), prompt, config, depths, budget, seed)
                     self._queue.append(request)
                     self._changed.notify_all()
                     return request
                 if not wait:
                     raise QueueFull(
-                        f"all {self.max_slots} slots are busy and {len(self._queue)} requests are waiting; retry later"
+                        f"all {self.max_slots} slots are busy and {len(self._queue)} requests are waiting"
                     )
-                if self._background():
+                if self.background:
                     self._changed.wait(0.05)
                     continue
-            self._drive()
+            self.step()
 
     def _check_prompt(self, prompt: torch.Tensor) -> torch.Tensor:
         """Checks a prompt grid on the host: a bad id would otherwise fail deep inside an embedding (on CUDA: a
@@ -222,14 +242,39 @@ class Engine:
             raise InputError(f"prompt audio codes must be in 0..{pad} (the pad code)")
         return prompt
 
+    def cancel(self, request: Request, reason: FinishReason = "cancelled") -> None:
+        """Stops `request` at the next frame boundary (queued: at once) and frees its slot (idempotent).
+
+        `reason` "shutdown" (the engine closing past its grace period) makes the request's consumer raise
+        `EngineClosed` instead of ending as if the audio were complete.
+        """
+        with self._mutex:
+            if request.done:
+                return
+            request.cancel_requested = reason
+            if request.state == RequestState.QUEUED:
+                self._queue.remove(request)
+                self._end(request, RequestState.CANCELLED, reason)
+            self._changed.notify_all()
+        if self._step_lock.acquire(blocking=False):  # no step running: free the slot now, not at the next step
+            try:
+                with self._mutex:
+                    self._release_cancelled()
+                    self._changed.notify_all()
+            finally:
+                self._step_lock.release()
+
+    def pump(self) -> None:
+        """Advances the engine by one step from the calling thread, unless a background thread runs it."""
+        if not self.background:
+            self.step()
+
     def stats(self) -> EngineStats:
         """A consistent snapshot of the engine's load and counters."""
         with self._mutex:
-            busy = sum(r is not None for r in self._slots)
             return EngineStats(
-                active_requests=busy,
+                active_requests=sum(r is not None for r in self._slots),
                 queued_requests=len(self._queue),
-                busy_slots=busy,
                 max_slots=self.max_slots,
                 frames_generated=self._counters["frames"],
                 frame_steps=self._counters["steps"],
@@ -238,6 +283,7 @@ class Engine:
                 requests_failed=self._counters["failed"],
                 accepting=self._accepting,
                 warm=self.runner.warm,
+                frame_seconds=self._frame_seconds,
             )
 
     def can_admit(self) -> bool:
@@ -246,20 +292,13 @@ class Engine:
             return self._accepting and (len(self._queue) < self._free_slots() + self.config.max_queue)
 
     def warmup(self) -> None:
-        """Captures the CUDA graphs / compiles the units for every bucket before the first request (idempotent).
+        """Captures the CUDA graphs / compiles the frame for every bucket before the first request (idempotent).
 
         Runs by itself at the first step with work; call it at start-up so that the first request does not pay it (the
         server reports ready only after it).
         """
-        with self._step_lock:
-            with torch.inference_mode():
-                self._warmup()
-
-    def _warmup(self) -> None:
-        if any(r is not None for r in self._slots):
-            raise RuntimeError("warm-up must run while no request holds a slot")  # its runs touch every slot's buffers
-        self.runner.warmup()
-        self._window = 0
+        with self._step_lock, torch.inference_mode():
+            self._warmup()
 
     def step(self) -> bool:
         """Admits, prefills up to `prefill_budget` prompt rows, and runs one frame for every generating slot.
@@ -271,7 +310,7 @@ class Engine:
             try:
                 with torch.inference_mode():
                     return self._step()
-            except Exception as err:  # a failing step must not take the engine (or the server) down
+            except Exception as err:  # not attributable to one request: fail those in flight, keep serving
                 logger.exception("engine step failed; failing the requests in flight")
                 self._fail_all(err)
                 return True
@@ -305,63 +344,18 @@ class Engine:
         deadline = time.monotonic() + max(grace_s, 0.0)
         while time.monotonic() < deadline:
             with self._mutex:
-                busy = bool(self._queue) or any(r is not None for r in self._slots)
-                if not busy:
+                if not self._queue and all(r is None for r in self._slots):
                     break
-                if self._background():
+                if self.background:
                     self._changed.wait(0.05)
                     continue
-            self._drive()
+            self.step()
         with self._mutex:
             pending = list(self._queue) + [r for r in self._slots if r is not None]
         for request in pending:
-            request.cancel()
-        if not self._background():
-            self._drive()  # release the cancelled slots
+            self.cancel(request, reason="shutdown")
         self.stop()
-        self._drive()
-
-    # ------------------------------------------------------------------ consumer side (called by Request)
-    def _background(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stop
-
-    def _drive(self) -> None:
-        """Runs one step from a consumer thread (when no background thread does)."""
-        self.step()
-
-    def _cancel(self, request: Request) -> None:
-        with self._mutex:
-            if request.done:
-                return
-            request._cancel = True
-            if request.state == RequestState.QUEUED:
-                self._queue.remove(request)
-                self._end(request, RequestState.CANCELLED, "cancelled")
-            self._changed.notify_all()
-        if self._step_lock.acquire(blocking=False):  # no step running: free the slot now, not at the next step
-            try:
-                with self._mutex:
-                    self._release_cancelled()
-                    self._changed.notify_all()
-            finally:
-                self._step_lock.release()
-
-    def _next_chunk(self, request: Request, timeout: float | None) -> torch.Tensor | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._mutex:
-                if request._chunks:
-                    return request._chunks.popleft()
-                if request.done:
-                    if request.state == RequestState.FAILED and request.error is not None:
-                        raise request.error
-                    return None
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"request {request.id} made no progress for {timeout} s")
-                if self._background():
-                    self._changed.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic())))
-                    continue
-            self._drive()
+        self.step()  # release the cancelled slots
 
     # ------------------------------------------------------------------ the step
     def _loop(self) -> None:
@@ -369,112 +363,166 @@ class Engine:
             with self._mutex:
                 if self._stop:
                     return
-                idle = not self._queue and all(r is None for r in self._slots)
-                if idle:
+                if not self._queue and all(r is None for r in self._slots):
                     self._changed.wait(0.1)
                     continue
             self.step()
 
-    def _free_slots(self) -> int:
-        return sum(r is None for r in self._slots)
+    def _warmup(self) -> None:
+        if any(r is not None for r in self._slots):
+            raise RuntimeError("warm-up must run while no request holds a slot")  # its runs touch every slot's buffers
+        self.runner.warmup()
+        self._window = 0
 
     def _step(self) -> bool:
         if not self.warm and self._queue and all(r is None for r in self._slots):
-            self._warmup()  # before the first admission: its runs may touch every slot
+            try:
+                self._warmup()  # before the first admission: its runs may touch every slot
+            except Exception as err:  # nothing can run: the waiting requests fail instead of waiting forever
+                logger.exception("engine warm-up failed")
+                self._fail_all(err, queued=True)
+                return True
         with self._mutex:
             self._release_cancelled()
-            admitted = self._admit()
-        for slot, request in admitted:
-            self.runner.setup_slot(slot, request)
-        did_prefill = self._prefill_once()
-        running = self._running()
-        if running and self._window and any(self._slots[s].frames_run == 0 for s in running):
-            self._sync(self._bucket(running))  # a request starts: the frames of the current window go out first
-            running = self._running()
-        if not running:
-            return did_prefill or bool(admitted)
-        b = self._bucket(running)
-        k_max = max(self._slots[s].depth for s in running)
-        full = any(self._slots[s].config.control_tokens == "full" for s in running)
-        self.runner.frame(b, k_max, full)
-        self.runner.record(b, self._window)
+            plan = policy.plan_step(self._waiting(), self._table(), self._window, self.clock, self.limits)
+            admitted = [self._queue.popleft() for _ in plan.admit]
+            for request, admission in zip(admitted, plan.admit, strict=True):
+                request.admitted(admission.slot, admission.depth)
+                self._slots[admission.slot] = request
+                self._fresh.add(request)
+        faults = 0
+        for request in admitted:  # a request whose settings cannot be loaded fails before it shares a frame
+            faults += not self._guarded(request, "could not load its settings", self.runner.setup_slot, request.slot, request)
+        for run in plan.prefill:
+            request = self._slots[run.slot]
+            if request is None or request.state != RequestState.PREFILL:
+                continue  # failed above
+            if not self._guarded(request, "could not run its prompt", self._prefill, request):
+                faults += 1
+        frame = plan.frame
+        if faults:  # the plan assumed requests that failed: plan the frame over the slots as they are
+            with self._mutex:
+                frame = policy.plan_frame(self._table(), self._window, self.limits)
+        ran = frame is not None and self._run_frame(frame)
+        if ran and frame.read_after:
+            self._start_read()
+        # Frames read back in an earlier step are delivered now, while the device runs this step's frame; the read
+        # just started waits for the next step unless it is already there (always on the CPU) or no frame follows.
+        self._deliver(all_reads=not ran)
+        return bool(ran or plan.admit or plan.prefill)
+
+    def _prefill(self, request: Request) -> None:
+        if self.runner.prefill_chunk(request):
+            request.state = RequestState.RUNNING
+
+    def _run_frame(self, frame: policy.FramePlan) -> bool:
+        """Runs one frame; on failure retries once without the requests that joined since the last good frame."""
+        try:
+            self.runner.frame(frame.bucket, frame.k_max, frame.full_control)
+        except Exception as err:
+            suspects = [r for r in self._fresh if r.state == RequestState.RUNNING]
+            if not suspects:
+                raise
+            logger.exception("a frame failed; retrying it without the %d request(s) that just joined", len(suspects))
+            for request in suspects:
+                self._fail(request, err, "failed in its first frame")
+            with self._mutex:
+                frame = policy.plan_frame(self._table(), self._window, self.limits)
+            if frame is None:
+                return False
+            self.runner.frame(frame.bucket, frame.k_max, frame.full_control)
+        self._fresh.clear()
+        with self._mutex:
+            running = [r for r in self._slots[: frame.bucket] if r is not None and r.state == RequestState.RUNNING]
+            for request in running:
+                request.frames_run += 1
+            self._counters["steps"] += 1
         self._window += 1
-        first = False
-        over_budget = False
-        for s in running:
-            request = self._slots[s]
-            first |= request.frames_run == 0
-            request.frames_run += 1
-            over_budget |= request.frames_run >= request.budget
-        self._counters["steps"] += 1
-        if self._window == self.config.sync_every or first or over_budget:
-            self._sync(b)
+        self._window_bucket = max(self._window_bucket, frame.bucket)
+        self._window_k = max(self._window_k, frame.k_max)
         return True
 
-    def _running(self) -> list[int]:
-        return [s for s, r in enumerate(self._slots) if r is not None and r.state == RequestState.RUNNING]
+    def _guarded(self, request: Request, what: str, fn, *args) -> bool:
+        """Runs `fn(*args)` for one request; an error fails that request only. Returns False on failure."""
+        try:
+            fn(*args)
+            return True
+        except Exception as err:
+            logger.exception("request %d %s; it fails alone", request.id, what)
+            self._fail(request, err, what)
+            return False
 
-    def _bucket(self, running: list[int]) -> int:
-        """The smallest batch bucket that holds every generating slot (slots fill from index 0)."""
-        return next(size for size in self.runner.buckets if size > max(running))
+    # ------------------------------------------------------------------ views for the policy
+    def _waiting(self) -> list[policy.Waiting]:
+        return [
+            policy.Waiting(r.id, r.prompt_rows, r.depths, r.budget, r.config.control_tokens == "full")
+            for r in self._queue
+        ]
 
-    # ------------------------------------------------------------------ admission, prefill, delivery
-    def _admit(self) -> list[tuple[int, Request]]:
-        admitted = []
-        while self._queue and self._free_slots():
-            slot = self._slots.index(None)
-            request = self._queue.popleft()
-            request.slot = slot
-            request.state = RequestState.PREFILL
-            self._slots[slot] = request
-            admitted.append((slot, request))
-        return admitted
+    def _table(self) -> list[policy.Slot | None]:
+        return [
+            None
+            if r is None
+            else policy.Slot(
+                r.id,
+                "running" if r.state == RequestState.RUNNING else "prefill",
+                r.prompt_rows,
+                r.prefilled,
+                r.depth,
+                r.frames_run,
+                r.budget,
+                r.config.control_tokens == "full",
+            )
+            for r in self._slots
+        ]
 
-    def _prefill_once(self) -> bool:
-        """Runs prompt chunks, first come first served, until `prefill_budget` rows ran in this step (whole chunks of
-        the request's own fixed chunk grid, so its cache never depends on its neighbours); when no slot is generating,
-        at least until one prompt is complete. Running requests therefore wait for at most one budget per frame."""
-        did, rows = False, 0
-        while True:
-            pending = [r for r in self._slots if r is not None and r.state == RequestState.PREFILL]
-            if not pending:
-                return did
-            if did and rows >= self.config.prefill_budget and self._running():
-                return did
-            request = min(pending, key=lambda r: r.id)
-            rows += min(self.config.prefill_chunk, request.prompt_rows - request.prefilled)
-            if self.runner.prefill_chunk(request):
-                request.state = RequestState.RUNNING
-            did = True
+    def _free_slots(self) -> int:
+        return sum(r is None for r in self._slots)
 
-    def _sync(self, b: int) -> None:
-        """Reads the frames of the current window back to the host (one synchronisation) and delivers them."""
-        n = self._window
+    # ------------------------------------------------------------------ delivery, release, failures
+    def _start_read(self) -> None:
+        """Starts reading the frames of the current window back to the host (asynchronous on CUDA)."""
+        n, b = self._window, self._window_bucket
         if n == 0:
             return
-        tokens, audio, ended = self.runner.read(b, n)  # [b, n, C], [b, n], [b]
-        self._window = 0
-        with self._mutex:
-            for slot in range(b):
-                request = self._slots[slot]
-                if request is None or request.state != RequestState.RUNNING:
-                    continue
-                ran = min(n, request.frames_run)  # a request that started in this window ran its last `ran` frames
-                frames = tokens[slot, n - ran :][audio[slot, n - ran :]][:, : 1 + request.depth]  # [t, 1+K]
-                if frames.shape[0]:
-                    request._chunks.append(frames)
-                    request._frames.append(frames)
-                    request.num_frames += frames.shape[0]
-                    self._counters["frames"] += frames.shape[0]
-                    if request.first_frame_at is None:
-                        request.first_frame_at = time.perf_counter()
-                if bool(ended[slot]):
-                    self._release(slot)
-                    self._end(request, RequestState.FINISHED, "audio_end")
-                elif request.frames_run >= request.budget:
-                    self._release(slot)
-                    self._end(request, RequestState.FINISHED, "budget")
-            self._changed.notify_all()
+        with self._mutex:  # which request ran how many of the window's frames, as of now
+            ran = [(slot, r, min(n, r.frames_run)) for slot, r in enumerate(self._slots[:b])
+                   if r is not None and r.state == RequestState.RUNNING]  # fmt: skip
+        self._reads.append((self.runner.start_read(b, n), ran))
+        now = time.perf_counter()
+        self._frame_seconds = (now - self._window_start) / n
+        self.clock.observe(b, self._window_k, self._frame_seconds)
+        self._window, self._window_bucket, self._window_k, self._window_start = 0, 0, 0, now
+
+    def _deliver(self, all_reads: bool) -> None:
+        """Hands the frames of started reads to their requests (the oldest first; waits only when `all_reads` or for
+        reads older than the newest) and frees the slots of requests that ended."""
+        pad = self.runner.pad_code
+        while self._reads:
+            pending, ran = self._reads[0]
+            if not all_reads and len(self._reads) == 1 and not pending.ready():
+                return
+            self._reads.popleft()
+            tokens, audio, ended = pending.wait()  # [b, n, C], [b, n], [b]
+            n = tokens.shape[1]
+            with self._mutex:
+                for slot, request, count in ran:
+                    if request.slot != slot or request.state != RequestState.RUNNING:
+                        continue  # cancelled or failed meanwhile
+                    frames = tokens[slot, n - count :][audio[slot, n - count :]][:, : 1 + request.depth]  # [t, 1+K]
+                    if frames.shape[0] and int(frames[:, 1:].max()) >= pad:  # a pad code: its state is broken
+                        self._fail(request, None, "generated an invalid code", locked=True)
+                        continue
+                    if frames.shape[0]:
+                        request.deliver(frames)
+                        self._counters["frames"] += frames.shape[0]
+                    if bool(ended[slot]):
+                        self._release(slot)
+                        self._end(request, RequestState.FINISHED, "audio_end")
+                    elif request.frames_run >= request.budget:
+                        self._release(slot)
+                        self._end(request, RequestState.FINISHED, "budget")
+                self._changed.notify_all()
 
     def _release(self, slot: int) -> None:
         """Frees a slot (device flags cleared asynchronously; the next request overwrites the rest)."""
@@ -483,28 +531,45 @@ class Engine:
 
     def _release_cancelled(self) -> None:
         for slot, request in enumerate(self._slots):
-            if request is not None and request._cancel:
+            if request is not None and request.cancel_requested:
                 self._release(slot)
-                self._end(request, RequestState.CANCELLED, "cancelled")
+                self._end(request, RequestState.CANCELLED, request.cancel_requested)
 
-    def _end(self, request: Request, state: RequestState, reason: FinishReason) -> None:
-        request.state = state
-        request.finish_reason = reason
-        request.finished_at = time.perf_counter()
-        request.slot = None
+    def _end(self, request: Request, state: RequestState, reason: FinishReason, error: BaseException | None = None):
+        self._fresh.discard(request)
+        request.finish(state, reason, error)
         key = {RequestState.FINISHED: "finished", RequestState.CANCELLED: "cancelled", RequestState.FAILED: "failed"}
         self._counters[key[state]] += 1
 
-    def _fail_all(self, error: BaseException) -> None:
+    def _fail(self, request: Request, error: BaseException | None, what: str, locked: bool = False) -> None:
+        """Fails one request and frees its slot; the others are untouched."""
+        cause = f" ({type(error).__name__}: {error})" if error is not None else ""
+        # a fresh error: the original's traceback (logged) holds the step's frames, which must not keep requests alive
+        failure = EngineError(f"the engine {what} for this request{cause}")
+        if not locked:
+            self._mutex.acquire()
+        try:
+            if request.slot is not None:
+                self._release(request.slot)
+            if not request.done:
+                self._end(request, RequestState.FAILED, "error", failure)
+            self._changed.notify_all()
+        finally:
+            if not locked:
+                self._mutex.release()
+
+    def _fail_all(self, error: BaseException, queued: bool = False) -> None:
         message = f"the engine failed while running this request ({type(error).__name__}: {error})"
         with self._mutex:
+            while queued and self._queue:
+                self._end(self._queue.popleft(), RequestState.FAILED, "error", EngineError(message))
             for slot, request in enumerate(self._slots):
                 if request is not None:
                     self._slots[slot] = None
-                    request.error = EngineError(message)  # a fresh error per request: the original's traceback
-                    # (logged) holds the step's frames, which must not keep requests alive
-                    self._end(request, RequestState.FAILED, "error")
-            self._window = 0
+                    self._end(request, RequestState.FAILED, "error", EngineError(message))
+            self._window, self._window_bucket, self._window_k = 0, 0, 0
+            self._fresh.clear()
+            self._reads.clear()
             self._changed.notify_all()
         try:
             self.runner.reset()

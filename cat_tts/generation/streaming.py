@@ -2,10 +2,10 @@
 
 Shapes: K generated layers, t frames in a piece, s = t x frame_size samples, L prefix frames.
 
-`stream_audio` takes the frame chunks of one request (`Request.chunks()`) and feeds its codes to the codec's
-streaming decoder (one decoder state per request, prefix decode at the request's K) in fixed groups: the first
-piece after `first_chunk_frames` frames (low latency), then every `frames_per_chunk` frames, whatever the grouping
-in which the engine delivered them. The concatenated pieces equal the codec's one-shot decode of all frames (the
+`stream_audio` takes the frames of one request as the engine delivers them (`Request.stream()`) and feeds their codes
+to the codec's streaming decoder (one decoder state per request, prefix decode at the request's K) in fixed groups:
+the first piece after `first_piece_frames` frames (low latency), then every `piece_frames` frames, whatever the
+grouping in which the engine delivered them. The concatenated pieces equal the codec's one-shot decode of all frames (the
 codec's streaming property), and are bit-identical for the same frames under any load.
 """
 
@@ -18,44 +18,42 @@ import torch
 
 
 def stream_audio(
-    chunks: Iterable[torch.Tensor],
+    frames: Iterable[torch.Tensor],
     codec: Any,
-    first_chunk_frames: int = 1,
-    frames_per_chunk: int = 4,
+    first_piece_frames: int = 1,
+    piece_frames: int = 4,
     prefix_codes: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Decodes the audio frames of one request as they arrive.
 
     Args:
-        chunks: `[t, 1+K]` frame chunks (channel 0 = control token, then K codes), e.g. `Request.chunks()`.
+        frames: `[t, 1+K]` groups of frames (channel 0 = control token, then K codes), e.g. `Request.stream()`.
         codec: a `CatCodec` (`new_stream_state`, `decode_step`).
-        first_chunk_frames: frames in the first decoded piece (>= 1).
-        frames_per_chunk: frames in each later piece (>= 1).
+        first_piece_frames: frames in the first decoded piece (>= 1).
+        piece_frames: frames in each later piece (>= 1).
         prefix_codes: optional `[K, L]` codes decoded first for codec context only (a prompt that ends with audio
             which the generated frames continue); their samples are not yielded.
 
     Yields:
         float32 `[s]` audio pieces (CPU).
     """
-    if first_chunk_frames < 1 or frames_per_chunk < 1:
-        raise ValueError(
-            f"first_chunk_frames and frames_per_chunk must be >= 1, got {first_chunk_frames}, {frames_per_chunk}"
-        )
+    if first_piece_frames < 1 or piece_frames < 1:
+        raise ValueError(f"first_piece_frames and piece_frames must be >= 1, got {first_piece_frames}, {piece_frames}")
     device = _device(codec)
     state = codec.new_stream_state(1)
     if prefix_codes is not None and prefix_codes.shape[-1] > 0:
         with torch.inference_mode():
             codec.decode_step(prefix_codes[None].to(device), state)  # context only
     pending = torch.zeros(0, 0, dtype=torch.long)  # [t, K] codes received and not decoded yet
-    want = first_chunk_frames
-    for chunk in chunks:
-        codes = chunk[:, 1:]  # [t, K]
+    want = first_piece_frames
+    for group in frames:
+        codes = group[:, 1:]  # [t, K]
         pending = codes if pending.numel() == 0 else torch.cat([pending, codes])
         # Decode in groups of exactly `want` frames, however the frames arrived: the pieces (and their float
         # rounding) do not depend on how busy the engine was.
         while pending.shape[0] >= want:
             yield _decode(codec, state, pending[:want], device)
-            pending, want = pending[want:], frames_per_chunk
+            pending, want = pending[want:], piece_frames
     if pending.shape[0]:
         yield _decode(codec, state, pending, device)
 

@@ -1,23 +1,13 @@
-"""The CatTTS pipeline: text + reference clip -> speech at depth K (one-shot, streaming, batch)."""
+"""Speech from text and a voice: the request (`SpeechRequest`), text planning, the service (`CatTTS`), output.
 
-from cat_tts.inference.pipeline import (
-    DEFAULT_CODEC,
-    DEFAULT_MODEL,
-    CatTTS,
-    InputError,
-    ModelLoadError,
-    SpeechStream,
-    SynthesisConfig,
-    frame_budget,
-)
+    request.py   SpeechRequest, Limits: what a user can ask, validated once
+    planning.py  text -> segments (prompt grids, seeds, frame estimates); SynthesisConfig
+    service.py   CatTTS: load, submit, synthesize / stream / batch
+    output.py    cross-fade, one-shot and streaming decode
+"""
 
-__all__ = [
-    "DEFAULT_CODEC",
-    "DEFAULT_MODEL",
-    "CatTTS",
-    "InputError",
-    "ModelLoadError",
-    "SpeechStream",
-    "SynthesisConfig",
-    "frame_budget",
-]
+from cat_tts.inference.planning import SynthesisConfig
+from cat_tts.inference.request import Limits, SpeechRequest
+from cat_tts.inference.service import CatTTS, SpeechStream
+
+__all__ = ["CatTTS", "Limits", "SpeechRequest", "SpeechStream", "SynthesisConfig"]

@@ -26,7 +26,7 @@ def _live_tensors() -> int:
     return sum(type(o) in (torch.Tensor, torch.nn.Parameter) for o in gc.get_objects())
 
 
-CONFIG = EngineConfig(max_slots=8, max_rows=160, prefill_chunk=16, sync_every=3)
+CONFIG = EngineConfig(max_slots=8, max_rows=160, prefill_chunk=16, sync_every=3, batch_invariant=True)
 
 
 def _others(golden):
@@ -80,7 +80,7 @@ def test_requests_of_every_kind_finish_and_free_their_slots(golden_model, golden
         assert frames.shape[1] == 1 + request.depth and frames.shape[0] <= request.budget
         assert frames.shape[0] >= min(2, request.budget) or request.finish_reason == "budget"
     stats = engine.stats()
-    assert stats.busy_slots == 0 and stats.queued_requests == 0 and stats.requests_finished == 7
+    assert stats.active_requests == 0 and stats.queued_requests == 0 and stats.requests_finished == 7
 
 
 def test_cancelled_and_failed_requests_free_everything(golden_model, golden):
@@ -120,7 +120,7 @@ def test_cancelled_and_failed_requests_free_everything(golden_model, golden):
     after = engine.submit(golden["grid_clone"], GenerationConfig(depth=4, max_new_frames=5, min_new_frames=5))
     assert after.result().shape == (5, 5)
     stats = engine.stats()
-    assert stats.busy_slots == 0 and stats.queued_requests == 0
+    assert stats.active_requests == 0 and stats.queued_requests == 0
     assert stats.requests_cancelled == len(live) + 1 and stats.requests_failed >= 1
 
     refs = [weakref.ref(r) for r in requests + [queued, after]]
@@ -134,7 +134,7 @@ def test_a_full_queue_answers_queue_full_and_a_closed_engine_refuses(golden_mode
     engine = Engine(golden_model, EngineConfig(max_slots=2, max_rows=160, max_queue=1))
     cfg = GenerationConfig(depth=2, max_new_frames=20, min_new_frames=20)
     held = [engine.submit(golden["grid_plain"], cfg) for _ in range(3)]  # 2 slots + 1 waiting
-    with pytest.raises(QueueFull, match="retry later"):
+    with pytest.raises(QueueFull, match="slots are busy"):
         engine.submit(golden["grid_plain"], cfg)
     assert not engine.can_admit()
     extra = engine.submit(golden["grid_plain"], cfg, wait=True)  # waits (driving the engine) for room
@@ -142,7 +142,7 @@ def test_a_full_queue_answers_queue_full_and_a_closed_engine_refuses(golden_mode
     with pytest.raises(EngineClosed):
         engine.submit(golden["grid_plain"], cfg)
     assert all(r.done for r in held + [extra])
-    assert engine.stats().busy_slots == 0
+    assert engine.stats().active_requests == 0
 
 
 def test_close_lets_requests_finish_within_the_grace_period(golden_model, golden):

@@ -96,5 +96,5 @@ def test_device_memory_returns_to_its_level_after_cancellations(cuda_model, gold
         r.result()
     del requests
     torch.cuda.synchronize()
-    assert engine.stats().busy_slots == 0
+    assert engine.stats().active_requests == 0
     assert torch.cuda.memory_allocated() == level

@@ -23,7 +23,7 @@ def test_streamed_audio_equals_one_shot_decode(golden_model, golden, codec, firs
     engine = Engine(golden_model, EngineConfig(max_slots=2, max_rows=128, sync_every=3))
     request = engine.submit(golden["grid_clone"], GenerationConfig(depth=k, max_new_frames=9, min_new_frames=7, seed=5))
     prefix = golden["ref_codes"][:k] if with_prefix else None  # [K, L]
-    pieces = list(stream_audio(request.chunks(), codec, first, every, prefix))
+    pieces = list(stream_audio(request.stream(), codec, first, every, prefix))
     frames = request.frames[:, 1:].t()[None]  # [1, K, F]
     sizes = [p.numel() // codec.frame_size for p in pieces]
     f = frames.shape[-1]
@@ -40,7 +40,7 @@ def test_streamed_audio_equals_one_shot_decode(golden_model, golden, codec, firs
 def test_the_first_piece_comes_after_the_first_frame(golden_model, golden, codec):
     engine = Engine(golden_model, EngineConfig(max_slots=2, max_rows=128, sync_every=8))
     request = engine.submit(golden["grid_clone"], GenerationConfig(depth=4, max_new_frames=12, min_new_frames=12))
-    pieces = stream_audio(request.chunks(), codec, first_chunk_frames=1, frames_per_chunk=4)
+    pieces = stream_audio(request.stream(), codec, first_piece_frames=1, piece_frames=4)
     first = next(pieces)
     assert first.numel() == codec.frame_size  # one frame, not a whole sync window
     assert request.frames_run == 1
@@ -53,6 +53,6 @@ def test_streamed_pieces_do_not_depend_on_how_the_engine_delivers_frames(golden_
     for sync_every in (1, 5):  # frames arrive one by one, or five at a time
         engine = Engine(golden_model, EngineConfig(max_slots=2, max_rows=128, sync_every=sync_every))
         request = engine.submit(golden["grid_clone"], cfg)
-        runs.append(list(stream_audio(request.chunks(), codec, 2, 3)))
+        runs.append(list(stream_audio(request.stream(), codec, 2, 3)))
     assert [p.shape for p in runs[0]] == [p.shape for p in runs[1]]
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))

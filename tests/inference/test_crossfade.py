@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cat_tts.inference.pipeline import _Crossfader
+from cat_tts.inference.output import Crossfader as _Crossfader
 
 
 def _join(segments, overlap, piece_sizes=None):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cat_tts.inference import CatTTS, InputError, ModelLoadError, SynthesisConfig
+from cat_tts.errors import InputError, ModelLoadError
+from cat_tts.inference import CatTTS, SynthesisConfig
+from cat_tts.inference.planning import derive_seed
 
 SR = 24000
 FRAME = 1920
@@ -63,7 +65,7 @@ def test_continuation_audio_excludes_the_prefix(tiny_tts, ref_wav):
 
 
 def test_long_text_is_split_generated_per_chunk_and_joined(tiny_tts, ref_wav, monkeypatch):
-    cfg = SynthesisConfig(max_chunk_chars=40, crossfade_ms=10)
+    cfg = SynthesisConfig(max_segment_chars=40, crossfade_ms=10)
     tts = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer, cfg, engine=tiny_tts.engine)
     prompts = []
     original = tts.engine.submit
@@ -76,8 +78,8 @@ def test_long_text_is_split_generated_per_chunk_and_joined(tiny_tts, ref_wav, mo
     overlap = int(0.010 * SR)
     assert audio.size == 3 * 5 * FRAME - 2 * overlap
     # every chunk is its own engine request with the same voice prompt: it gives the same audio alone
-    alone, _ = tts.synthesize("Second one follows it.", ref_wav, depth=2, seed=1, **FIXED)
-    no_fade = SynthesisConfig(max_chunk_chars=40, crossfade_ms=0)
+    alone, _ = tts.synthesize("Second one follows it.", ref_wav, depth=2, seed=derive_seed(0, segment=1), **FIXED)
+    no_fade = SynthesisConfig(max_segment_chars=40, crossfade_ms=0)
     chunk = CatTTS(tts.model, tts.codec, tts.prompts.tokenizer, no_fade, engine=tts.engine)
     joined, _ = chunk.synthesize(text, ref_wav, depth=2, seed=0, **FIXED)
     np.testing.assert_array_equal(joined[5 * FRAME : 10 * FRAME], alone)
@@ -86,12 +88,12 @@ def test_long_text_is_split_generated_per_chunk_and_joined(tiny_tts, ref_wav, mo
 @pytest.mark.parametrize("reference_text", [None, "A tone."])
 @pytest.mark.parametrize("first, every", [(1, 1), (1, 3), (2, 4)])
 def test_streaming_audio_equals_one_shot_audio(tiny_tts, ref_wav, reference_text, first, every):
-    cfg = SynthesisConfig(max_chunk_chars=20, crossfade_ms=30)
+    cfg = SynthesisConfig(max_segment_chars=20, crossfade_ms=30)
     tts = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer, cfg, engine=tiny_tts.engine)
     kw = dict(reference_text=reference_text, depth=6, seed=7, min_new_frames=4, max_new_frames=7)
     text = "One sentence here. And another one."
     one_shot, _ = tts.synthesize(text, ref_wav, **kw)
-    pieces = list(tts.stream(text, ref_wav, frames_per_chunk=every, first_chunk_frames=first, **kw))
+    pieces = list(tts.stream(text, ref_wav, piece_frames=every, first_piece_frames=first, **kw))
     assert len(pieces) > 2  # audio really arrives in pieces
     streamed = np.concatenate(pieces)
     assert streamed.shape == one_shot.shape
@@ -106,7 +108,7 @@ def test_first_stream_piece_arrives_after_the_first_frame(tiny_tts, ref_wav):
     assert frames == [1] and first.size == FRAME - held_back
     stream.close()
     stats = tiny_tts.engine.stats()
-    assert stats.busy_slots == 0 and stats.queued_requests == 0  # closing the stream freed its slot
+    assert stats.active_requests == 0 and stats.queued_requests == 0  # closing the stream freed its slot
 
 
 def test_batch_equals_one_by_one_when_greedy(tiny_tts, ref_wav):
@@ -138,7 +140,8 @@ def bad_files(tmp_path_factory):
     "kwargs, match",
     [
         (dict(text="  \n\t "), "text is empty"),
-        (dict(text=None), "text must be a string"),
+        (dict(text=None), "text is required"),
+        (dict(text=5), "text must be a string"),
         (dict(ref="missing.wav"), "not found"),
         (dict(ref="corrupt.wav"), "cannot read"),
         (dict(ref="silent.wav"), "silent"),
@@ -153,7 +156,7 @@ def bad_files(tmp_path_factory):
         (dict(temperature=-0.5), "temperature"),
         (dict(repetition_penalty=-1.0), "repetition_penalty"),
         (dict(min_new_frames=9, max_new_frames=3), "min_new_frames"),
-        (dict(beam_size=4), "unknown generation settings"),
+        (dict(beam_size=4), "unknown field 'beam_size'"),
         (dict(mode="continuation"), "needs the reference transcript"),
         (dict(mode="sing"), "mode must be"),
     ],
@@ -191,8 +194,10 @@ def test_a_voice_encoded_once_can_be_reused(tiny_tts, ref_wav):
     a, _ = tiny_tts.synthesize("Hi.", ref_wav, depth=3, seed=2, **FIXED)
     b, _ = tiny_tts.synthesize("Hi.", voice, depth=3, seed=2, **FIXED)
     np.testing.assert_array_equal(a, b)
-    with pytest.raises(InputError, match="integer tensor"):
+    with pytest.raises(InputError, match="must have 32 layers"):
         tiny_tts.synthesize("Hi.", voice[:8])
+    with pytest.raises(InputError, match="integer tensor"):
+        tiny_tts.synthesize("Hi.", voice.float())
     with pytest.raises(InputError, match="codes must be in"):
         tiny_tts.synthesize("Hi.", voice + 5000)
 
@@ -229,8 +234,8 @@ def test_a_stream_cancelled_from_another_thread_frees_its_queued_and_running_slo
         running.cancel()  # a running request frees its slot at the next frame boundary
         assert first.size > 0 and list(running) == []
         deadline = time.monotonic() + 5
-        while tts.engine.stats().busy_slots and time.monotonic() < deadline:
+        while tts.engine.stats().active_requests and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert tts.engine.stats().busy_slots == 0
+        assert tts.engine.stats().active_requests == 0
     finally:
         tts.close()

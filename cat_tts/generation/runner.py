@@ -1,0 +1,306 @@
+"""The device side of the engine: runs frames and prompt prefill over the slot state, compiled and captured.
+
+Shapes: B slots, b slots in a frame, R rows per slot, n prompt rows in a prefill run, C = 1 + N channels, K_max the
+largest depth in a frame, W = sync_every.
+
+How a frame runs (`EngineConfig.compile`):
+* "auto" on CUDA (the default) and True: the frame's units go through torch.compile (norms and elementwise work fused;
+  one compiled code unit serves every layer), and on CUDA the whole frame (`frame.run_frame`: positions 0..K_max with
+  their sampling, the temporal step, the read-back copy) is captured as ONE CUDA graph per (batch bucket, K_max
+  bucket) at warm-up and replayed once per frame; a slot whose K is below the bucket keeps the pad code.
+* "auto" on the CPU: eager, with oneDNN-prepacked depth weights for the buckets where a measurement at warm-up finds
+  them faster (never assumed: a lone request runs plain matrix-vector products).
+* False: eager.
+Nothing in the frame loop synchronises with the host or builds tensors from host data: the read-back window's index
+is a device counter, and the host reads frames back every `sync_every` frames into pinned memory, asynchronously
+(`start_read` / `PendingRead.wait`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cat_tts.generation.config import EngineConfig
+from cat_tts.generation.frame import UNITS, Units, run_frame
+from cat_tts.generation.prepack import DECISIONS, shared_prepacked_view
+from cat_tts.generation.slots import FrameConstants, SlotState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cat_tts.generation.request import Request
+    from cat_tts.model import CatTTSModel
+
+logger = logging.getLogger(__name__)
+
+K_BUCKET_STEP = 4  # CUDA graphs are captured for K_max in {1, 2, 4, 8, 12, ...}: at most 3 extra depth positions
+
+
+@dataclass
+class PendingRead:
+    """Frames on their way to the host: pinned buffers filled by an asynchronous copy, and its event."""
+
+    tokens: torch.Tensor  # [b, n, C] int64
+    audio: torch.Tensor  # [b, n] bool
+    ended: torch.Tensor  # [b] bool
+    event: Any = None  # torch.cuda.Event, None when the copy was synchronous
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def wait(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.tokens, self.audio, self.ended
+
+
+def default_compile_cache() -> Path:
+    """The per-user directory of PyTorch's compile caches (`$XDG_CACHE_HOME/cat-tts/compile`)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "cat-tts" / "compile"
+
+
+class FrameRunner:
+    """Runs frames for a pool of slots: the preallocated state, the frame function, its compilation and CUDA graphs.
+
+    Args:
+        model: the `CatTTSModel` (eval mode, SDPA or eager attention).
+        config: the engine's settings (slots, rows, buckets, compilation).
+    """
+
+    def __init__(self, model: CatTTSModel, config: EngineConfig) -> None:
+        self.config = config
+        self.model = model
+        self.device = model.device
+        self.n_vq = model.config.n_vq
+        self.pad_code = model.config.audio_pad_code
+        self.text_vocab = model.config.vocab_size
+        self.audio_vocab = model.config.audio_vocab_size + 1
+        self.buckets = config.resolved_buckets
+        cuda = self.device.type == "cuda"
+        self.uses_compile = config.compile is True or (config.compile == "auto" and cuda)
+        self.uses_cuda_graphs = cuda and config.compile is not False
+        if self.uses_compile:
+            configure_compile_cache(config.compile_cache)
+        self.state = SlotState.allocate(model, config)
+        self.cache = model.new_temporal_cache(config.max_slots, config.max_rows, self.state.lengths)
+        self.consts = FrameConstants.build(model, config)
+        self.window = torch.zeros((), dtype=torch.long, device=self.device)  # read-back index of the next frame
+        self.units: Units = (
+            {name: torch.compile(fn, fullgraph=True, dynamic=False) for name, fn in UNITS.items()}
+            if self.uses_compile
+            else dict(UNITS)
+        )
+        self._models = {b: model for b in self.buckets}  # per bucket: the model or its prepacked view
+        self._channels: dict[int, list[Any]] = {}
+        self._views: dict[int, SlotState] = {}
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._graph_pool = None
+        self._pinned: dict[str, torch.Tensor] = {}
+        self.measure_prepack = self.device.type == "cpu" and not self.uses_compile and config.cpu_prepack
+        self.warm = not (self.uses_cuda_graphs or self.uses_compile or self.measure_prepack)
+
+    # ------------------------------------------------------------------ frames
+    def view(self, b: int) -> SlotState:
+        """The first `b` slots (built once per bucket: the addresses CUDA graphs capture)."""
+        if b not in self._views:
+            self._views[b] = self.state.prefix(b)
+        return self._views[b]
+
+    def k_bucket(self, k_max: int) -> int:
+        """The K_max a graph is captured for: 1, 2, then multiples of K_BUCKET_STEP (capped at N)."""
+        if k_max <= 2:
+            return k_max
+        return min(-(-k_max // K_BUCKET_STEP) * K_BUCKET_STEP, self.n_vq)
+
+    def frame(self, b: int, k_max: int, full: bool) -> None:
+        """One frame for the first `b` slots: depth positions 0..k_max, then the temporal step (see the module)."""
+        if self.uses_cuda_graphs and not full:  # channel 0 over the whole vocabulary (released parity) runs eagerly
+            key = (b, self.k_bucket(k_max))
+            graph = self._graphs.get(key)
+            if graph is None:
+                graph = self._capture(key)
+            if graph is not None:
+                graph.replay()
+                return
+        self._run(b, k_max, full)
+
+    def _run(self, b: int, k_max: int, full: bool) -> None:
+        model = self._models[b]
+        run_frame(model, self.view(b), self.consts, self.cache, self._channels_of(model), self.units, k_max, full,
+                  self.window)  # fmt: skip
+
+    def _channels_of(self, model: CatTTSModel) -> list[Any]:
+        if id(model) not in self._channels:
+            self._channels[id(model)] = [model.channel_modules(c) for c in range(1 + self.n_vq)]
+        return self._channels[id(model)]
+
+    def _capture(self, key: tuple[int, int]) -> torch.cuda.CUDAGraph | None:
+        """Captures the frame of (bucket, K_max bucket): warm-up runs on a side stream, then capture. Its runs touch
+        the bucket's slot buffers: captures happen in `warmup()` (or lazily, for buckets whose rows are free)."""
+        b, k = key
+        try:
+            if self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
+            stream = torch.cuda.Stream(device=self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._run(b, k, False)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._graph_pool):
+                self._run(b, k, False)
+        except Exception:  # a kernel that cannot be captured: keep serving, eagerly
+            logger.exception("CUDA graph capture of frame %s failed; the engine runs eagerly from now on", key)
+            self.uses_cuda_graphs = False
+            self._graphs.clear()
+            return None
+        self._graphs[key] = graph
+        return graph
+
+    def warmup(self) -> None:
+        """Compiles / captures the frame of every bucket, and on the CPU decides per bucket whether prepacked weights
+        are faster (its runs touch every slot's buffers: call it while no slot is in use)."""
+        if self.warm:
+            return
+        start = time.perf_counter()
+        if self.measure_prepack:
+            self._choose_prepacking()
+        for b in self.buckets:
+            if self.uses_cuda_graphs:
+                for k in sorted({self.k_bucket(k) for k in range(1, self.n_vq + 1)}):
+                    self.frame(b, k, full=False)
+            elif self.uses_compile:
+                for _ in range(2):  # a second run: nothing may recompile
+                    self._run(b, self.n_vq, False)
+        self.reset()
+        self.warm = True
+        logger.info("engine warm in %.1f s (buckets %s, CUDA graphs %s, torch.compile %s)",
+                    time.perf_counter() - start, self.buckets, self.uses_cuda_graphs, self.uses_compile)  # fmt: skip
+
+    def _choose_prepacking(self, repeats: int = 2) -> None:
+        """Times a full-depth frame per bucket with plain and prepacked depth weights; keeps the faster."""
+        packed = shared_prepacked_view(self.model)
+        if packed is self.model:
+            return
+        known = DECISIONS.setdefault(self.model, {})
+        chosen = []
+        for b in self.buckets:
+            if b in known:
+                self._models[b] = packed if known[b] else self.model
+                continue
+            seconds = {}
+            for name, model in (("plain", self.model), ("prepacked", packed)):
+                self._models[b] = model
+                self._run(b, self.n_vq, False)  # first use: caches, allocations
+                best = float("inf")
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    self._run(b, self.n_vq, False)
+                    best = min(best, time.perf_counter() - t0)
+                seconds[name] = best
+            use = "prepacked" if seconds["prepacked"] < seconds["plain"] else "plain"
+            known[b] = use == "prepacked"
+            self._models[b] = packed if known[b] else self.model
+            chosen.append(f"{b}: {use} ({seconds['plain'] * 1e3:.1f} vs {seconds['prepacked'] * 1e3:.1f} ms)")
+        if chosen:
+            logger.info("CPU depth weights per bucket (plain vs prepacked frame): %s", "; ".join(chosen))
+
+    @property
+    def prepacked_buckets(self) -> tuple[int, ...]:
+        """The buckets whose frames run with prepacked depth weights."""
+        return tuple(b for b, m in self._models.items() if m is not self.model)
+
+    # ------------------------------------------------------------------ slots and prompts
+    def setup_slot(self, slot: int, request: Request) -> None:
+        """Writes the request's settings into its slot (no synchronisation)."""
+        self.state.load(slot, request, self.n_vq, self.audio_vocab)
+
+    def prefill_chunk(self, request: Request) -> bool:
+        """Runs the request's next `prefill_chunk` prompt rows through the temporal transformer into its slot.
+
+        Returns:
+            True when the whole prompt is in the cache (the slot then generates from the next frame on).
+        """
+        model, st, slot = self.model, self.state, request.slot
+        start = request.prefilled
+        n = min(self.config.prefill_chunk, request.prompt_rows - start)
+        rows = request.prompt[start : start + n].to(self.device)[None]  # [1, n, C]
+        embeds = model.embed_frames(rows, request.depth)  # [1, n, D]
+        positions = torch.arange(start, start + n, device=self.device)  # [n]
+        visible = torch.arange(start + n, device=self.device)[None, :] <= positions[:, None]  # [n, start+n]
+        self.cache.prefill(slot, start)
+        try:
+            hidden = model.temporal_step(embeds, positions[None], visible[None], self.cache)  # [1, n, D]
+        finally:
+            self.cache.decode()
+        request.prefilled = start + n
+        st.lengths[slot] = start + n
+        if request.prefilled < request.prompt_rows:
+            return False
+        st.hidden[slot] = hidden[0, -1]
+        st.active[slot] = True
+        return True
+
+    # ------------------------------------------------------------------ read-back and release
+    def start_read(self, b: int, n: int) -> PendingRead:
+        """Starts copying the last `n` frames of the first `b` slots, their audio flags and the end flags to the host
+        (pinned memory, asynchronous on CUDA) and restarts the window."""
+        st = self.state
+        sources = dict(tokens=st.history[:b, :n], audio=st.history_audio[:b, :n], ended=st.ended[:b])
+        if self.device.type != "cuda":
+            out = {name: t.clone() for name, t in sources.items()}
+            self.window.zero_()
+            return PendingRead(**out)
+        out = {}
+        for name, t in sources.items():
+            buffer = self._pinned.get(name)
+            if buffer is None or buffer.numel() < t.numel():
+                full = {"tokens": st.history, "audio": st.history_audio, "ended": st.ended}[name]
+                buffer = self._pinned[name] = torch.empty(full.numel(), dtype=t.dtype, pin_memory=True)
+            out[name] = buffer[: t.numel()].view(t.shape)
+            out[name].copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.window.zero_()
+        return PendingRead(**out, event=event)
+
+    def release(self, slot: int) -> None:
+        """Stops a slot (device flags cleared asynchronously; the next request overwrites the rest)."""
+        self.state.active[slot] = False
+        self.state.ended[slot] = False
+
+    def reset(self) -> None:
+        """Clears every slot's flags and counters (after warm-up, after a failed step)."""
+        st = self.state
+        for t in (st.active, st.ended, st.lengths, st.frame, self.window):
+            t.zero_()
+
+
+def configure_compile_cache(directory: str | os.PathLike | None) -> None:
+    """Points PyTorch's on-disk compile caches (inductor FX graphs, AOT autograd) at a persistent directory: the
+    given one, else `CAT_TTS_COMPILE_CACHE`, else a per-user cache directory; a second start skips most compiling."""
+    chosen = directory or os.environ.get("CAT_TTS_COMPILE_CACHE")
+    if chosen is None:  # a TORCHINDUCTOR_CACHE_DIR the user set stays theirs
+        chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_compile_cache()
+    try:
+        os.makedirs(chosen, exist_ok=True)
+    except OSError as err:
+        logger.warning("compile cache %s is not usable (%s): every start compiles again", chosen, err)
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(chosen)
+    try:
+        import torch._functorch.config as functorch_config
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+        functorch_config.enable_autograd_cache = True
+    except (ImportError, AttributeError):  # pragma: no cover - older PyTorch
+        logger.warning("this PyTorch has no on-disk compile cache; every start compiles again")
+

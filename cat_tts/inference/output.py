@@ -1,0 +1,136 @@
+"""Output: segments of audio joined without clicks, and a request's frames decoded into audio (one-shot or as they
+arrive).
+
+Shapes: K generated layers, F frames, L prefix frames, S samples (24 kHz).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from cat_tts.generation import Request, stream_audio
+
+
+class Crossfader:
+    """Joins consecutive audio segments with a linear cross-fade, incrementally.
+
+    Pushing whole segments or pieces of them gives the same samples: the last `n` samples of a segment are
+    held back until the next segment (or the end) decides how they are mixed.
+    """
+
+    def __init__(self, overlap: int) -> None:
+        self.overlap = overlap
+        self.tail = np.zeros(0, dtype=np.float32)  # held-back end of the previous segment
+        self.head = np.zeros(0, dtype=np.float32)  # start of the current segment, not yet mixed
+        self.mixing = False  # the current segment still has to be mixed with `tail`
+        self.pending = np.zeros(0, dtype=np.float32)  # current segment samples that may become the tail
+
+    def start_segment(self) -> np.ndarray:
+        """Begins a new segment; returns samples ready to emit."""
+        out = self._flush_segment()
+        self.mixing = self.tail.size > 0
+        self.head = np.zeros(0, dtype=np.float32)
+        return out
+
+    def push(self, audio: np.ndarray) -> np.ndarray:
+        """Adds samples of the current segment; returns samples ready to emit."""
+        audio = np.asarray(audio, dtype=np.float32)
+        out = []
+        if self.mixing:
+            self.head = np.concatenate([self.head, audio])
+            if self.head.size < self.tail.size:
+                return np.zeros(0, dtype=np.float32)
+            out.append(self._mix(self.head[: self.tail.size]))
+            audio = self.head[self.tail.size :]
+            self.mixing = False
+            self.tail = np.zeros(0, dtype=np.float32)
+        self.pending = np.concatenate([self.pending, audio])
+        keep = min(self.overlap, self.pending.size)
+        out.append(self.pending[: self.pending.size - keep])
+        self.pending = self.pending[self.pending.size - keep :]
+        return np.concatenate(out)
+
+    def finish(self) -> np.ndarray:
+        """Ends the stream; returns the remaining samples."""
+        out = self._flush_segment()
+        rest = np.concatenate([out, self.tail])
+        self.tail = np.zeros(0, dtype=np.float32)
+        return rest
+
+    def _flush_segment(self) -> np.ndarray:
+        out = []
+        if self.mixing:  # the segment ended shorter than the overlap: mix what there is
+            n = self.head.size
+            mixed = self._mix(self.head) if n else np.zeros(0, dtype=np.float32)
+            out += [mixed, self.tail[n:]]
+            self.tail = np.zeros(0, dtype=np.float32)
+            self.mixing = False
+        self.tail = np.concatenate([self.tail, self.pending])
+        self.pending = np.zeros(0, dtype=np.float32)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def _mix(self, head: np.ndarray) -> np.ndarray:
+        n = head.size
+        tail = self.tail[:n]
+        ramp = (np.arange(n, dtype=np.float32) + 0.5) / max(self.tail.size, 1)
+        return tail * (1.0 - ramp) + head * ramp
+
+
+def join(audios: list[np.ndarray], overlap: int) -> np.ndarray:
+    """Joins segments with a linear cross-fade of `overlap` samples."""
+    fader = Crossfader(overlap)
+    out = []
+    for audio in audios:
+        out += [fader.start_segment(), fader.push(audio)]
+    out.append(fader.finish())
+    return np.concatenate(out).astype(np.float32)
+
+
+def codec_device(codec: Any) -> torch.device:
+    """The device the codec's weights are on (CPU for weightless fakes)."""
+    try:
+        return next(codec.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def decode_frames(codec: Any, codes: torch.Tensor, prefix_codes: torch.Tensor | None) -> np.ndarray:
+    """Prefix-decodes `[1, K, F]` codes; a prompt that ends with audio (`prefix_codes [N, L]`) is decoded first for
+    codec context and its samples dropped."""
+    k = codes.shape[1]
+    if codes.shape[-1] == 0:
+        return np.zeros(0, dtype=np.float32)
+    skip = 0
+    if prefix_codes is not None:
+        prefix = prefix_codes[:k][None]  # [1, K, L]
+        codes = torch.cat([prefix, codes], dim=-1)
+        skip = prefix.shape[-1] * int(codec.frame_size)
+    with torch.inference_mode():
+        audio = codec.decode(codes.to(codec_device(codec))).audio[0]  # [S]
+    return audio[skip:].float().cpu().numpy()
+
+
+def stream_pieces(
+    codec: Any,
+    request: Request,
+    prefix_codes: torch.Tensor | None,
+    first_piece_frames: int,
+    piece_frames: int,
+    on_frame: Any = None,
+) -> Iterator[np.ndarray]:
+    """The audio of one engine request as its frames arrive (see `stream_audio`)."""
+    prefix = None if prefix_codes is None else prefix_codes[: request.depth]  # [K, L]
+    for audio in stream_audio(counted(request, on_frame), codec, first_piece_frames, piece_frames, prefix):
+        yield audio.numpy()
+
+
+def counted(request: Request, on_frame: Any) -> Iterator[torch.Tensor]:
+    """The request's frames as they arrive, reporting each group's frame count to `on_frame`."""
+    for frames in request.stream():
+        if on_frame is not None:
+            on_frame(frames.shape[0])
+        yield frames

@@ -1,0 +1,519 @@
+"""`CatTTS`: text + a voice -> speech at depth K, on the continuous-batching engine.
+
+Shapes: K generated layers, N layers of the grid (32), L reference frames, S samples (24 kHz).
+
+Two prompt modes (the released checkpoint supports both):
+* "clone": the reference clip sits in the user message; no transcript needed.
+* "continuation": the reference transcript is put before the text and the reference audio becomes the start of the
+  assistant's answer, which the model continues (the paper's inference mode). Chosen automatically when a transcript
+  is given; can be forced with `mode=`.
+
+Every call builds one `SpeechRequest` (validated once), plans its segments (`planning`), submits them to the engine
+and joins or streams their audio (`output`). The segments of one text, the items of a batch and concurrent callers
+are generated together in the engine's batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cat_tts.errors import FieldError, InputError, ModelLoadError
+from cat_tts.generation import Engine, EngineConfig, EngineError, GenerationConfig
+from cat_tts.inference.output import counted, decode_frames, join, stream_pieces
+from cat_tts.inference.output import Crossfader, codec_device
+from cat_tts.inference.planning import Segment, SynthesisConfig, derive_seed, plan_segments
+from cat_tts.inference.request import Limits, SpeechRequest
+from cat_tts.text.prompt import PromptBuilder
+from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int], None]  # called with the number of frames just generated
+
+
+class SpeechStream:
+    """The audio of one streamed request: an iterator of float32 pieces that can be cancelled from any thread.
+
+    `cancel()` is thread-safe and immediate: the engine requests of every segment (queued or running) are cancelled
+    and their slots freed; the iterator then ends. `close()` (the generator protocol, from the iterating thread) does
+    the same and finishes the iterator. Audio cut short by the engine (it failed, or shut down) raises instead of
+    ending.
+    """
+
+    def __init__(self) -> None:
+        self._gen: Iterator[np.ndarray] | None = None
+        self._segments: list[Segment] = []
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> SpeechStream:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._cancelled.is_set():
+            self.close()
+            raise StopIteration
+        return next(self._gen)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once `cancel()` or `close()` ran."""
+        return self._cancelled.is_set()
+
+    @property
+    def depths(self) -> list[int]:
+        """The depth of each segment submitted so far (final once admitted; depth "auto" is chosen then)."""
+        return [s.request.depth for s in self._segments if s.request is not None]
+
+    def cancel(self) -> None:
+        """Stops the generation from any thread; the engine frees the slots at once."""
+        self._cancelled.set()
+        _cancel_unfinished(list(self._segments))
+
+    def close(self) -> None:
+        """Cancels and finishes the iterator (call from the thread that iterates, or after it stopped)."""
+        self.cancel()
+        try:
+            self._gen.close()
+        except ValueError:  # "generator already executing": another thread is inside next(); cancel() suffices
+            pass
+
+
+class CatTTS:
+    """Zero-shot voice cloning at a chosen depth K (bitrate 0.125 kbps x K), on a continuous-batching engine.
+
+    Args:
+        model: a loaded `CatTTSModel` (eval mode).
+        codec: a loaded `CatCodec`.
+        tokenizer: the model's text tokenizer.
+        config: pipeline settings.
+        engine: an `EngineConfig` (slots, cache rows, compilation), or an existing `Engine` over `model`.
+
+    Concurrent callers share the engine's batch: call `start()` once (a background thread steps the engine), then
+    call from any number of threads. Without `start()`, each call drives the engine itself.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        codec: Any,
+        tokenizer: Any,
+        config: SynthesisConfig | None = None,
+        engine: EngineConfig | Engine | None = None,
+    ) -> None:
+        self.model = model
+        self.codec = codec
+        self.config = config or SynthesisConfig()
+        self.n_vq = int(model.config.n_vq)
+        self.prompts = PromptBuilder.for_model(tokenizer, model.config)  # the layout the model was trained with
+        self.sample_rate = int(codec.sample_rate)
+        self.frame_rate = float(codec.frame_rate)
+        self.engine = engine if isinstance(engine, Engine) else Engine(model, engine, frame_rate=self.frame_rate)
+        cfg = self.engine.config
+        self.limits = Limits(
+            n_vq=self.n_vq,
+            frame_rate=self.frame_rate,
+            codebook_size=int(model.config.audio_vocab_size),
+            max_frames=cfg.max_rows - cfg.sync_every - 1,  # a slot's rows less one prompt row at least
+        )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path = DEFAULT_MODEL,
+        codec: str | Path = DEFAULT_CODEC,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        config: SynthesisConfig | None = None,
+        engine: EngineConfig | None = None,
+    ) -> CatTTS:
+        """Loads the TTS model, its tokenizer and the codec from hub ids or local directories.
+
+        Args:
+            model: MOSS-TTS-Local-Transformer directory or hub id (with its tokenizer files).
+            codec: MOSS-Audio-Tokenizer directory or hub id.
+            device: "cpu", "cuda", ... (default: cuda when available).
+            dtype: torch dtype or its name ("float32", "bfloat16", "float16", "auto"); default: bfloat16 on CUDA,
+                float32 on the CPU. The codec runs in float32.
+            config: pipeline settings.
+            engine: engine settings (slots, cache rows, compilation).
+
+        Raises:
+            ModelLoadError: a directory is missing or the hub is unreachable (the message says how to pass
+                local directories instead).
+        """
+        from transformers import AutoTokenizer
+
+        from cat_tts.codec import CatCodec
+        from cat_tts.model import CatTTSModel
+        from cat_tts.weights import dtype_name, read_config_json, recorded_dtype, resolve_checkpoint, resolve_dtype
+
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as err:
+            raise InputError(f"invalid device {device!r}: {err}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
+        model_dir = resolve_checkpoint(model, "model")  # ModelLoadError: missing, wrong kind, hub unreachable
+        codec_dir = resolve_checkpoint(codec, "codec")
+        dtype = resolve_dtype(dtype, device, recorded_dtype(read_config_json(model_dir)), kind="model")
+        tts = CatTTSModel.from_pretrained(model_dir, dtype=dtype, device=device)
+        cat = CatCodec.from_pretrained(codec_dir, device=device)
+        try:
+            tokenizer = _load_tokenizer(AutoTokenizer, model_dir)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(
+                f"{model_dir} holds no usable tokenizer ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "a model directory needs the tokenizer files next to config.json (tokenizer.json, "
+                "tokenizer_config.json, chat_template.jinja)"
+            ) from err
+        logger.info("model %s in %s on %s; codec %s", model_dir, dtype_name(dtype), device, codec_dir)
+        return cls(tts.eval(), cat.eval(), tokenizer, config, engine)
+
+    # ------------------------------------------------------------------ engine lifecycle
+    def start(self) -> None:
+        """Starts the engine's background thread so that concurrent callers share one batch (idempotent)."""
+        self.engine.start()
+
+    def warmup(self) -> None:
+        """Compiles / captures the engine's frame now instead of at the first request."""
+        self.engine.warmup()
+
+    def close(self, grace_s: float = 0.0) -> None:
+        """Stops admitting; lets in-flight requests finish for up to `grace_s` seconds, then cancels the rest."""
+        self.engine.close(grace_s)
+
+    # ------------------------------------------------------------------ requests
+    def request(self, text: str, reference_audio: Any = None, config: GenerationConfig | None = None, **fields: Any):
+        """A `SpeechRequest` from Python arguments (the request's field names; None = not given), checked against
+        this model and engine.
+
+        Raises:
+            FieldError: naming the first bad field.
+        """
+        return SpeechRequest.from_fields(dict(fields, text=text, reference_audio=reference_audio), self.limits, config)
+
+    def synthesize(
+        self,
+        text: str,
+        reference_audio: Any = None,
+        reference_text: str | None = None,
+        *,
+        on_frame: ProgressCallback | None = None,
+        config: GenerationConfig | None = None,
+        wait: bool = True,
+        **fields: Any,
+    ) -> tuple[np.ndarray, int]:
+        """Speaks `text` in the voice of `reference_audio` at depth K.
+
+        Args:
+            text: text to speak (any length; split into sentence segments generated together).
+            reference_audio: a file path, `(samples, sample_rate)` (mono or [channels, S]), or the `[N, L]` codes
+                returned by `encode_reference` (a voice encoded once and reused).
+            reference_text: transcript of the reference; when given, continuation mode is used.
+            on_frame: called with the number of frames generated since the last call (progress bars).
+            config: generation settings the keyword fields override.
+            wait: when the engine's queue is full, wait for room (False: raise `QueueFull`).
+            **fields: any other field of `SpeechRequest`: `mode`, `instructions`, `language`, `duration` (seconds),
+                and the generation settings (`depth` or `bitrate_kbps`, `seed`, `temperature`, `top_p`, `top_k`,
+                `repetition_penalty`, `do_sample`, `min_new_frames`, `max_new_frames`, `control_*`, ...).
+
+        Returns:
+            `(audio float32 [S], sample_rate)`.
+
+        Raises:
+            FieldError: empty text, unusable reference, depth or sampling values out of range (names the field).
+        """
+        request = self.request(text, reference_audio, config, reference_text=reference_text, **fields)
+        return self.synthesize_request(request, on_frame=on_frame, wait=wait)
+
+    def stream(
+        self,
+        text: str,
+        reference_audio: Any = None,
+        reference_text: str | None = None,
+        *,
+        first_piece_frames: int = 1,
+        piece_frames: int = 4,
+        on_frame: ProgressCallback | None = None,
+        config: GenerationConfig | None = None,
+        wait: bool = True,
+        **fields: Any,
+    ) -> SpeechStream:
+        """Like `synthesize`, but yields audio while frames are being generated (see `stream_request`)."""
+        request = self.request(text, reference_audio, config, reference_text=reference_text, **fields)
+        return self.stream_request(request, first_piece_frames, piece_frames, on_frame, wait)
+
+    def synthesize_batch(
+        self, items: Iterable[dict | SpeechRequest], *, on_frame: ProgressCallback | None = None,
+        config: GenerationConfig | None = None, **fields: Any,
+    ) -> list[tuple[np.ndarray, int]]:  # fmt: skip
+        """Synthesises several utterances together (their segments share the engine's batch).
+
+        Args:
+            items: `SpeechRequest`s, or dicts of request fields (`text`, `reference_audio`, `reference_text`, ...).
+            on_frame, config: as in `synthesize`.
+            **fields: fields every dict item takes unless it gives its own. A common `seed` gives item i a seed
+                derived from (seed, i) (an item with its own seed gives what `synthesize` gives with that seed).
+
+        Returns:
+            One `(audio, sample_rate)` per item, in order.
+
+        Raises:
+            FieldError: naming the item ("item 3: ...") whose input is unusable (nothing is generated then).
+        """
+        requests = [self._item_request(i, item, config, fields) for i, item in enumerate(items)]
+        results = []
+        for i, result in self.iter_requests(requests, on_frame=on_frame):
+            if isinstance(result, Exception):
+                raise result
+            results.append(result)
+        return results
+
+    def synthesize_iter(
+        self, items: Iterable[dict | SpeechRequest], *, on_frame: ProgressCallback | None = None,
+        config: GenerationConfig | None = None, **fields: Any,
+    ) -> Iterator[tuple[int, tuple[np.ndarray, int] | Exception]]:  # fmt: skip
+        """Like `synthesize_batch`, but yields `(index, result)` in order as soon as each item is done, and a bad item
+        does not stop the others: its result is the exception (a `FieldError` naming the item for unusable input)."""
+
+        def parsed() -> Iterator[SpeechRequest | Exception]:
+            for i, item in enumerate(items):
+                try:
+                    yield self._item_request(i, item, config, fields)
+                except InputError as err:
+                    yield err
+
+        yield from self.iter_requests(parsed(), on_frame=on_frame)
+
+    # ------------------------------------------------------------------ the service
+    def synthesize_request(
+        self, request: SpeechRequest, on_frame: ProgressCallback | None = None, wait: bool = True
+    ) -> tuple[np.ndarray, int]:
+        """The audio of one validated request."""
+        segments = self._plan(request)
+        try:
+            self._submit(segments, wait)
+            audio = join([self._collect(s, on_frame) for s in segments], self._overlap())
+            return audio, self.sample_rate
+        finally:
+            _cancel_unfinished(segments)
+
+    def stream_request(
+        self,
+        request: SpeechRequest,
+        first_piece_frames: int = 1,
+        piece_frames: int = 4,
+        on_frame: ProgressCallback | None = None,
+        wait: bool = True,
+    ) -> SpeechStream:
+        """The audio of one validated request while it is generated.
+
+        The first audio comes after `first_piece_frames` frames, then every `piece_frames` frames; up to
+        `config.lookahead_segments` segments are generated ahead. The concatenated pieces equal
+        `synthesize_request(request)[0]` for a seeded request. The stream is lazy: an unusable reference and
+        `QueueFull` are raised by the first `next()`; audio cut short by the engine raises (`EngineError`,
+        `EngineClosed`). `close()` (from the iterating thread) or `cancel()` (from any thread) stops the generation
+        and frees the engine's slots at once, queued or running.
+        """
+        if first_piece_frames < 1 or piece_frames < 1:
+            raise InputError("first_piece_frames and piece_frames must be >= 1")
+        stream = SpeechStream()
+        stream._gen = self._stream(stream, request, first_piece_frames, piece_frames, on_frame, wait)
+        return stream
+
+    def iter_requests(
+        self, requests: Iterable[SpeechRequest | Exception], on_frame: ProgressCallback | None = None
+    ) -> Iterator[tuple[int, tuple[np.ndarray, int] | Exception]]:
+        """Generates requests together and yields `(index, result)` in order as each is done; an unusable request's
+        result is its error. The engine holds as many as it admits (slots + queue); the rest are submitted as earlier
+        ones finish, so outputs can be written while later ones are still being generated."""
+        encoded: dict[str, torch.Tensor] = {}  # a voice file shared by several requests is encoded once
+        waiting = iter(enumerate(requests))
+        inflight: list[tuple[int, list[Segment] | Exception]] = []
+        try:
+            while True:
+                while not inflight or self.engine.can_admit():
+                    nxt = next(waiting, None)
+                    if nxt is None:
+                        break
+                    i, request = nxt
+                    try:
+                        if isinstance(request, Exception):
+                            raise request
+                        segments = self._plan(request, encoded)
+                        self._submit(segments, wait=True)
+                        inflight.append((i, segments))
+                    except InputError as err:
+                        inflight.append((i, err))
+                if not inflight:
+                    return
+                i, segments = inflight.pop(0)
+                if isinstance(segments, Exception):
+                    yield i, segments
+                    continue
+                try:
+                    yield i, (join([self._collect(s, on_frame) for s in segments], self._overlap()), self.sample_rate)
+                except EngineError as err:
+                    yield i, err
+        finally:
+            for _, segments in inflight:
+                if isinstance(segments, list):
+                    _cancel_unfinished(segments)
+
+    def encode_reference(self, reference_audio: str | Path | tuple[np.ndarray, int]) -> torch.Tensor:
+        """Loads, normalises and encodes a reference clip into `[N, L]` codes (all layers).
+
+        Raises:
+            FieldError: on `reference_audio` (missing, corrupt, silent, too short or too long).
+        """
+        wav = self._load_reference(reference_audio)
+        x = torch.from_numpy(wav)[None].to(codec_device(self.codec))  # [1, S]
+        with torch.inference_mode():
+            enc = self.codec.encode(x, num_layers=self.n_vq)
+        length = int(enc.lengths[0]) if getattr(enc, "lengths", None) is not None else enc.codes.shape[-1]
+        return enc.codes[0, :, :length].cpu()  # [N, L]
+
+    # ------------------------------------------------------------------ internals
+    def _item_request(self, i: int, item: Any, config: GenerationConfig | None, common: dict) -> SpeechRequest:
+        try:
+            if isinstance(item, SpeechRequest):
+                return item.with_limits(self.limits)
+            if not isinstance(item, dict):
+                raise FieldError("text", f"an item must be a dict of request fields or a SpeechRequest, got "
+                                         f"{type(item).__name__}")  # fmt: skip
+            values = {**common, **item}
+            if "seed" not in item and common.get("seed") is not None:
+                values["seed"] = derive_seed(common["seed"], item=i)
+            return SpeechRequest.from_fields(values, self.limits, config)
+        except FieldError as err:
+            raise FieldError(err.field, f"item {i}: {err}") from err
+
+    def _plan(self, request: SpeechRequest, encoded: dict[str, torch.Tensor] | None = None) -> list[Segment]:
+        codes = self._voice_codes(request.reference_audio, encoded)
+        return plan_segments(request, codes, self.prompts, self.frame_rate, self.config.max_segment_chars)
+
+    def _stream(self, stream: SpeechStream, request: SpeechRequest, first_piece_frames: int, piece_frames: int,
+                on_frame: ProgressCallback | None, wait: bool) -> Iterator[np.ndarray]:  # fmt: skip
+        segments = self._plan(request)
+        stream._segments = segments
+        ahead = self.config.lookahead_segments
+        fader = Crossfader(self._overlap())
+        try:
+            self._submit(segments[:ahead], wait)
+            for i, segment in enumerate(segments):
+                if stream.cancelled:
+                    return
+                if i + ahead < len(segments):
+                    self._submit([segments[i + ahead]], wait=True)
+                out = fader.start_segment()
+                if out.size:
+                    yield out
+                prefix = segment.prompt.prefix_codes
+                for piece in stream_pieces(self.codec, segment.request, prefix, first_piece_frames, piece_frames,
+                                           on_frame):  # fmt: skip
+                    if stream.cancelled:
+                        return
+                    out = fader.push(piece)
+                    if out.size:
+                        yield out
+                _warn_unusual(segment)
+            out = fader.finish()
+            if out.size:
+                yield out
+        finally:
+            stream.cancel()
+
+    def _submit(self, segments: list[Segment], wait: bool) -> None:
+        for segment in segments:
+            if segment.request is None:
+                segment.request = self.engine.submit(segment.prompt.grid, segment.config, wait=wait,
+                                                     estimate=segment.estimate)  # fmt: skip
+
+    def _collect(self, segment: Segment, on_frame: ProgressCallback | None) -> np.ndarray:
+        """Waits for one segment's frames and decodes them (prefix decode at the segment's K)."""
+        for _ in counted(segment.request, on_frame):
+            pass
+        _warn_unusual(segment)
+        return decode_frames(self.codec, segment.request.frames[:, 1:].t()[None], segment.prompt.prefix_codes)
+
+    def _voice_codes(self, reference: Any, encoded: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+        """Codes `[N, L]` of a request's voice: stored codes as they are (checked at construction), or encoded."""
+        if reference is None or isinstance(reference, torch.Tensor):
+            return None if reference is None else reference.long().cpu()
+        key = str(reference) if isinstance(reference, (str, Path)) else None
+        if encoded is not None and key in encoded:
+            return encoded[key]
+        codes = self.encode_reference(reference)
+        if encoded is not None and key is not None:
+            encoded[key] = codes
+        return codes
+
+    def _overlap(self) -> int:
+        return int(round(self.config.crossfade_ms * self.sample_rate / 1000.0))
+
+    def _load_reference(self, reference_audio: Any) -> np.ndarray:
+        from cat_tts.audio import AudioError, audio_from_array, load_audio, loudness_normalize
+
+        cfg = self.config
+        try:
+            if isinstance(reference_audio, (str, Path)):
+                wav = load_audio(reference_audio, sample_rate=self.sample_rate, max_seconds=cfg.max_reference_seconds)
+            elif isinstance(reference_audio, tuple) and len(reference_audio) == 2:
+                samples, rate = reference_audio
+                wav = audio_from_array(samples, rate, self.sample_rate, cfg.max_reference_seconds)
+            else:
+                raise FieldError(
+                    "reference_audio",
+                    "reference_audio must be a file path, a (samples, sample_rate) tuple or codes from encode_reference",
+                )
+        except AudioError as err:
+            raise FieldError("reference_audio", f"reference audio: {err}") from err
+        if wav.size < cfg.min_reference_seconds * self.sample_rate:
+            raise FieldError(
+                "reference_audio",
+                f"reference audio is too short ({wav.size / self.sample_rate:.2f} s); "
+                f"give at least {cfg.min_reference_seconds:g} s of speech (3-10 s works best)",
+            )
+        if cfg.normalize_reference:
+            wav = loudness_normalize(wav, target_db=-20.0, max_gain_db=3.0)
+        return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def _cancel_unfinished(segments: list[Segment]) -> None:
+    """Cancels the engine requests of `segments` that are still queued or running (their slots are freed)."""
+    for segment in segments:
+        if segment.request is not None and not segment.request.done:
+            segment.request.cancel()
+
+
+def _warn_unusual(segment: Segment) -> None:
+    """Logs generations that produced no audio or ran into the frame budget (a runaway)."""
+    request = segment.request
+    if request.finish_reason not in ("audio_end", "budget"):
+        return
+    if request.num_frames == 0:
+        logger.warning("the model ended without audio for %r (random tiny weights do this: try min_new_frames)",
+                       segment.text)  # fmt: skip
+    elif request.finish_reason == "budget":
+        logger.warning("generation hit the %s-frame budget for %r; the audio may be cut or rambling", request.budget,
+                       segment.text)  # fmt: skip
+
+
+def _load_tokenizer(auto_tokenizer: Any, directory: str | Path) -> Any:
+    """The checkpoint's own tokenizer (never remote code); quiet about the custom model type in config.json."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return auto_tokenizer.from_pretrained(str(directory), trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(level)
