@@ -38,6 +38,8 @@ import torch
 from safetensors.torch import save_file
 
 from cat_tts.errors import CheckpointError
+from cat_tts.model.config import OFFICIAL_ARCHITECTURE, CatTTSConfig
+from cat_tts.model.temporal import ARCHITECTURE_FIELDS, read_qwen3_config, reset_rotary
 from cat_tts.weights import (
     CONFIG_FILE,
     INDEX_FILE,
@@ -49,8 +51,6 @@ from cat_tts.weights import (
     resolve_checkpoint,
     resolve_dtype,
 )
-from cat_tts.model.config import OFFICIAL_ARCHITECTURE, CatTTSConfig
-from cat_tts.model.temporal import ARCHITECTURE_FIELDS, read_qwen3_config, reset_rotary
 
 if TYPE_CHECKING:
     from cat_tts.model.tts import CatTTSModel

@@ -24,8 +24,8 @@ except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("the Ray Serve deployment needs the ray extra: pip install 'cat-tts[ray]'") from err
 
 from cat_tts.errors import UserError
-from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL
 from cat_tts.server.config import MIB, ServerConfig
+from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 

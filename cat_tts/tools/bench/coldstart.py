@@ -175,8 +175,8 @@ def measure_load(part: str, directory: str, dtype: str, device: str, drop_page_c
     """Load one checkpoint in this (fresh) process and report time and memory (see the module docstring)."""
     import torch
 
-    from cat_tts.weights import dtype_name, read_config_json
     from cat_tts.tools.bench import sync
+    from cat_tts.weights import dtype_name, read_config_json
 
     dev = torch.device(device)
     if dev.type == "cuda":

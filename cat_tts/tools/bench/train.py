@@ -49,10 +49,10 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     from cat_tts.data.samples import SampleBuilder
     from cat_tts.text.tiny_tokenizer import build_tiny_tokenizer
     from cat_tts.tools.bench import sync
+    from cat_tts.training.build import build_model, build_optimizer
     from cat_tts.training.config import TrainConfig
     from cat_tts.training.deepspeed_config import build_deepspeed_config
     from cat_tts.training.distributed import setup_distributed
-    from cat_tts.training.build import build_model, build_optimizer
     from cat_tts.training.schedule import warmup_cosine
 
     p = args.worker
