@@ -204,8 +204,8 @@ def describe(pipeline: Any, limits: Any, compile_option: str) -> list[str]:
     concurrency = limits.concurrency(pipeline)
     lines = [
         f"{pipeline.model.device}, model in {dtype_name(pipeline.model.dtype)}, codec in "
-        f"{dtype_name(pipeline.codec.dtype)}, compile {compile_option} (CUDA graphs: {engine.uses_cuda_graphs}, "
-        f"torch.compile: {engine.uses_compile})",
+        f"{dtype_name(pipeline.codec.dtype)}, compile {compile_option} (CUDA graphs: {engine.runner.uses_cuda_graphs}, "
+        f"torch.compile: {engine.runner.uses_compile})",
         f"depth K = 1..{n} layers ({bitrate_kbps(1):g}..{bitrate_kbps(n):g} kbps), {pipeline.sample_rate} Hz, "
         f"{pipeline.frame_rate:g} frames/s",
         f"engine: {engine.max_slots} slots generated together; the page hands it up to {concurrency} requests at once "
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None, examples_root: str | Path | None = None)
         print(f"loaded in {time.perf_counter() - start:.1f} s")
         for line in describe(pipeline, limits, args.compile):
             print(line)
-        if not pipeline.engine.warm:
+        if not pipeline.engine.runner.warm:
             print("warming up the engine (CUDA graphs / torch.compile) ...", flush=True)
             pipeline.warmup()
         notice = None

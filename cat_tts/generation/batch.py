@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cat_tts.errors import FieldError, InputError
+from cat_tts.generation.admission import default_budget
 from cat_tts.generation.config import EngineConfig, GenerationConfig
-from cat_tts.generation.engine import Engine, default_budget
+from cat_tts.generation.engine import Engine
 
 if TYPE_CHECKING:  # pragma: no cover
     from cat_tts.model import CatTTSModel
@@ -83,7 +84,9 @@ def generate(
     n_vq = model.config.n_vq
     low, k = config.depth_range(n_vq)
     if low != k:
-        raise FieldError("depth", 'generate takes a fixed depth (depth "auto" is chosen per request by a served engine)')
+        raise FieldError(
+            "depth", 'generate takes a fixed depth (depth "auto" is chosen per request by a served engine)'
+        )
     if input_ids.dim() != 3 or input_ids.shape[-1] != 1 + n_vq:
         raise InputError(f"input_ids must be [B, T, 1+{n_vq}], got {tuple(input_ids.shape)}")
     b, t, _ = input_ids.shape

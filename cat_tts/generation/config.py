@@ -21,7 +21,7 @@ from cat_tts.codec.config import KBPS_PER_LAYER
 from cat_tts.errors import FieldError
 
 ControlTokens = Literal["audio", "full"]
-CompileMode = Literal["auto"] | bool
+CompileMode = Literal["auto", "graphs"] | bool
 Depth = int | Literal["auto"]
 
 MAX_TEMPERATURE = 100.0  # above this the distribution is uniform for any practical purpose
@@ -213,7 +213,8 @@ class EngineConfig:
     # long admitting new requests may delay the running ones
     sync_every: int = 4  # frames between host reads of the generated frames and end-of-speech flags (>= 1)
     compile: CompileMode = "auto"  # "auto": the fastest correct path of the device (CUDA: the whole frame compiled and
-    # captured as one CUDA graph; CPU: eager); True: torch.compile everywhere; False: eager
+    # captured as one CUDA graph; CPU: eager); True: torch.compile everywhere (+ graphs on CUDA); "graphs": CUDA
+    # graphs of the eager frame (no compiler); False: eager
     buckets: tuple[int, ...] | None = None  # batch sizes a frame runs at; None = powers of two up to max_slots (a
     # lone request pays for one slot), or (max_slots,) with batch_invariant
     batch_invariant: bool = False  # every frame runs at max_slots (one bucket): a request's frames are bit-identical
@@ -236,8 +237,8 @@ class EngineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise FieldError(name, f"{name} must be an integer >= {low}, got {value!r}")
-        if self.compile not in ("auto", True, False):
-            raise FieldError("compile", f"compile must be 'auto', True or False, got {self.compile!r}")
+        if self.compile not in ("auto", "graphs", True, False):
+            raise FieldError("compile", f"compile must be 'auto', 'graphs', True or False, got {self.compile!r}")
         if self.buckets is not None:
             if not self.buckets or any(not isinstance(b, int) or not 1 <= b <= self.max_slots for b in self.buckets):
                 raise FieldError(

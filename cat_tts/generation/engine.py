@@ -32,6 +32,7 @@ import torch
 
 from cat_tts.errors import InputError
 from cat_tts.generation import policy
+from cat_tts.generation.admission import check_prompt, frame_budget
 from cat_tts.generation.config import EngineConfig, GenerationConfig
 from cat_tts.generation.errors import EngineClosed, EngineError, QueueFull
 from cat_tts.generation.request import FinishReason, Request, RequestState
@@ -41,15 +42,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from cat_tts.model import CatTTSModel
 
 logger = logging.getLogger(__name__)
-
-# Frame budget when none is given: a floor plus frames per prompt row (runaway protection).
-MIN_DEFAULT_FRAMES = 64
-DEFAULT_FRAMES_PER_PROMPT_ROW = 12
-
-
-def default_budget(prompt_rows: int) -> int:
-    """The frame budget of a request that gives none and has no estimate (before the slot capacity bounds it)."""
-    return MIN_DEFAULT_FRAMES + DEFAULT_FRAMES_PER_PROMPT_ROW * prompt_rows
 
 
 @dataclass
@@ -120,57 +112,9 @@ class Engine:
 
     # ------------------------------------------------------------------ public API
     @property
-    def max_slots(self) -> int:
-        """B, the number of slots."""
-        return self.config.max_slots
-
-    @property
-    def buckets(self) -> tuple[int, ...]:
-        """The batch sizes a frame runs at."""
-        return self.runner.buckets
-
-    @property
-    def uses_cuda_graphs(self) -> bool:
-        """True when frames replay captured CUDA graphs."""
-        return self.runner.uses_cuda_graphs
-
-    @property
-    def uses_compile(self) -> bool:
-        """True when the frame runs through torch.compile."""
-        return self.runner.uses_compile
-
-    @property
-    def warm(self) -> bool:
-        """True once the frame is compiled / the CUDA graphs captured (always true when eager)."""
-        return self.runner.warm
-
-    @property
     def background(self) -> bool:
         """True while a background thread steps the engine."""
         return self._thread is not None and self._thread.is_alive() and not self._stop
-
-    def frame_budget(self, prompt_rows: int, asked: int | None = None, estimate: int | None = None) -> int:
-        """The frame budget of a request: the one rule, used by `submit` and asked by planners before submitting.
-
-        Args:
-            prompt_rows: T.
-            asked: a budget the user gave (checked: it must fit the slot), or None.
-            estimate: a caller's estimate from its text (e.g. 3x a normal speaking time), used when none was asked;
-                None = a floor plus frames per prompt row.
-
-        Raises:
-            InputError: an asked budget that does not fit a slot with this prompt.
-        """
-        room = self.config.max_rows - self.config.sync_every - prompt_rows
-        if asked is None:
-            return max(1, min(room, estimate if estimate is not None else default_budget(prompt_rows)))
-        if asked > room:
-            raise InputError(
-                f"a prompt of {prompt_rows} rows plus {asked} new frames does not fit a slot of {self.config.max_rows} "
-                f"rows (room for {max(room, 0)} frames): shorten the reference or the text, lower max_new_frames, or "
-                "raise the engine's max_rows"
-            )
-        return asked
 
     def submit(
         self,
@@ -186,7 +130,7 @@ class Engine:
             prompt: `[T, 1+N]` int64 prompt grid (no padding).
             config: generation settings (depth or depth "auto", sampling, seed, frame limits).
             max_new_frames: frame budget (overrides `config.max_new_frames`); None = the config's, else
-                `frame_budget`'s default from the prompt length.
+                `estimate`, else a default from the prompt length (`admission.frame_budget`: the one rule).
             wait: when the queue is full, wait for room (driving the engine if no background thread runs it)
                 instead of raising `QueueFull`.
             estimate: the caller's estimate of the frames needed (from its text), the budget when none is given.
@@ -198,11 +142,9 @@ class Engine:
         """
         config = config or GenerationConfig()
         depths = config.depth_range(self.n_vq)
-        prompt = self._check_prompt(prompt)
+        prompt = check_prompt(prompt, self.n_vq, self.runner.text_vocab, self.runner.pad_code)
         asked = max_new_frames if max_new_frames is not None else config.max_new_frames
-        if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 1):
-            raise InputError(f"max_new_frames must be a positive integer, got {asked!r}")
-        budget = self.frame_budget(prompt.shape[0], asked, estimate)
+        budget = frame_budget(self.config, prompt.shape[0], asked, estimate)
         if budget < config.min_new_frames:
             raise InputError(f"min_new_frames ({config.min_new_frames}) must not exceed the budget ({budget})")
         seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()).item())
@@ -217,30 +159,12 @@ class Engine:
                     return request
                 if not wait:
                     raise QueueFull(
-                        f"all {self.max_slots} slots are busy and {len(self._queue)} requests are waiting"
+                        f"all {self.config.max_slots} slots are busy and {len(self._queue)} requests are waiting"
                     )
                 if self.background:
                     self._changed.wait(0.05)
                     continue
             self.step()
-
-    def _check_prompt(self, prompt: torch.Tensor) -> torch.Tensor:
-        """Checks a prompt grid on the host: a bad id would otherwise fail deep inside an embedding (on CUDA: a
-        device-side assert that poisons the whole process)."""
-        c = 1 + self.n_vq
-        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[1] != c or prompt.shape[0] < 1:
-            got = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
-            raise InputError(f"a prompt must be an integer grid [T >= 1, {c}], got {got}")
-        if prompt.dtype.is_floating_point or prompt.dtype == torch.bool:
-            raise InputError(f"a prompt must hold integer token ids, got {prompt.dtype}")
-        prompt = prompt.detach().to("cpu", torch.long).contiguous()
-        text, codes = prompt[:, 0], prompt[:, 1:]
-        vocab, pad = self.runner.text_vocab, self.runner.pad_code
-        if int(text.min()) < 0 or int(text.max()) >= vocab:
-            raise InputError(f"prompt text ids must be in 0..{vocab - 1}")
-        if int(codes.min()) < 0 or int(codes.max()) > pad:
-            raise InputError(f"prompt audio codes must be in 0..{pad} (the pad code)")
-        return prompt
 
     def cancel(self, request: Request, reason: FinishReason = "cancelled") -> None:
         """Stops `request` at the next frame boundary (queued: at once) and frees its slot (idempotent).
@@ -275,7 +199,7 @@ class Engine:
             return EngineStats(
                 active_requests=sum(r is not None for r in self._slots),
                 queued_requests=len(self._queue),
-                max_slots=self.max_slots,
+                max_slots=self.config.max_slots,
                 frames_generated=self._counters["frames"],
                 frame_steps=self._counters["steps"],
                 requests_finished=self._counters["finished"],
@@ -375,7 +299,7 @@ class Engine:
         self._window = 0
 
     def _step(self) -> bool:
-        if not self.warm and self._queue and all(r is None for r in self._slots):
+        if not self.runner.warm and self._queue and all(r is None for r in self._slots):
             try:
                 self._warmup()  # before the first admission: its runs may touch every slot
             except Exception as err:  # nothing can run: the waiting requests fail instead of waiting forever
@@ -392,7 +316,9 @@ class Engine:
                 self._fresh.add(request)
         faults = 0
         for request in admitted:  # a request whose settings cannot be loaded fails before it shares a frame
-            faults += not self._guarded(request, "could not load its settings", self.runner.setup_slot, request.slot, request)
+            faults += not self._guarded(
+                request, "could not load its settings", self.runner.setup_slot, request.slot, request
+            )
         for run in plan.prefill:
             request = self._slots[run.slot]
             if request is None or request.state != RequestState.PREFILL:
@@ -452,29 +378,14 @@ class Engine:
             self._fail(request, err, what)
             return False
 
-    # ------------------------------------------------------------------ views for the policy
     def _waiting(self) -> list[policy.Waiting]:
-        return [
-            policy.Waiting(r.id, r.prompt_rows, r.depths, r.budget, r.config.control_tokens == "full")
-            for r in self._queue
-        ]
+        return [policy.Waiting(r.id, r.prompt_rows, r.depths, r.budget, r.config.control_tokens == "full")
+                for r in self._queue]  # fmt: skip
 
     def _table(self) -> list[policy.Slot | None]:
-        return [
-            None
-            if r is None
-            else policy.Slot(
-                r.id,
-                "running" if r.state == RequestState.RUNNING else "prefill",
-                r.prompt_rows,
-                r.prefilled,
-                r.depth,
-                r.frames_run,
-                r.budget,
-                r.config.control_tokens == "full",
-            )
-            for r in self._slots
-        ]
+        return [None if r is None else policy.Slot(r.id, "running" if r.state == RequestState.RUNNING else "prefill",
+                r.prompt_rows, r.prefilled, r.depth, r.frames_run, r.budget, r.config.control_tokens == "full")
+                for r in self._slots]  # fmt: skip
 
     def _free_slots(self) -> int:
         return sum(r is None for r in self._slots)

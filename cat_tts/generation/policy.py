@@ -10,8 +10,9 @@ host every `sync_every` frames, and right after a request's first frame (for lat
 
 Depth "auto": a frame's cost grows with K_max and with the bucket. A request asking for depth "auto" within
 [low, high] gets the highest depth at which the predicted frame time, with it admitted, stays under
-`margin x` the real-time period (one frame of audio); under load new requests therefore start lower, and when load
-falls they come back up. Alone (or before anything was measured) a request gets `high`.
+`margin x` the real-time period (one frame of audio); under load new requests therefore start lower (at the depth
+that would keep real time if every request ran at it), and when load falls they come back up. Alone (or before
+anything was measured) a request gets `high`.
 """
 
 from __future__ import annotations
@@ -135,22 +136,23 @@ def bucket_for(slots: Sequence[int], buckets: Sequence[int]) -> int:
     return next(size for size in buckets if size > top)
 
 
-def choose_depth(
-    depths: tuple[int, int], bucket: int, others_k_max: int, clock: FrameClock, limits: Limits
-) -> int:
+def choose_depth(depths: tuple[int, int], bucket: int, others_k_max: int, clock: FrameClock, limits: Limits) -> int:
     """The depth of a request admitted into a frame of `bucket` slots whose other slots need `others_k_max`.
 
-    The highest depth in `depths` whose predicted frame time stays under `margin x frame_period`; `low` when none
-    does; `high` when nothing is known (alone before any measurement, or no real-time period given).
+    The highest depth in `depths` whose predicted frame time stays under `margin x frame_period`. When the frames
+    are too slow whatever this request asks (the others run at a high K), the highest depth that would keep real time
+    once the others came down to it too: every new request and segment then starts there, and the frames follow.
+    `low` when even that fails; `high` when nothing is known (alone before any measurement, or no real-time period).
     """
     low, high = depths
     if low == high or limits.frame_period is None:
         return high
     target = limits.margin * limits.frame_period
-    for depth in range(high, low - 1, -1):
-        predicted = clock.predict(bucket, max(depth, others_k_max))
-        if predicted is None or predicted <= target:
-            return depth
+    for others in (others_k_max, 0):
+        for depth in range(high, low - 1, -1):
+            predicted = clock.predict(bucket, max(depth, others))
+            if predicted is None or predicted <= target:
+                return depth
     return low
 
 

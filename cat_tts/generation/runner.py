@@ -10,7 +10,7 @@ How a frame runs (`EngineConfig.compile`):
   bucket) at warm-up and replayed once per frame; a slot whose K is below the bucket keeps the pad code.
 * "auto" on the CPU: eager, with oneDNN-prepacked depth weights for the buckets where a measurement at warm-up finds
   them faster (never assumed: a lone request runs plain matrix-vector products).
-* False: eager.
+* "graphs": the eager frame captured as CUDA graphs (no compiler: bit-identical to eager); False: eager.
 Nothing in the frame loop synchronises with the host or builds tensors from host data: the read-back window's index
 is a device counter, and the host reads frames back every `sync_every` frames into pinned memory, asynchronously
 (`start_read` / `PendingRead.wait`).
@@ -303,4 +303,3 @@ def configure_compile_cache(directory: str | os.PathLike | None) -> None:
         functorch_config.enable_autograd_cache = True
     except (ImportError, AttributeError):  # pragma: no cover - older PyTorch
         logger.warning("this PyTorch has no on-disk compile cache; every start compiles again")
-

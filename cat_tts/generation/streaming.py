@@ -5,8 +5,8 @@ Shapes: K generated layers, t frames in a piece, s = t x frame_size samples, L p
 `stream_audio` takes the frames of one request as the engine delivers them (`Request.stream()`) and feeds their codes
 to the codec's streaming decoder (one decoder state per request, prefix decode at the request's K) in fixed groups:
 the first piece after `first_piece_frames` frames (low latency), then every `piece_frames` frames, whatever the
-grouping in which the engine delivered them. The concatenated pieces equal the codec's one-shot decode of all frames (the
-codec's streaming property), and are bit-identical for the same frames under any load.
+grouping in which the engine delivered them. The concatenated pieces equal the codec's one-shot decode of all
+frames (the codec's streaming property), and are bit-identical for the same frames under any load.
 """
 
 from __future__ import annotations

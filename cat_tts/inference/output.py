@@ -6,13 +6,17 @@ Shapes: K generated layers, F frames, L prefix frames, S samples (24 kHz).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cat_tts.generation import Request, stream_audio
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cat_tts.inference.planning import Segment
 
 
 class Crossfader:
@@ -134,3 +138,57 @@ def counted(request: Request, on_frame: Any) -> Iterator[torch.Tensor]:
         if on_frame is not None:
             on_frame(frames.shape[0])
         yield frames
+
+
+class SpeechStream:
+    """The audio of one streamed request: an iterator of float32 pieces that can be cancelled from any thread.
+
+    `cancel()` is thread-safe and immediate: the engine requests of every segment (queued or running) are cancelled
+    and their slots freed; the iterator then ends. `close()` (the generator protocol, from the iterating thread) does
+    the same and finishes the iterator. Audio cut short by the engine (it failed, or shut down) raises instead of
+    ending.
+    """
+
+    def __init__(self) -> None:
+        self._gen: Iterator[np.ndarray] | None = None
+        self._segments: list[Segment] = []
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> SpeechStream:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._cancelled.is_set():
+            self.close()
+            raise StopIteration
+        return next(self._gen)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once `cancel()` or `close()` ran."""
+        return self._cancelled.is_set()
+
+    @property
+    def depths(self) -> list[int]:
+        """The depth of each segment submitted so far (final once admitted; depth "auto" is chosen then)."""
+        return [s.request.depth for s in self._segments if s.request is not None]
+
+    def cancel(self) -> None:
+        """Stops the generation from any thread; the engine frees the slots at once."""
+        self._cancelled.set()
+        cancel_unfinished(list(self._segments))
+
+    def close(self) -> None:
+        """Cancels and finishes the iterator (call from the thread that iterates, or after it stopped)."""
+        self.cancel()
+        try:
+            self._gen.close()
+        except ValueError:  # "generator already executing": another thread is inside next(); cancel() suffices
+            pass
+
+
+def cancel_unfinished(segments: list[Segment]) -> None:
+    """Cancels the engine requests of `segments` that are still queued or running (their slots are freed)."""
+    for segment in segments:
+        if segment.request is not None and not segment.request.done:
+            segment.request.cancel()

@@ -16,7 +16,6 @@ are generated together in the engine's batch.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,63 +25,24 @@ import torch
 
 from cat_tts.errors import FieldError, InputError, ModelLoadError
 from cat_tts.generation import Engine, EngineConfig, EngineError, GenerationConfig
-from cat_tts.inference.output import counted, decode_frames, join, stream_pieces
-from cat_tts.inference.output import Crossfader, codec_device
+from cat_tts.inference.output import (
+    Crossfader,
+    SpeechStream,
+    cancel_unfinished,
+    counted,
+    decode_frames,
+    join,
+    stream_pieces,
+)
 from cat_tts.inference.planning import Segment, SynthesisConfig, derive_seed, plan_segments
 from cat_tts.inference.request import Limits, SpeechRequest
+from cat_tts.inference.voice import encode_voice, load_reference
 from cat_tts.text.prompt import PromptBuilder
 from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int], None]  # called with the number of frames just generated
-
-
-class SpeechStream:
-    """The audio of one streamed request: an iterator of float32 pieces that can be cancelled from any thread.
-
-    `cancel()` is thread-safe and immediate: the engine requests of every segment (queued or running) are cancelled
-    and their slots freed; the iterator then ends. `close()` (the generator protocol, from the iterating thread) does
-    the same and finishes the iterator. Audio cut short by the engine (it failed, or shut down) raises instead of
-    ending.
-    """
-
-    def __init__(self) -> None:
-        self._gen: Iterator[np.ndarray] | None = None
-        self._segments: list[Segment] = []
-        self._cancelled = threading.Event()
-
-    def __iter__(self) -> SpeechStream:
-        return self
-
-    def __next__(self) -> np.ndarray:
-        if self._cancelled.is_set():
-            self.close()
-            raise StopIteration
-        return next(self._gen)
-
-    @property
-    def cancelled(self) -> bool:
-        """True once `cancel()` or `close()` ran."""
-        return self._cancelled.is_set()
-
-    @property
-    def depths(self) -> list[int]:
-        """The depth of each segment submitted so far (final once admitted; depth "auto" is chosen then)."""
-        return [s.request.depth for s in self._segments if s.request is not None]
-
-    def cancel(self) -> None:
-        """Stops the generation from any thread; the engine frees the slots at once."""
-        self._cancelled.set()
-        _cancel_unfinished(list(self._segments))
-
-    def close(self) -> None:
-        """Cancels and finishes the iterator (call from the thread that iterates, or after it stopped)."""
-        self.cancel()
-        try:
-            self._gen.close()
-        except ValueError:  # "generator already executing": another thread is inside next(); cancel() suffices
-            pass
 
 
 class CatTTS:
@@ -271,7 +231,7 @@ class CatTTS:
         """
         requests = [self._item_request(i, item, config, fields) for i, item in enumerate(items)]
         results = []
-        for i, result in self.iter_requests(requests, on_frame=on_frame):
+        for _, result in self.iter_requests(requests, on_frame=on_frame):
             if isinstance(result, Exception):
                 raise result
             results.append(result)
@@ -304,7 +264,7 @@ class CatTTS:
             audio = join([self._collect(s, on_frame) for s in segments], self._overlap())
             return audio, self.sample_rate
         finally:
-            _cancel_unfinished(segments)
+            cancel_unfinished(segments)
 
     def stream_request(
         self,
@@ -366,7 +326,7 @@ class CatTTS:
         finally:
             for _, segments in inflight:
                 if isinstance(segments, list):
-                    _cancel_unfinished(segments)
+                    cancel_unfinished(segments)
 
     def encode_reference(self, reference_audio: str | Path | tuple[np.ndarray, int]) -> torch.Tensor:
         """Loads, normalises and encodes a reference clip into `[N, L]` codes (all layers).
@@ -374,12 +334,7 @@ class CatTTS:
         Raises:
             FieldError: on `reference_audio` (missing, corrupt, silent, too short or too long).
         """
-        wav = self._load_reference(reference_audio)
-        x = torch.from_numpy(wav)[None].to(codec_device(self.codec))  # [1, S]
-        with torch.inference_mode():
-            enc = self.codec.encode(x, num_layers=self.n_vq)
-        length = int(enc.lengths[0]) if getattr(enc, "lengths", None) is not None else enc.codes.shape[-1]
-        return enc.codes[0, :, :length].cpu()  # [N, L]
+        return encode_voice(self.codec, load_reference(reference_audio, self.sample_rate, self.config), self.n_vq)
 
     # ------------------------------------------------------------------ internals
     def _item_request(self, i: int, item: Any, config: GenerationConfig | None, common: dict) -> SpeechRequest:
@@ -458,40 +413,6 @@ class CatTTS:
 
     def _overlap(self) -> int:
         return int(round(self.config.crossfade_ms * self.sample_rate / 1000.0))
-
-    def _load_reference(self, reference_audio: Any) -> np.ndarray:
-        from cat_tts.audio import AudioError, audio_from_array, load_audio, loudness_normalize
-
-        cfg = self.config
-        try:
-            if isinstance(reference_audio, (str, Path)):
-                wav = load_audio(reference_audio, sample_rate=self.sample_rate, max_seconds=cfg.max_reference_seconds)
-            elif isinstance(reference_audio, tuple) and len(reference_audio) == 2:
-                samples, rate = reference_audio
-                wav = audio_from_array(samples, rate, self.sample_rate, cfg.max_reference_seconds)
-            else:
-                raise FieldError(
-                    "reference_audio",
-                    "reference_audio must be a file path, a (samples, sample_rate) tuple or codes from encode_reference",
-                )
-        except AudioError as err:
-            raise FieldError("reference_audio", f"reference audio: {err}") from err
-        if wav.size < cfg.min_reference_seconds * self.sample_rate:
-            raise FieldError(
-                "reference_audio",
-                f"reference audio is too short ({wav.size / self.sample_rate:.2f} s); "
-                f"give at least {cfg.min_reference_seconds:g} s of speech (3-10 s works best)",
-            )
-        if cfg.normalize_reference:
-            wav = loudness_normalize(wav, target_db=-20.0, max_gain_db=3.0)
-        return np.ascontiguousarray(wav, dtype=np.float32)
-
-
-def _cancel_unfinished(segments: list[Segment]) -> None:
-    """Cancels the engine requests of `segments` that are still queued or running (their slots are freed)."""
-    for segment in segments:
-        if segment.request is not None and not segment.request.done:
-            segment.request.cancel()
 
 
 def _warn_unusual(segment: Segment) -> None:

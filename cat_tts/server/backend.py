@@ -203,8 +203,8 @@ class PipelineBackend:
             dtype_name(tts.model.dtype),
             dtype_name(tts.codec.dtype),
             max_slots,
-            tts.engine.uses_cuda_graphs,
-            tts.engine.uses_compile,
+            tts.engine.runner.uses_cuda_graphs,
+            tts.engine.runner.uses_compile,
         )
         return cls(tts, device=device, codec_id=str(codec))
 

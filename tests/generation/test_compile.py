@@ -35,7 +35,7 @@ def test_compiled_frames_equal_eager_frames_and_nothing_recompiles(golden_model,
     eager, _ = _schedule(Engine(golden_model, EngineConfig(**CONFIG, compile=False)), golden)
     torch._dynamo.reset()
     compiled_engine = Engine(golden_model, EngineConfig(**CONFIG, compile=True))
-    assert compiled_engine.uses_compile
+    assert compiled_engine.runner.uses_compile
     compiled_engine.warmup()  # compiles the control, code and temporal units once
     with torch._dynamo.config.patch(error_on_recompile=True):  # any recompilation from here on raises
         compiled, frames_run = _schedule(compiled_engine, golden)

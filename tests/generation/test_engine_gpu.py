@@ -1,7 +1,10 @@
-"""The engine on CUDA: captured CUDA graphs give the eager frames, requests stay batch-invariant at a fixed
-bucket, bf16 runs, and device memory returns to its level. Skipped without a GPU (run by scripts/gpu_check.sh)."""
+"""The engine on CUDA: one captured graph per frame gives the eager frames, the default (compiled + captured) path
+gives the eager greedy frames, requests stay batch-invariant with `batch_invariant`, bf16 runs, and device memory
+returns to its level. Skipped without a GPU (run by scripts/gpu_check.sh)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -47,20 +50,41 @@ def _run(engine, golden):
     return [r.frames for r in requests]
 
 
-def test_cuda_graph_frames_equal_eager_frames(cuda_model, golden):
-    config = dict(max_slots=4, max_rows=160, prefill_chunk=32, sync_every=3)
-    eager = _run(Engine(cuda_model, EngineConfig(**config, compile=False)), golden)
-    graphed_engine = Engine(cuda_model, EngineConfig(**config, compile="auto"))
-    assert graphed_engine.uses_cuda_graphs and graphed_engine.buckets == (1, 2, 4)
+CONFIG = dict(max_slots=4, max_rows=160, prefill_chunk=32, sync_every=3)
+
+
+def test_one_graph_per_frame_gives_the_eager_frames(cuda_model, golden, monkeypatch):
+    eager = _run(Engine(cuda_model, EngineConfig(**CONFIG, compile=False)), golden)
+    graphed_engine = Engine(cuda_model, EngineConfig(**CONFIG, compile="graphs"))
+    runner = graphed_engine.runner
+    assert runner.uses_cuda_graphs and not runner.uses_compile and runner.buckets == (1, 2, 4)
     graphed_engine.warmup()
+    assert set(runner._graphs) == {(b, runner.k_bucket(k)) for b in (1, 2, 4) for k in range(1, 33)}
+    replays, frames = [], []
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda self, f=torch.cuda.CUDAGraph.replay: replays.append(1)
+                        or f(self))  # fmt: skip
+    original = runner.frame
+    monkeypatch.setattr(runner, "frame", lambda *a: frames.append(1) or original(*a))
     graphed = _run(graphed_engine, golden)
+    assert len(replays) == len(frames) > 20  # one replay per frame: the whole frame is one graph
     for a, b in zip(eager, graphed, strict=True):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_the_default_compiled_and_captured_frame_gives_the_eager_greedy_frames(cuda_model, golden):
+    specs = [(g, replace(c, do_sample=False)) for g, c in _specs(golden)]
+    eager = [Engine(cuda_model, EngineConfig(**CONFIG, compile=False)).submit(*s).result() for s in specs]
+    engine = Engine(cuda_model, EngineConfig(**CONFIG))  # compile="auto": torch.compile + one CUDA graph per frame
+    assert engine.runner.uses_cuda_graphs and engine.runner.uses_compile
+    engine.warmup()
+    fast = [engine.submit(*s).result() for s in specs]
+    for a, b in zip(eager, fast, strict=True):
         assert a.shape == b.shape and torch.equal(a, b)
 
 
 @pytest.mark.parametrize("sampled", [False, True])
 def test_a_request_is_batch_invariant_on_cuda_at_a_fixed_bucket(cuda_model, golden, sampled):
-    config = EngineConfig(max_slots=8, max_rows=160, prefill_chunk=16, sync_every=3, buckets=(8,))
+    config = EngineConfig(max_slots=8, max_rows=160, prefill_chunk=16, sync_every=3, batch_invariant=True)
     cfg = GenerationConfig(depth=12, max_new_frames=12, min_new_frames=12, do_sample=sampled, seed=7)
     alone = Engine(cuda_model, config).submit(golden["grid_clone"], cfg).result()
     engine = Engine(cuda_model, config)
