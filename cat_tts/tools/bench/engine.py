@@ -8,7 +8,7 @@ For each mode (`cat_tts.tools.bench.modes.MODES`) one engine of `--slots` slots 
 as a server would be configured) runs in its background thread; for each depth K and concurrency N, N clients start
 together and each sends `--requests-per-client` requests one after another (see `cat_tts.tools.bench.load` for
 their shapes: a 3-10 s reference clip's frames at the codec's frame rate plus text rows as the prompt, 40-100 frames
-of output). Each request is consumed through `request.chunks()`, so its times are those of a caller of the engine:
+of output). Each request is consumed through `request.stream()`, so its times are those of a caller of the engine:
 time to first audio is submit -> first frames delivered (codec decode not included: `bench serve` has the whole
 path). Reported per (K, N): the aggregate real-time rate (audio seconds / wall seconds), per-stream RTF p50/p95 and
 how many streams were slower than real time, TTFA p50/p95, playback stall p50/p95, and the aggregate rate relative
@@ -66,7 +66,7 @@ def run_mode(model, mode: str, depths: list[int], counts: list[int], args: argpa
         timing = StreamTiming(sent=time.perf_counter())
         request = engine.submit(prompt, GenerationConfig(depth=depth, min_new_frames=n, seed=shape.seed),
                                 max_new_frames=n)  # fmt: skip
-        for chunk in request.chunks(timeout=CHUNK_TIMEOUT_S):
+        for chunk in request.stream(timeout=CHUNK_TIMEOUT_S):
             timing.arrivals.append(time.perf_counter())
             timing.durations.append(chunk.shape[0] * FRAME_SECONDS)
         return timing

@@ -4,7 +4,7 @@
                                            [--frames 24] [--prompt-rows 64] [--released] [--device cuda]
 
 For each mode (`cat_tts.tools.bench.modes.MODES`: eager, default, compiled, ...) and batch size B, one engine of B
-slots runs, through its public API only (submit, chunks, start, close): first an untimed pass (B requests of 2 frames
+slots runs, through its public API only (submit, stream, start, close): first an untimed pass (B requests of 2 frames
 at the largest depth: CUDA graph capture, compilation, first-use allocations; its wall time is `warmup_s`), then for
 each depth K, B requests at once (random prompts, sampling with the released settings, each forced to `--frames`
 frames). The frame time is measured from when audio arrives, as a user sees it: over the window in which every
@@ -53,7 +53,7 @@ def run_batch(engine, model, batch: int, depth: int, frames: int, prompt_rows: i
         config = GenerationConfig(depth=depth, min_new_frames=frames, seed=i)
         timing = StreamTiming(sent=time.perf_counter())
         request = engine.submit(random_prompt(model, prompt_rows, seed=i), config, max_new_frames=frames)
-        for chunk in request.chunks(timeout=CHUNK_TIMEOUT_S):
+        for chunk in request.stream(timeout=CHUNK_TIMEOUT_S):
             timing.arrivals.append(time.perf_counter())
             timing.durations.append(chunk.shape[0] * FRAME_SECONDS)
         return timing

@@ -4,7 +4,7 @@
                                           [--released] [--device cuda]
 
 For each mode (`cat_tts.tools.bench.modes.MODES`) one engine of `--batch` slots runs `--batch` requests through its
-public API; the caller's thread drives it (`request.chunks()` without a background thread), an untimed pass pays the
+public API; the caller's thread drives it (`request.stream()` without a background thread), an untimed pass pays the
 first-use costs, and the profiler records from the first audio of the timed requests to their end. Reported per mode
 and per frame step: the wall time under the profiler (profiling adds overhead), the device time (the sum of the
 kernels' own times: how busy the GPU was), the kernel launches, and the top kernels (CUDA) and top operators (own CPU
@@ -46,14 +46,14 @@ def _run(engine, model, args: argparse.Namespace, frames: int, profiler=None) ->
     config = GenerationConfig(depth=args.depth, min_new_frames=frames)
     requests = [engine.submit(random_prompt(model, args.prompt_rows, seed=i), config.with_overrides(seed=i),
                               max_new_frames=frames) for i in range(args.batch)]  # fmt: skip
-    chunks = requests[0].chunks(timeout=CHUNK_TIMEOUT_S)
-    next(chunks)  # the first audio: prefill and the first frames are behind
+    pieces = requests[0].stream(timeout=CHUNK_TIMEOUT_S)
+    next(pieces)  # the first audio: prefill and the first frames are behind
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
     if profiler is not None:
         profiler.start()
     start = time.perf_counter()
-    timed = sum(chunk.shape[0] for chunk in chunks)  # drives the engine (no background thread) to the end
+    timed = sum(piece.shape[0] for piece in pieces)  # drives the engine (no background thread) to the end
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
     seconds = time.perf_counter() - start

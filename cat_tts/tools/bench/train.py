@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cat_tts.tools.bench import save_partial
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny", help="model preset: tiny | small | cat_tts_1_7b (default tiny)")
@@ -162,6 +164,7 @@ def run(args: argparse.Namespace) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(f"bench worker for p={p} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(out.read_text()))
+        save_partial(args, {"preset": args.preset, "frames": args.frames, "steps": args.steps, "results": results})
     base = results[0]
     print(
         f"training step, preset {args.preset}, {base['device']}, {base['rows_per_batch']} rows per batch "
