@@ -27,6 +27,7 @@ from cat_tts.weights.resolve import (
     OFFLINE_HINT,
     CheckpointKind,
     checkpoint_kind,
+    is_hub_id,
     read_config_json,
     resolve_checkpoint,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "checkpoint_files",
     "checkpoint_kind",
     "dtype_name",
+    "is_hub_id",
     "parse_dtype",
     "read_config_json",
     "read_safetensors",

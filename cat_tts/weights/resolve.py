@@ -101,7 +101,7 @@ def checkpoint_kind(config: dict[str, Any]) -> CheckpointKind | None:
     return None
 
 
-def _looks_like_hub_id(ref: str | Path) -> bool:
+def is_hub_id(ref: str | Path) -> bool:
     """'owner/name' given as a string (a `Path` always means a local directory)."""
     return isinstance(ref, str) and _HUB_ID.match(ref) is not None
 
@@ -138,7 +138,7 @@ def resolve_checkpoint(ref: str | Path, kind: CheckpointKind) -> Path:
         raise ModelLoadError(
             f"{path} is a file, not a directory: pass the {what} checkpoint directory that holds {CONFIG_FILE}{hint}"
         )
-    elif not _looks_like_hub_id(ref):
+    elif not is_hub_id(ref):
         raise CheckpointNotFoundError(f"{kind} directory {str(ref)!r} does not exist")
     else:
         directory = _download(str(ref), kind)

@@ -183,8 +183,8 @@ def load_pipeline(args: argparse.Namespace, depths: list[int]) -> CatTTS:
     The depths are checked against the model's config.json, and the codec directory's kind is checked, before any
     weights are read.
     """
-    from cat_tts.weights import resolve_checkpoint
     from cat_tts.inference import CatTTS
+    from cat_tts.weights import resolve_checkpoint
     from eval.seedtts.generate import check_depths, model_layers
 
     model_dir, n_layers = model_layers(args.model)
@@ -200,6 +200,7 @@ def load_pipeline(args: argparse.Namespace, depths: list[int]) -> CatTTS:
 
 def _generate(args: argparse.Namespace) -> int:
     from eval.seedtts.generate import check_depths, count_missing, generate_testset
+    from eval.seedtts.results import write_json
     from eval.seedtts.testset import read_testset
 
     try:
@@ -215,13 +216,9 @@ def _generate(args: argparse.Namespace) -> int:
         raise CliError(f"{args.meta} has no usable line" + (f" ({reasons})" if reasons else ""))
     for bad in testset.bad_lines:
         print(f"unusable test line, not generated: {bad.describe()}", file=sys.stderr)
-    (args.out / "bad_lines.json").write_text(
-        json.dumps(
-            [{"utt": b.utt, "line_no": b.line_no, "reason": b.reason} for b in testset.bad_lines],
-            indent=1,
-            ensure_ascii=False,
-        ),
-        encoding="utf-8",
+    write_json(
+        args.out / "bad_lines.json",
+        [{"utt": b.utt, "line_no": b.line_no, "reason": b.reason} for b in testset.bad_lines],
     )
     # load the model only when something is left to synthesise
     pipeline = load_pipeline(args, depths) if count_missing(testset, args.out, depths) else None

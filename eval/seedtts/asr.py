@@ -9,23 +9,86 @@
   characters by the metric (`metrics.utterance_wer`).
 
 Both expose `transcribe(path) -> str`; any object with that method can be passed to the scorer.
+
+Without the hub (`HF_HUB_OFFLINE=1`, or no network) a model that is neither a local directory nor in the local
+cache fails at once with a message naming the options that take local models (`--asr-model DIR`, `--sim-model
+FILE`): the hub is asked once, with a short timeout, instead of transformers' minutes of retries per file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from cat_tts.errors import ModelLoadError
+from cat_tts.weights import is_hub_id
 from eval.seedtts.audio import SCORING_RATE, read_audio, resample_fft
 
 logger = logging.getLogger(__name__)
 
 WHISPER_MODEL = "openai/whisper-large-v3"
 PARAFORMER_MODEL = "paraformer-zh"
+# Files of a Whisper repository the scorer needs: configs, processor files and safetensors weights (no pickles).
+WHISPER_FILES = ["*.json", "*.txt", "*.safetensors"]
+HUB_TIMEOUT_S = 10.0  # the one question asked of the hub before a download
+LOCAL_MODELS_HINT = (
+    "To score without the hub, pass local models: --asr-model DIR (a Whisper directory, e.g. a saved "
+    "openai/whisper-large-v3; for zh a FunASR Paraformer directory) and --sim-model FILE (wavlm_large_finetune.pth "
+    "or its .safetensors conversion; without it SIM is skipped)"
+)
+
+
+class AsrModelUnavailableError(ModelLoadError):
+    """The ASR model is neither a local directory nor cached, and the hub cannot be reached (or is turned off)."""
+
+
+def _offline() -> bool:
+    """True when the user turned the hub off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return bool(constants.HF_HUB_OFFLINE) or any(f.upper() in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def locate_whisper(model_id: str) -> str:
+    """A local directory for a Whisper model: the directory itself, the cached snapshot of a hub id, or a fresh
+    download (configs, processor files and safetensors only).
+
+    The local cache is looked at first; the hub is asked only when the model is not there, once, with a
+    `HUB_TIMEOUT_S` timeout, and not at all when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set.
+
+    Raises:
+        AsrModelUnavailableError: neither a directory nor cached, and the hub is off or unreachable (the message
+            names the options that take local models).
+    """
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists() or not is_hub_id(model_id):
+        raise AsrModelUnavailableError(f"--asr-model {model_id} is not a directory. {LOCAL_MODELS_HINT}")
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        return snapshot_download(model_id, allow_patterns=WHISPER_FILES, local_files_only=True)
+    except Exception:  # not in the cache (or only part of it): the hub decides
+        pass
+    if _offline():
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            HfApi().model_info(model_id, timeout=HUB_TIMEOUT_S)
+            return snapshot_download(model_id, allow_patterns=WHISPER_FILES)
+        except Exception as err:  # no network, a proxy, an unknown repository: one answer for all
+            reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    raise AsrModelUnavailableError(
+        f"--asr-model {model_id} is not in the local cache and could not be fetched from the Hugging Face hub "
+        f"({reason}). {LOCAL_MODELS_HINT}"
+    )
 
 
 class Transcriber(Protocol):
@@ -71,11 +134,16 @@ class WhisperAsr:
         dtype: torch.dtype = torch.float32,
         language: str = "en",
     ) -> WhisperAsr:
-        """Load Whisper (default `openai/whisper-large-v3`) from the hub or a local directory."""
+        """Load Whisper (default `openai/whisper-large-v3`) from a local directory, the cache or the hub.
+
+        Raises:
+            AsrModelUnavailableError: see `locate_whisper`.
+        """
+        directory = locate_whisper(str(model_id))  # before importing transformers: a missing model fails at once
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        processor = WhisperProcessor.from_pretrained(model_id)
-        model = WhisperForConditionalGeneration.from_pretrained(model_id, dtype=dtype)
+        processor = WhisperProcessor.from_pretrained(directory)
+        model = WhisperForConditionalGeneration.from_pretrained(directory, dtype=dtype)
         return cls(model, processor, language=language, device=device, name=str(model_id))
 
     @torch.no_grad()
@@ -118,7 +186,14 @@ class ParaformerAsr:
 
         Raises:
             ImportError: when FunASR is missing (extra `eval-zh`).
+            AsrModelUnavailableError: a model name (not a directory) while HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE
+                is set (FunASR would try to download it).
         """
+        if not Path(model_id).expanduser().is_dir() and _offline():
+            raise AsrModelUnavailableError(
+                f"--asr-model {model_id} is a model name, which FunASR downloads, but HF_HUB_OFFLINE is set. "
+                + LOCAL_MODELS_HINT
+            )
         try:
             from funasr import AutoModel
         except ImportError as err:

@@ -35,18 +35,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from tqdm import tqdm
 
-from cat_tts.errors import InputError
-from eval.seedtts.score import GENERATION_LOG
+from cat_tts.audio import save_audio
+from cat_tts.errors import CheckpointError, InputError
+from cat_tts.model.config import CatTTSConfig
+from cat_tts.weights import read_config_json, resolve_checkpoint
+from eval.seedtts.results import GENERATION_LOG, write_jsonl
 from eval.seedtts.testset import BadLine, TestItem, TestSet
 
 if TYPE_CHECKING:
@@ -138,15 +141,10 @@ def model_layers(model: str | Path) -> tuple[Path, int]:
         ModelLoadError: missing directory, wrong kind of checkpoint (the message names it), unreachable hub.
         CheckpointError: a config.json whose `n_vq` is not a positive integer.
     """
-    from cat_tts.errors import CheckpointError
-    from cat_tts.weights import read_config_json, resolve_checkpoint
-
     directory = resolve_checkpoint(model, "model")
     fields = read_config_json(directory)
     n_vq = fields.get("n_vq")
     if n_vq is None:  # the config class's default, as the loader would use it
-        from cat_tts.model.config import CatTTSConfig
-
         n_vq = CatTTSConfig.from_dict(fields).n_vq
     if isinstance(n_vq, bool) or not isinstance(n_vq, int) or n_vq < 1:
         raise CheckpointError(f"{directory}/config.json: n_vq must be a positive integer, got {n_vq!r}")
@@ -160,15 +158,11 @@ def count_missing(testset: TestSet, out_dir: str | Path, depths: Sequence[int]) 
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> float:
-    """Write mono 16-bit PCM atomically; returns the duration in seconds."""
-    import soundfile as sf
-
+    """Write mono 16-bit PCM atomically (`save_audio`); returns the duration in seconds."""
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     if audio.size == 0:
         raise InputError("the synthesiser returned no samples (the model ended at once; see --min-new-frames)")
-    tmp = path.with_name(f".{path.stem}.partial.wav")
-    sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
-    os.replace(tmp, path)
+    save_audio(path, audio, sample_rate)
     return audio.size / sample_rate
 
 
@@ -177,9 +171,7 @@ def _write_failures(path: Path, failures: list[Failure]) -> None:
     if not failures:
         path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
         return
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("".join(json.dumps(asdict(f), ensure_ascii=False) + "\n" for f in failures), encoding="utf-8")
-    os.replace(tmp, path)
+    write_jsonl(path, failures)
 
 
 def _one_line(err: BaseException) -> str:
@@ -226,8 +218,6 @@ def generate_testset(
     Raises:
         InputError: bad depths (outside 1..N) or mode, or outputs missing without a synthesiser.
     """
-    from tqdm import tqdm
-
     n_layers = getattr(pipeline, "n_vq", None)
     depths = check_depths(depths, n_layers)
     if mode not in MODES:

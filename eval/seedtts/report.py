@@ -14,14 +14,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, is_dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cat_tts.codec.config import bitrate_kbps
-from cat_tts.errors import UserError
-from eval.seedtts.metrics import mean
+from cat_tts.files import atomic_write
+from eval.seedtts.results import (
+    RESULTS,
+    RUN,
+    SUMMARY,
+    ReportError,
+    depth_from_dir,
+    read_results,
+    summarize,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,85 +36,23 @@ logger = logging.getLogger(__name__)
 GROUND_TRUTH_DIR = "ground_truth"
 
 
-class ReportError(UserError):
-    """A sweep directory has nothing to report or holds malformed files."""
-
-
-def kbps(depth: int | None) -> float | None:
-    """Bitrate of depth K in kbps (None for ground truth)."""
-    return None if depth is None else bitrate_kbps(depth)
-
-
-def _pct(value: float | None) -> float | None:
-    return None if value is None else round(100.0 * value, 4)
-
-
-def summarize(results: Iterable[Any], run: dict[str, Any]) -> dict[str, Any]:
-    """Aggregate per-utterance records (dataclasses or dicts) of one run.
-
-    Returns:
-        A JSON-serialisable dict: counts (`n_items`, `n_scored`, per-status counts, rejected test lines),
-        `error_rate` (percent, mean over all usable lines, unscored ones count as 100 %),
-        `error_rate_scored` (percent, mean over scored files only: the official scripts' number),
-        `sim` (mean cosine similarity over files with a SIM score, 0..1), `rtf` (total generation seconds
-        / total audio seconds when timings exist), `audio_seconds`, and the run's metadata.
-    """
-    recs = [asdict(r) if is_dataclass(r) else dict(r) for r in results]
-    statuses: dict[str, int] = {}
-    for r in recs:
-        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-    scored = [r for r in recs if r["status"] == "ok"]
-    with_sim = [r["sim"] for r in recs if r.get("sim") is not None]
-    timed = [r for r in scored if r.get("rtf") is not None and r.get("duration")]
-    gen_seconds = sum(r["rtf"] * r["duration"] for r in timed)
-    audio_seconds = sum(r["duration"] for r in timed)
-    depth = run.get("depth")
-    lang = run.get("lang")
-    return {
-        "testset": run.get("testset"),
-        "lang": lang,
-        "metric": "CER" if lang == "zh" else "WER",
-        "depth": depth,
-        "kbps": kbps(depth),
-        "ground_truth": bool(run.get("ground_truth")),
-        "n_items": len(recs),
-        "n_scored": len(scored),
-        "n_sim": len(with_sim),
-        "status_counts": dict(sorted(statuses.items())),
-        "n_bad_lines": len(run.get("bad_lines") or []),
-        "bad_lines": run.get("bad_lines") or [],
-        "error_rate": _pct(mean(1.0 if r["wer"] is None else r["wer"] for r in recs)),
-        "error_rate_scored": _pct(mean(r["wer"] for r in scored)),
-        "sim": None if not with_sim else round(mean(with_sim), 6),
-        "rtf": round(gen_seconds / audio_seconds, 6) if audio_seconds > 0 else None,
-        "audio_seconds": round(sum(r["duration"] or 0.0 for r in scored), 3),
-        "asr_model": run.get("asr_model"),
-        "sim_model": run.get("sim_model"),
-    }
-
-
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """Records of a `results.jsonl` file.
+def _read_run(path: Path) -> dict[str, Any]:
+    """A run's `run.json`.
 
     Raises:
-        ReportError: on a malformed line (named by line number).
+        ReportError: the file is not a JSON object (named).
     """
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ReportError(f"{path}:{i}: not valid JSON ({err.msg})") from err
-        if not isinstance(rec, dict) or "status" not in rec or "wer" not in rec:
-            raise ReportError(f"{path}:{i}: a result record needs at least 'status' and 'wer'")
-        out.append(rec)
-    return out
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportError(f"{path}: not valid JSON ({err}); rerun `python -m eval.seedtts score` for it") from None
+    if not isinstance(run, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(run).__name__}")
+    return run
 
 
 def _run_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in sweep_dir.glob("*/results.jsonl"))
+    return sorted(p.parent for p in sweep_dir.glob(f"*/{RESULTS}"))
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -166,7 +111,8 @@ def _plot(summaries: Sequence[dict[str, Any]], key: str, ylabel: str, title: str
     if runs or gt:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
@@ -182,8 +128,6 @@ def build_report(sweep_dir: str | Path) -> dict[str, Any]:
     Raises:
         ReportError: when no run directory with `results.jsonl` exists or a file is malformed.
     """
-    from eval.seedtts.score import RUN, SUMMARY, depth_from_dir
-
     sweep_dir = Path(sweep_dir)
     run_dirs = _run_dirs(sweep_dir)
     if not run_dirs:
@@ -191,13 +135,13 @@ def build_report(sweep_dir: str | Path) -> dict[str, Any]:
     summaries = []
     for d in run_dirs:
         run_path = d / RUN
-        run = json.loads(run_path.read_text(encoding="utf-8")) if run_path.is_file() else {}
+        run = _read_run(run_path) if run_path.is_file() else {}
         if "depth" not in run:
             run["depth"] = depth_from_dir(d)
         if d.name == GROUND_TRUTH_DIR:
             run["ground_truth"], run["depth"] = True, None
-        summary = summarize(read_results(d / "results.jsonl"), run)
-        (d / SUMMARY).write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+        summary = summarize(read_results(d / RESULTS), run)
+        write_json(d / SUMMARY, summary)
         summaries.append(summary)
     summaries.sort(key=lambda s: (not s["ground_truth"], s["depth"] if s["depth"] is not None else -1))
 
@@ -225,8 +169,9 @@ def build_report(sweep_dir: str | Path) -> dict[str, Any]:
         sweep_dir / "error_rate_vs_kbps.png",
         sweep_dir / "sim_vs_kbps.png",
     ]
-    files[0].write_text(json.dumps({"runs": summaries}, ensure_ascii=False, indent=1), encoding="utf-8")
-    files[1].write_text("\n".join(md), encoding="utf-8")
+    write_json(files[0], {"runs": summaries})
+    with atomic_write(files[1]) as tmp:
+        tmp.write_text("\n".join(md), encoding="utf-8")
     _plot(summaries, "error_rate", f"{metric} (%)", f"{metric} vs bitrate ({title})", files[2])
     _plot(summaries, "sim", "SIM (cosine)", f"Speaker similarity vs bitrate ({title})", files[3])
     return {"summaries": summaries, "table": table, "files": files}

@@ -4,7 +4,7 @@ Writes into the output directory:
 
 * `results.jsonl`: one record per usable test line (`UtteranceResult`);
 * `run.json`: what was scored and how (test list, language, depth, models, rejected test lines);
-* `summary.json`: the aggregates (`report.summarize`).
+* `summary.json`: the aggregates (`results.summarize`).
 
 Unlike the official scripts, nothing is dropped silently: a missing, empty or unreadable output is a
 record with a status, it counts as a failed utterance (error rate 100 %, the score of an empty
@@ -14,13 +14,11 @@ is the mean over scored files only, which is what the official scripts print.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -28,33 +26,25 @@ from eval.seedtts.asr import Transcriber
 from eval.seedtts.audio import AudioReadError, read_audio
 from eval.seedtts.metrics import utterance_wer
 from eval.seedtts.normalize import check_language
+from eval.seedtts.results import (
+    ASR_ERROR,
+    EMPTY,
+    MISSING,
+    OK,
+    RESULTS,
+    RUN,
+    SUMMARY,
+    UNREADABLE,
+    UtteranceResult,
+    depth_from_dir,
+    read_generation_log,
+    summarize,
+    write_json,
+    write_jsonl,
+)
 from eval.seedtts.testset import TestSet
 
 logger = logging.getLogger(__name__)
-
-GENERATION_LOG = "generation.jsonl"
-RESULTS = "results.jsonl"
-RUN = "run.json"
-SUMMARY = "summary.json"
-
-# statuses of a result record
-OK, MISSING, EMPTY, UNREADABLE, ASR_ERROR = "ok", "missing", "empty", "unreadable", "asr_error"
-
-
-@dataclass
-class UtteranceResult:
-    """Scores of one test line."""
-
-    utt: str  # utterance id
-    depth: int | None  # generation depth K (None for ground-truth recordings)
-    status: str  # "ok", "missing", "empty", "unreadable" or "asr_error"
-    wer: float | None  # error rate of this utterance as a fraction (WER for EN, CER for ZH); 1.0 when not scored
-    sim: float | None  # cosine similarity to the prompt (-1..1); None when not computed
-    hypothesis: str | None  # ASR transcript
-    reference: str  # target text
-    duration: float | None  # seconds of audio in the scored file
-    rtf: float | None  # generation seconds / audio seconds, from generation.jsonl when present
-    error: str | None = None  # what went wrong, for statuses other than "ok"
 
 
 class SpeakerScorer(Protocol):
@@ -65,24 +55,6 @@ class SpeakerScorer(Protocol):
     def similarity(self, generated: str | Path, prompt: str | Path) -> float:
         """Cosine similarity (-1..1) of the speakers of two audio files."""
         ...
-
-
-def depth_from_dir(path: Path) -> int | None:
-    """K from a directory named `depth_<K>`, else None."""
-    m = re.fullmatch(r"depth_(\d+)", path.name)
-    return int(m.group(1)) if m else None
-
-
-def read_generation_log(wav_dir: Path) -> dict[str, dict[str, Any]]:
-    """Per-utterance timing records written by `generate` (last record per utterance wins)."""
-    path = wav_dir / GENERATION_LOG
-    records: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                records[rec["utt"]] = rec
-    return records
 
 
 def score_testset(
@@ -115,8 +87,6 @@ def score_testset(
     Raises:
         ValueError: bad language, or neither `wav_dir` nor `ground_truth` given, or no output directory.
     """
-    from eval.seedtts.report import summarize
-
     check_language(lang)
     if not ground_truth and wav_dir is None:
         raise ValueError("give the directory of generated wavs (--wavs) or score the recordings (--ground-truth)")
@@ -170,9 +140,7 @@ def score_testset(
         results.append(res)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / RESULTS, "w", encoding="utf-8") as f:
-        for r in results:
-            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+    write_jsonl(out_dir / RESULTS, results)
     run = {
         "testset": testset.name,
         "meta": str(testset.meta_path),
@@ -185,7 +153,6 @@ def score_testset(
         "bad_lines": [asdict(b) for b in testset.bad_lines],
         "seconds": round(time.time() - started, 3),
     }
-    (out_dir / RUN).write_text(json.dumps(run, ensure_ascii=False, indent=1), encoding="utf-8")
-    summary = summarize(results, run)
-    (out_dir / SUMMARY).write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_json(out_dir / RUN, run)
+    write_json(out_dir / SUMMARY, summarize(results, run))
     return results

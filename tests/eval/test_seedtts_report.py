@@ -9,7 +9,8 @@ import pytest
 
 from cat_tts.errors import USER_ERROR_EXIT_CODE
 from eval.seedtts.__main__ import main
-from eval.seedtts.report import ReportError, build_report, summarize
+from eval.seedtts.report import build_report
+from eval.seedtts.results import ReportError, summarize
 
 BAD = [{"utt": "utt_c-1", "line_no": 3, "reason": "audio file not found: prompt-wavs/nope.wav"}]
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,8 @@ from eval.seedtts.__main__ import main
 from eval.seedtts.asr import WhisperAsr
 from eval.seedtts.metrics import utterance_wer
 from eval.seedtts.sim import SpeakerEncoderConfig, SpeakerSimilarity
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -158,3 +164,39 @@ def test_zh_cer_per_utterance_follows_what_paraformer_heard(tmp_path: Path):
     assert results[0].hypothesis == "這是測試" and results[0].wer == 0.0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "CER" and summary["error_rate"] == pytest.approx(100 * sum(expected.values()) / 4)
+
+
+def test_score_without_the_hub_fails_within_seconds_naming_the_local_model_options(tiny_testset: Path, tmp_path):
+    """The hub unreachable (an endpoint that refuses connections, an empty cache): one line, exit 2, at once
+    (transformers alone retries each file for about 3 minutes, then names a feature extractor)."""
+    out = tmp_path / "depth_8"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")  # port 9: connection refused
+    argv = [sys.executable, "-m", "eval.seedtts", "score", "--meta", str(tiny_testset), "--wavs", str(out)]
+    started = time.monotonic()
+    res = subprocess.run([*argv, "--lang", "en"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    elapsed = time.monotonic() - started
+    assert res.returncode == USER_ERROR_EXIT_CODE, res.stderr
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: --asr-model openai/whisper-large-v3 is not in the local cache and could not be")
+    assert "--asr-model DIR" in err and "--sim-model FILE" in err and "Traceback" not in res.stderr
+    assert elapsed < 60, elapsed  # process start-up included; the hub is asked once
+
+
+def test_offline_mode_never_asks_the_hub(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from eval.seedtts.asr import AsrModelUnavailableError, load_asr
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    asked: list = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda *args, **kwargs: asked.append(args))
+    started = time.monotonic()
+    with pytest.raises(AsrModelUnavailableError, match=r"\(HF_HUB_OFFLINE is set\)\. .*--asr-model DIR.*--sim-model"):
+        load_asr("en")
+    assert asked == [] and time.monotonic() - started < 5
+    with pytest.raises(AsrModelUnavailableError, match="paraformer-zh is a model name.*HF_HUB_OFFLINE is set"):
+        load_asr("zh")
