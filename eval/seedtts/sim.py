@@ -38,9 +38,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
 from cat_tts.errors import CheckpointError
+from cat_tts.files import atomic_write
+from cat_tts.weights import read_safetensors
 from eval.seedtts.audio import SCORING_RATE, read_audio, resample_sinc
 
 logger = logging.getLogger(__name__)
@@ -501,8 +504,6 @@ def load_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"speaker-verification checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from cat_tts.weights import read_safetensors
-
         return read_safetensors(path, mmap=True)  # a damaged file raises a CheckpointError naming it
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -528,8 +529,6 @@ def convert_checkpoint(src: str | Path, dst: str | Path) -> Path:
     Returns:
         The written path.
     """
-    from safetensors.torch import save_file
-
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise CheckpointError(f"speaker-verification checkpoint not found: {src}")
@@ -538,7 +537,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path) -> Path:
         logger.warning("%s has sha256 %s, not the released file's %s", src, digest, OFFICIAL_SHA256)
     tensors = {k: v.contiguous() for k, v in load_checkpoint_tensors(src).items() if not k.startswith(IGNORED_PREFIXES)}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(dst), metadata={"source": src.name, "source_sha256": digest})
+    with atomic_write(dst) as tmp:
+        save_file(tensors, str(tmp), metadata={"source": src.name, "source_sha256": digest})
     return dst
 
 
