@@ -27,7 +27,7 @@ import torch
 from cat_tts.tools.bench import save_partial
 from cat_tts.tools.bench.load import StreamTiming, parse_ints, parse_range, request_shape, run_clients, summarize
 from cat_tts.tools.bench.models import FRAME_SECONDS, add_model_arguments, build_model, describe, random_prompt
-from cat_tts.tools.bench.modes import MODES, engine_config, parse_modes
+from cat_tts.tools.bench.modes import MODES, engine_config, parse_modes, slot_rows
 
 CHUNK_TIMEOUT_S = 1800.0  # a request that delivers nothing for this long fails the benchmark instead of hanging it
 
@@ -41,12 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", default="40-100", help="frames generated per request, LO-HI (40-100)")
     parser.add_argument("--text-rows", default="32-96", help="text rows of the prompt, LO-HI (32-96)")
     parser.add_argument("--slots", type=int, default=None, help="engine slots (default: the largest concurrency)")
+    parser.add_argument("--buckets", default=None, help="batch sizes a frame runs at, comma-separated (default: the "
+                        "engine's: powers of two up to --slots)")  # fmt: skip
     add_model_arguments(parser)
 
 
 @torch.inference_mode()
-def run_mode(model, mode: str, depths: list[int], counts: list[int], args: argparse.Namespace, emit) -> None:
-    """Every (depth, concurrency) on one engine of `mode`; `emit(depth, n, summary)` receives each result."""
+def run_mode(model, mode: str, depths: list[int], counts: list[int], args: argparse.Namespace, emit,
+             emit_warmup) -> None:  # fmt: skip
+    """Every (depth, concurrency) on one engine of `mode`; `emit(depth, n, summary)` receives each result and
+    `emit_warmup(seconds)` the untimed first pass (engine start, compilation / CUDA graph capture, first requests)."""
     from cat_tts.generation import Engine, GenerationConfig
 
     ref = parse_range(args.reference_seconds, "--reference-seconds")
@@ -54,8 +58,9 @@ def run_mode(model, mode: str, depths: list[int], counts: list[int], args: argpa
     frames = parse_range(args.frames, "--frames")
     per_client = args.requests_per_client
     slots = args.slots or max(counts)
-    rows = round(text[1]) + round(ref[1] / FRAME_SECONDS) + 1 + round(frames[1]) + 16  # + room between host reads
-    config = engine_config(mode, max_slots=slots, max_rows=rows, max_queue=max(counts) * per_client)
+    rows = slot_rows(round(text[1]) + round(ref[1] / FRAME_SECONDS) + 1 + round(frames[1]) + 16)  # + host reads
+    buckets = tuple(parse_ints(args.buckets, "--buckets")) if args.buckets else None
+    config = engine_config(mode, max_slots=slots, max_rows=rows, max_queue=max(counts) * per_client, buckets=buckets)
     engine = Engine(model, config)
     engine.start()
 
@@ -72,7 +77,9 @@ def run_mode(model, mode: str, depths: list[int], counts: list[int], args: argpa
         return timing
 
     try:
+        start = time.perf_counter()
         run_clients(min(slots, max(counts)), 1, lambda i, j: one_request(i, j, max(depths), frames_override=2))
+        emit_warmup(time.perf_counter() - start)
         for depth in depths:
             for n in counts:
                 streams = run_clients(n, per_client, lambda i, j, k=depth: one_request(i, j, k))
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> dict:
         "reference_seconds": args.reference_seconds,
         "frames": args.frames,
         "requests_per_client": args.requests_per_client,
+        "warmup_s": {},  # mode -> seconds of the untimed first pass (compilation / capture included)
         "rows": [],
     }
     print(result["model"], flush=True)
@@ -118,7 +126,12 @@ def run(args: argparse.Namespace) -> dict:
                   f"{s['ttfa_ms_p50']:>11.0f} {s['ttfa_ms_p95']:>6.0f} {s['stall_s_p50']:>11.2f} "
                   f"{s['stall_s_p95']:>6.2f}", flush=True)  # fmt: skip
 
-        run_mode(model, mode, depths, counts, args, emit)
+        def emit_warmup(seconds: float, mode: str = mode) -> None:
+            result["warmup_s"][mode] = seconds
+            save_partial(args, result)
+            print(f"{mode:>9} engine warm (first requests served) in {seconds:.1f} s", flush=True)
+
+        run_mode(model, mode, depths, counts, args, emit, emit_warmup)
         gc.collect()  # the mode's engine (slot caches, graphs) goes before the next one is built
         if model.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -29,7 +29,7 @@ import torch
 from cat_tts.tools.bench import save_partial
 from cat_tts.tools.bench.load import StreamTiming, parse_ints, run_clients
 from cat_tts.tools.bench.models import FRAME_SECONDS, add_model_arguments, build_model, describe, random_prompt
-from cat_tts.tools.bench.modes import MODES, engine_config, parse_modes
+from cat_tts.tools.bench.modes import MODES, engine_config, parse_modes, slot_rows
 
 CHUNK_TIMEOUT_S = 1800.0  # a request that delivers nothing for this long fails the benchmark instead of hanging it
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", default="1,8,16,32,64", help="comma-separated batch sizes (1,8,16,32,64)")
     parser.add_argument("--depths", default="8,16,32", help="comma-separated depths K (8,16,32)")
     parser.add_argument(
-        "--modes", default="eager,default,compiled", help=f"engine modes, first = baseline ({', '.join(MODES)})"
+        "--modes", default="eager,graphs,default,compiled", help=f"engine modes, first = baseline ({', '.join(MODES)})"
     )
     parser.add_argument("--frames", type=int, default=24, help="frames per request (24); the steady window is timed")
     parser.add_argument("--prompt-rows", type=int, default=64, help="prompt length in rows (64)")
@@ -87,7 +87,7 @@ def time_mode(model, mode: str, batch: int, depths: list[int], args: argparse.Na
     """Warm-up seconds and one (ms/frame, timed frames) row per depth for one mode at one batch size."""
     from cat_tts.generation import Engine
 
-    rows = args.prompt_rows + args.frames + 16  # + room for the frames between two host reads
+    rows = slot_rows(args.prompt_rows + args.frames + 16)  # + room for the frames between two host reads
     config = engine_config(mode, max_slots=batch, max_rows=rows, max_queue=batch, buckets=(batch,))
     start = time.perf_counter()
     engine = Engine(model, config)

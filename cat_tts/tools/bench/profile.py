@@ -22,7 +22,7 @@ import torch
 
 from cat_tts.tools.bench import save_partial
 from cat_tts.tools.bench.models import FRAME_SECONDS, add_model_arguments, build_model, describe, random_prompt
-from cat_tts.tools.bench.modes import MODES, engine_config, parse_modes
+from cat_tts.tools.bench.modes import MODES, engine_config, parse_modes, slot_rows
 
 CHUNK_TIMEOUT_S = 1800.0
 
@@ -93,7 +93,7 @@ def profile_mode(model, mode: str, args: argparse.Namespace) -> dict:
     from cat_tts.generation import Engine
 
     cuda = model.device.type == "cuda"
-    rows = args.prompt_rows + args.frames + 16
+    rows = slot_rows(args.prompt_rows + args.frames + 16)
     engine = Engine(model, engine_config(mode, max_slots=args.batch, max_rows=rows, max_queue=args.batch,
                                          buckets=(args.batch,)))  # fmt: skip
     try:
