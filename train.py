@@ -21,7 +21,9 @@ became NaN/inf; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 
 
@@ -91,8 +93,6 @@ def load_config(args: argparse.Namespace):
 
 
 def _quote(value: str) -> str:
-    import json
-
     return json.dumps(value)  # a JSON string is a valid YAML scalar: paths stay strings
 
 
@@ -125,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         check_writable_dir(cfg.run.out, "--out")  # before DeepSpeed is even imported
     except UserError as err:
         return _error(err)
-    import os
-
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

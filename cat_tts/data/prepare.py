@@ -33,9 +33,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from cat_tts.audio import DEFAULT_SAMPLE_RATE
+from cat_tts.audio import DEFAULT_SAMPLE_RATE, load_audio, loudness_normalize
 from cat_tts.cli import check_writable_dir
+from cat_tts.codec import CatCodec
 from cat_tts.data.manifest import ManifestRow, read_manifest
 from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
 from cat_tts.files import atomic_write
@@ -119,8 +121,6 @@ def classify_audio_error(err: Exception) -> str:
 
 def _load_one(path: str, max_seconds: float) -> tuple[np.ndarray | None, str | None, str]:
     """Loads + normalises one file; returns (wav [S] float32 | None, skip reason | None, message)."""
-    from cat_tts.audio import load_audio, loudness_normalize
-
     if not os.path.exists(path):
         return None, "missing", f"file not found: {path}"
     try:
@@ -232,10 +232,6 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         ManifestError: for a missing or malformed manifest.
         UserError: for an unusable option or an output directory that cannot be written.
     """
-    from tqdm import tqdm
-
-    from cat_tts.codec import CatCodec
-
     cfg.validate()
     out = check_writable_dir(cfg.out, "--out")
     rows = [r for r in read_manifest(cfg.manifest) if r.index % cfg.world_size == cfg.rank]

@@ -92,7 +92,7 @@ class RunLock:
             RunDirectoryBusyError: another process holds it (naming that process).
             InputError: the lock file cannot be created or locked (a read-only or lock-less filesystem).
         """
-        import fcntl
+        import fcntl  # POSIX only: imported here so that cat_tts.training still imports elsewhere
 
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this RunLock")

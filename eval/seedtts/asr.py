@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from huggingface_hub import HfApi, constants, snapshot_download
 
 from cat_tts.errors import ModelLoadError
 from cat_tts.weights import is_hub_id
@@ -49,8 +50,6 @@ class AsrModelUnavailableError(ModelLoadError):
 
 def _offline() -> bool:
     """True when the user turned the hub off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
-    from huggingface_hub import constants
-
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
     return bool(constants.HF_HUB_OFFLINE) or any(f.upper() in ("1", "ON", "YES", "TRUE") for f in flags)
 
@@ -71,8 +70,6 @@ def locate_whisper(model_id: str) -> str:
         return str(path)
     if path.exists() or not is_hub_id(model_id):
         raise AsrModelUnavailableError(f"--asr-model {model_id} is not a directory. {LOCAL_MODELS_HINT}")
-    from huggingface_hub import HfApi, snapshot_download
-
     try:
         return snapshot_download(model_id, allow_patterns=WHISPER_FILES, local_files_only=True)
     except Exception:  # not in the cache (or only part of it): the hub decides

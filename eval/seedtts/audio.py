@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 
@@ -49,8 +50,6 @@ def read_audio(path: str | Path, dtype: str = "float32") -> tuple[np.ndarray, in
     Raises:
         AudioReadError: missing, unreadable or zero-length file.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.is_file():
         raise AudioReadError(f"audio file not found: {path}", "missing")

@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import soundfile as sf
+
 from cat_tts.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -72,8 +74,6 @@ class TestSet:
 
 def _audio_problem(path: Path) -> str | None:
     """Why `path` is not a usable audio file, or None when its header reads and it has samples."""
-    import soundfile as sf
-
     if not path.is_file():
         return f"audio file not found: {path}"
     try:
