@@ -12,7 +12,7 @@ Depth "auto": a frame's cost grows with K_max and with the bucket. A request ask
 [low, high] gets the highest depth at which the predicted frame time, with it admitted, stays under
 `margin x` the real-time period (one frame of audio); under load new requests therefore start lower (at the depth
 that would keep real time if every request ran at it), and when load falls they come back up. Alone (or before
-anything was measured) a request gets `high`.
+anything was measured) a request gets `high`: a lone stream keeps full quality whatever the machine.
 """
 
 from __future__ import annotations
@@ -190,8 +190,11 @@ def plan_step(
         if free is None:
             break
         running = [i for i, s in enumerate(table) if s is not None] + [free]
-        k_others = max((s.depth for s in table if s is not None), default=1)
-        depth = choose_depth(waiting.depths, bucket_for(running, limits.buckets), k_others, clock, limits)
+        if len(running) == 1:  # alone: the ceiling, whatever the machine measured
+            depth = waiting.depths[1]
+        else:
+            k_others = max(s.depth for s in table if s is not None)
+            depth = choose_depth(waiting.depths, bucket_for(running, limits.buckets), k_others, clock, limits)
         admit.append(Admission(free, waiting.request, depth))
         table[free] = Slot(waiting.request, "prefill", waiting.prompt_rows, 0, depth, 0, waiting.budget,
                            waiting.full_control)  # fmt: skip

@@ -25,6 +25,7 @@ import torch
 
 from cat_tts.errors import FieldError, InputError, ModelLoadError
 from cat_tts.generation import Engine, EngineConfig, EngineError, GenerationConfig
+from cat_tts.inference.live import LiveEvent, LiveSession, SegmenterConfig
 from cat_tts.inference.output import (
     Crossfader,
     SpeechStream,
@@ -253,15 +254,29 @@ class CatTTS:
 
         yield from self.iter_requests(parsed(), on_frame=on_frame)
 
+    def live(
+        self, fields: dict[str, Any], emit: Callable[[LiveEvent], None], segmenter: SegmenterConfig | None = None,
+        **pieces: int,
+    ) -> LiveSession:  # fmt: skip
+        """A realtime session: text streamed in, audio streamed out (see `cat_tts.inference.live.LiveSession`).
+
+        Args:
+            fields: request fields except the text (voice, depth or "auto", sampling, seed, language, ...).
+            emit: receives the session's events in order, from its worker thread.
+            segmenter: a `SegmenterConfig` (how text is cut into segments).
+            **pieces: `first_piece_frames`, `piece_frames`.
+        """
+        return LiveSession(self, fields, emit, segmenter, **pieces)
+
     # ------------------------------------------------------------------ the service
     def synthesize_request(
         self, request: SpeechRequest, on_frame: ProgressCallback | None = None, wait: bool = True
     ) -> tuple[np.ndarray, int]:
         """The audio of one validated request."""
-        segments = self._plan(request)
+        segments = self.plan(request)
         try:
-            self._submit(segments, wait)
-            audio = join([self._collect(s, on_frame) for s in segments], self._overlap())
+            self.submit(segments, wait)
+            audio = join([self._collect(s, on_frame) for s in segments], self.overlap)
             return audio, self.sample_rate
         finally:
             cancel_unfinished(segments)
@@ -308,8 +323,8 @@ class CatTTS:
                     try:
                         if isinstance(request, Exception):
                             raise request
-                        segments = self._plan(request, encoded)
-                        self._submit(segments, wait=True)
+                        segments = self.plan(request, encoded)
+                        self.submit(segments, wait=True)
                         inflight.append((i, segments))
                     except InputError as err:
                         inflight.append((i, err))
@@ -320,7 +335,7 @@ class CatTTS:
                     yield i, segments
                     continue
                 try:
-                    yield i, (join([self._collect(s, on_frame) for s in segments], self._overlap()), self.sample_rate)
+                    yield i, (join([self._collect(s, on_frame) for s in segments], self.overlap), self.sample_rate)
                 except EngineError as err:
                     yield i, err
         finally:
@@ -351,23 +366,25 @@ class CatTTS:
         except FieldError as err:
             raise FieldError(err.field, f"item {i}: {err}") from err
 
-    def _plan(self, request: SpeechRequest, encoded: dict[str, torch.Tensor] | None = None) -> list[Segment]:
+    def plan(self, request: SpeechRequest, encoded: dict[str, torch.Tensor] | None = None) -> list[Segment]:
+        """The segments of a request (text split into sentences, prompts, seeds, frame estimates); the voice is
+        encoded here unless it is stored codes (`encoded`: a cache of encoded clips by path)."""
         codes = self._voice_codes(request.reference_audio, encoded)
         return plan_segments(request, codes, self.prompts, self.frame_rate, self.config.max_segment_chars)
 
     def _stream(self, stream: SpeechStream, request: SpeechRequest, first_piece_frames: int, piece_frames: int,
                 on_frame: ProgressCallback | None, wait: bool) -> Iterator[np.ndarray]:  # fmt: skip
-        segments = self._plan(request)
+        segments = self.plan(request)
         stream._segments = segments
         ahead = self.config.lookahead_segments
-        fader = Crossfader(self._overlap())
+        fader = Crossfader(self.overlap)
         try:
-            self._submit(segments[:ahead], wait)
+            self.submit(segments[:ahead], wait)
             for i, segment in enumerate(segments):
                 if stream.cancelled:
                     return
                 if i + ahead < len(segments):
-                    self._submit([segments[i + ahead]], wait=True)
+                    self.submit([segments[i + ahead]], wait=True)
                 out = fader.start_segment()
                 if out.size:
                     yield out
@@ -386,7 +403,8 @@ class CatTTS:
         finally:
             stream.cancel()
 
-    def _submit(self, segments: list[Segment], wait: bool) -> None:
+    def submit(self, segments: list[Segment], wait: bool = True) -> None:
+        """Submits the segments not yet submitted to the engine (`wait`: when its queue is full, wait for room)."""
         for segment in segments:
             if segment.request is None:
                 segment.request = self.engine.submit(segment.prompt.grid, segment.config, wait=wait,
@@ -411,7 +429,9 @@ class CatTTS:
             encoded[key] = codes
         return codes
 
-    def _overlap(self) -> int:
+    @property
+    def overlap(self) -> int:
+        """Samples of the cross-fade between segments."""
         return int(round(self.config.crossfade_ms * self.sample_rate / 1000.0))
 
 

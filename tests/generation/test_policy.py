@@ -66,6 +66,13 @@ def test_auto_depth_falls_as_load_rises_and_comes_back_when_it_falls():
     assert choose_depth((1, 32), bucket=8, others_k_max=32, clock=clock, limits=LIMITS) == depth
 
 
+def test_auto_depth_alone_in_the_engine_takes_the_ceiling_even_when_measured_slow():
+    clock = FrameClock()
+    clock.observe(1, 32, 1.0)  # a slow machine: a lone frame at K = 32 takes 1 s
+    plan = plan_step([Waiting(0, 5, (4, 24), 20)], [None] * 4, window=0, clock=clock, limits=LIMITS)
+    assert plan.admit[0].depth == 24
+
+
 def test_auto_depth_in_plan_step_sees_the_requests_admitted_before_it():
     clock = FrameClock()
     clock.observe(1, 32, 0.05)
