@@ -1,17 +1,14 @@
-"""The cat-tts Gradio demo: `python app.py --help` (see cat_tts/app/cli.py).
+"""The cat-tts Gradio demo: `python app.py --help` (the same as `cat-tts demo`; the logic lives in cat_tts/demo/).
 
     python app.py                                   # the released weights (downloaded from the Hugging Face hub)
     python app.py --model tiny/model --codec tiny/codec --min-new-frames 10   # offline, on make_tiny checkpoints
 
-Needs the `app` extra: pip install 'cat-tts[app]'.
+The script keeps the name Hugging Face Spaces runs. Needs the `app` extra: pip install 'cat-tts[app]'.
 """
 
 import sys
-from pathlib import Path
 
-from cat_tts.app.cli import main
-
-ROOT = Path(__file__).resolve().parent  # holds docs/assets/reference.wav, the examples' reference clip
+from cat_tts.demo.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(examples_root=ROOT))
+    sys.exit(main())

@@ -12,12 +12,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from demo_fakes import page_values
 
-from cat_tts.app import DemoLimits, build_demo
-from cat_tts.app.handlers import DemoHandlers
+from cat_tts.demo import PAGE_INPUTS, DemoHandlers, DemoLimits, build_demo
 
 FRAMES = 8  # frames per request
-SAMPLING = (1.0, 0.95, 50, 1.1, 3)  # temperature, top-p, top-k, repetition penalty, seed
 
 
 def free_port() -> int:
@@ -28,7 +27,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def served(make_tiny_tts, tmp_path, monkeypatch) -> Iterator[tuple[str, object, threading.Barrier]]:
-    """A tiny pipeline (not started) behind the served page; its engine only takes requests two by two."""
+    """A tiny service (not started) behind the served page; its engine only takes requests two by two."""
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     tts = make_tiny_tts(n_vq=32, max_slots=4)
     both_submitted = threading.Barrier(2, action=tts.start, timeout=60)
@@ -57,10 +56,11 @@ def test_two_clients_at_once_share_one_engine_batch(served, clips):
     assert DemoHandlers(tts).limits.concurrency(tts) == 4  # the page's concurrency: one request per engine slot
     clients = [Client(url, verbose=False) for _ in range(2)]
     before = tts.engine.stats()
-    jobs = [
-        client.submit(f"User {i} speaks.", handle_file(str(clips["good"])), "", 8, *SAMPLING, api_name="/generate")
-        for i, client in enumerate(clients)
-    ]
+    jobs = []
+    for i, client in enumerate(clients):
+        values = page_values(tts, text=f"User {i} speaks.", reference_audio=handle_file(str(clips["good"])), depth=8)
+        values.update(min_new_frames=FRAMES, max_new_frames=FRAMES, seed=3)
+        jobs.append(client.submit(*[values[name] for name in PAGE_INPUTS], api_name="/generate"))
     results = [job.result(timeout=180) for job in jobs]
     after = tts.engine.stats()
     for _, full, summary in results:

@@ -1,9 +1,11 @@
 """Serve the cat-tts demo: voice cloning with a bitrate slider, streaming playback and side-by-side depths.
 
-    python app.py                                   # the released weights (downloaded from the Hugging Face hub)
-    python app.py --model tiny/model --codec tiny/codec --min-new-frames 10   # offline, on make_tiny checkpoints
-    python app.py --host 0.0.0.0 --port 7860         # reachable from other machines
-    python app.py --max-slots 16                     # up to 16 users generated together in one engine batch
+    cat-tts demo                                   # the released weights (downloaded from the Hugging Face hub)
+    cat-tts demo --model tiny/model --codec tiny/codec --min-new-frames 10   # offline, on make_tiny checkpoints
+    cat-tts demo --host 0.0.0.0 --port 7860         # reachable from other machines
+    cat-tts demo --max-slots 16                     # up to 16 users generated together in one engine batch
+
+(`python app.py` takes the same options.)
 
 Every user's request runs on one continuous-batching engine: up to --max-slots requests are generated together
 (one frame step advances all of them), so concurrent users share the model instead of waiting for each other.
@@ -21,19 +23,18 @@ import argparse
 import importlib.util
 import logging
 import os
-import re
 import signal
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from cat_tts.cli import COMPILE_MODES, add_model_options
-from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
+from cat_tts.cli import COMPILE_MODES, OneLineParser, add_model_options
+from cat_tts.errors import USER_ERROR_EXIT_CODE, FieldError, UserError
 
-# DemoLimits and EngineConfig fields -> the options that set them (their error messages name the option).
+# DemoLimits and EngineConfig fields -> the options that set them (their errors are shown under the option).
 OPTIONS = {
     "max_text_chars": "--max-text-chars",
     "max_reference_seconds": "--max-reference-seconds",
@@ -50,20 +51,13 @@ class CliError(UserError):
     """Bad command-line input; printed as one line."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option as one line and exit code 2 (no usage block)."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see python app.py --help)", file=sys.stderr)
-        sys.exit(USER_ERROR_EXIT_CODE)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from cat_tts.app.handlers import DemoLimits
+def build_parser(prog: str = "app.py") -> argparse.ArgumentParser:
+    """The command line (`prog` names it in messages: "app.py" or "cat-tts demo")."""
+    from cat_tts.demo.request import DemoLimits
     from cat_tts.generation import EngineConfig
 
     limits, engine = DemoLimits(), EngineConfig()
-    p = _Parser(prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p.add_argument_group("model"))
     h = p.add_argument_group("web server")
     h.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for all (default 127.0.0.1)")
@@ -105,23 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-new-frames",
         type=int,
         default=limits.max_new_frames,
-        help="frame cap per text chunk, in codec frames (default: from the text length)",
+        help="the page's starting frame budget per text segment, in codec frames (default: from the text length)",
     )
     lim.add_argument(
         "--min-new-frames",
         type=int,
         default=limits.min_new_frames,
-        help="frames before the model may stop (random make_tiny checkpoints stop at once: give e.g. 10)",
+        help="the page's starting frames before the model may stop (random make_tiny checkpoints stop at once: "
+        "give e.g. 10)",
     )
     return p
-
-
-def _option_message(err: Exception) -> str:
-    """A DemoLimits / EngineConfig message with its field names replaced by the options that set them."""
-    message = " ".join(str(err).split())
-    for field, option in OPTIONS.items():
-        message = re.sub(rf"\b{field}\b", option, message)
-    return message
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -133,7 +120,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     Raises:
         CliError: naming the option that is out of range.
     """
-    from cat_tts.app.handlers import DemoLimits
+    from cat_tts.demo.request import DemoLimits
     from cat_tts.generation import EngineConfig
 
     if not 1 <= args.port <= 65535:
@@ -148,8 +135,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
             max_new_frames=args.max_new_frames,
             min_new_frames=args.min_new_frames,
         )
-    except ValueError as err:  # InputError naming the field
-        raise CliError(_option_message(err)) from None
+    except FieldError as err:
+        raise CliError(" ".join(err.labelled(OPTIONS).split())) from None
     return limits, engine
 
 
@@ -182,37 +169,43 @@ def resolve_checkpoints(model: str, codec: str) -> tuple[Path, Path]:
     return dirs[0], dirs[1]
 
 
-def load_pipeline(model: str | Path, codec: str | Path, device: str | None, dtype: str, engine: Any) -> Any:
-    """The `CatTTS` pipeline the demo serves, on an engine with the given `EngineConfig` (not started)."""
-    from cat_tts.inference import CatTTS
+def load_service(
+    model: str | Path, codec: str | Path, device: str | None, dtype: str, engine: Any, limits: Any = None
+) -> Any:
+    """The `CatTTS` service the demo serves, on an engine with the given `EngineConfig` (not started); the reference
+    clips it accepts are at most `limits.max_reference_seconds` long."""
+    from cat_tts.inference import CatTTS, SynthesisConfig
 
-    return CatTTS.from_pretrained(model=model, codec=codec, device=device, dtype=dtype, engine=engine)
+    config = None if limits is None else SynthesisConfig(max_reference_seconds=limits.max_reference_seconds)
+    return CatTTS.from_pretrained(model=model, codec=codec, device=device, dtype=dtype, config=config, engine=engine)
 
 
-def is_tiny(pipeline: Any) -> bool:
+def is_tiny(service: Any) -> bool:
     """True for a `make_tiny` checkpoint (random weights: noise), judged from the temporal width."""
-    hidden = getattr(getattr(getattr(pipeline, "model", None), "config", None), "hidden_size", None)
+    hidden = getattr(getattr(getattr(service, "model", None), "config", None), "hidden_size", None)
     return isinstance(hidden, int) and hidden < TINY_HIDDEN_SIZE
 
 
-def describe(pipeline: Any, limits: Any, compile_option: str) -> list[str]:
+def describe(service: Any, limits: Any, compile_option: str) -> list[str]:
     """The start-up lines: device and dtypes, the depth range, and how requests are batched."""
     from cat_tts.codec.config import bitrate_kbps
     from cat_tts.weights import dtype_name
 
-    engine, n = pipeline.engine, pipeline.n_vq
-    concurrency = limits.concurrency(pipeline)
+    engine, n = service.engine, service.n_vq
+    slots = engine.config.max_slots
+    concurrency = limits.concurrency(service)
+    runner = engine.runner
     lines = [
-        f"{pipeline.model.device}, model in {dtype_name(pipeline.model.dtype)}, codec in "
-        f"{dtype_name(pipeline.codec.dtype)}, compile {compile_option} (CUDA graphs: {engine.runner.uses_cuda_graphs}, "
-        f"torch.compile: {engine.runner.uses_compile})",
-        f"depth K = 1..{n} layers ({bitrate_kbps(1):g}..{bitrate_kbps(n):g} kbps), {pipeline.sample_rate} Hz, "
-        f"{pipeline.frame_rate:g} frames/s",
-        f"engine: {engine.max_slots} slots generated together; the page hands it up to {concurrency} requests at once "
+        f"{service.model.device}, model in {dtype_name(service.model.dtype)}, codec in "
+        f"{dtype_name(service.codec.dtype)}, compile {compile_option} (CUDA graphs: {runner.uses_cuda_graphs}, "
+        f"torch.compile: {runner.uses_compile})",
+        f"depth K = 1..{n} layers ({bitrate_kbps(1):g}..{bitrate_kbps(n):g} kbps), {service.sample_rate} Hz, "
+        f"{service.frame_rate:g} frames/s",
+        f"engine: {slots} slots generated together; the page hands it up to {concurrency} requests at once "
         f"and queues {limits.max_queue_size} more",
     ]
-    if concurrency > engine.max_slots:
-        lines.append(f"requests beyond the {engine.max_slots} slots wait in the engine's queue for a free one")
+    if concurrency > slots:
+        lines.append(f"requests beyond the {slots} slots wait in the engine's queue for a free one")
     return lines
 
 
@@ -220,48 +213,48 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # Gradio's blocking loop then closes the server, and main() closes the engine
 
 
-def main(argv: list[str] | None = None, examples_root: str | Path | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "app.py") -> int:
     """Runs the demo until interrupted (Ctrl-C, or SIGTERM, which this function turns into Ctrl-C).
 
     Args:
         argv: command-line arguments (default: sys.argv[1:]).
-        examples_root: the repository root holding `docs/assets/reference.wav` for the examples (None: none).
+        prog: the command's name in messages ("app.py" or "cat-tts demo").
 
     Returns:
         0 after a clean shutdown (interrupted once the page is being served), `USER_ERROR_EXIT_CODE` (2) for bad
         input, 130 when interrupted while loading.
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup probes of the local server
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
-    pipeline = None
+    service = None
     try:
         limits, engine = settings_from_args(args)
         check_gradio()
         check_port(args.host, args.port)
         model_dir, codec_dir = resolve_checkpoints(args.model, args.codec)
-        from cat_tts.app import build_demo, bundled_examples, launch_demo
+        from cat_tts.demo import build_demo, bundled_examples, launch_demo
 
         print(f"loading {args.model} and {args.codec} ...", flush=True)
         start = time.perf_counter()
-        pipeline = load_pipeline(model_dir, codec_dir, args.device, args.dtype, engine)
+        service = load_service(model_dir, codec_dir, args.device, args.dtype, engine, limits)
         print(f"loaded in {time.perf_counter() - start:.1f} s")
-        for line in describe(pipeline, limits, args.compile):
+        for line in describe(service, limits, args.compile):
             print(line)
-        if not pipeline.engine.runner.warm:
+        if not service.engine.stats().warm:
             print("warming up the engine (CUDA graphs / torch.compile) ...", flush=True)
-            pipeline.warmup()
+            service.warmup()
         notice = None
-        if is_tiny(pipeline):
+        if is_tiny(service):
             notice = "These are random tiny checkpoints (make_tiny): the output is noise, for plumbing checks only."
-        examples = bundled_examples(examples_root, pipeline.n_vq) if examples_root is not None else []
-        demo = build_demo(pipeline, limits, examples=examples, notice=notice)
-        pipeline.start()  # a background thread steps the engine: concurrent requests share its batch
+        examples = bundled_examples(service.n_vq)
+        demo = build_demo(service, limits, examples=examples, notice=notice)
+        service.start()  # a background thread steps the engine: concurrent requests share its batch
         try:
-            threads = max(40, limits.concurrency(pipeline) + 8)
+            threads = max(40, limits.concurrency(service) + 8)
             launch_demo(demo, host=args.host, port=args.port, share=args.share, max_threads=threads)
         except KeyboardInterrupt:  # before Gradio's own loop took over (once serving, it handles the interrupt)
             demo.close()
@@ -274,6 +267,6 @@ def main(argv: list[str] | None = None, examples_root: str | Path | None = None)
     finally:
         if previous_handler is not None:  # a second SIGTERM while closing ends the process the default way
             signal.signal(signal.SIGTERM, previous_handler)
-        if pipeline is not None:
-            pipeline.close()  # cancels what is still in flight and stops the engine's thread
+        if service is not None:
+            service.close()  # cancels what is still in flight and stops the engine's thread
     return 0

@@ -1,4 +1,4 @@
-"""Fixtures for the demo tests: reference clips written on the fly, a fake pipeline, and real tiny pipelines."""
+"""Fixtures for the demo tests: reference clips written on the fly, a fake service, and real tiny services."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from app_fakes import FakePipeline, speechlike, tiny_model_config
+from demo_fakes import FakeService, speechlike, tiny_model_config
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +28,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def fake() -> FakePipeline:
-    return FakePipeline()
+def fake() -> FakeService:
+    return FakeService()
 
 
 @pytest.fixture(scope="session")
@@ -41,16 +41,16 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline(tiny_dirs: dict[str, Path]) -> Iterator:
-    """The real `CatTTS` pipeline on the tiny checkpoints, loaded and started the way app.py does it (its engine
-    runs in a background thread, so concurrent handlers share its batch)."""
-    from cat_tts.app.cli import load_pipeline
+def tiny_service(tiny_dirs: dict[str, Path]) -> Iterator:
+    """The real `CatTTS` service on the tiny checkpoints, loaded and started the way the demo's command does it (its
+    engine runs in a background thread, so concurrent handlers share its batch)."""
+    from cat_tts.demo.cli import load_service
     from cat_tts.generation import EngineConfig
 
-    pipeline = load_pipeline(tiny_dirs["model"], tiny_dirs["codec"], "cpu", "auto", EngineConfig(max_slots=4))
-    pipeline.start()
-    yield pipeline
-    pipeline.close()
+    service = load_service(tiny_dirs["model"], tiny_dirs["codec"], "cpu", "auto", EngineConfig(max_slots=4))
+    service.start()
+    yield service
+    service.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""app.py: --help documents every option; every user error exits 2 with one line and no traceback; a good start
-loads the pipeline on the engine, starts it, sizes the page's concurrency to its slots, and closes it on exit."""
+"""app.py (`cat-tts demo`): --help documents every option; every user error exits 2 with one line and no traceback; a
+good start loads the service on the engine, starts it, sizes the page's concurrency to its slots, and closes it on
+exit."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from app_fakes import tiny_model_config
+from demo_fakes import tiny_model_config
 
-from cat_tts.app import cli, kbps
 from cat_tts.codec.config import CodecConfig
+from cat_tts.demo import cli, kbps
 from cat_tts.errors import USER_ERROR_EXIT_CODE
 from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
 
@@ -45,7 +46,7 @@ def test_help_lists_every_option_and_the_defaults_come_from_one_place():
                    "--max-new-frames", "--min-new-frames"):  # fmt: skip
         assert option in text, option
     assert "engine's queue" in text  # what happens to requests beyond the slots
-    from cat_tts.app import DemoLimits
+    from cat_tts.demo import DemoLimits
     from cat_tts.generation import EngineConfig
 
     args = cli.build_parser().parse_args([])
@@ -65,13 +66,10 @@ def test_help_lists_every_option_and_the_defaults_come_from_one_place():
         (["--port", "http"], "argument --port: invalid int value: 'http'"),
         (["--max-slots", "0"], "--max-slots must be an integer >= 1, got 0"),
         (["--concurrency", "0"], "--concurrency must be in 1..1024, got 0"),
-        (["--queue-size", "0"], "--queue-size must be in 1..10000, got 0"),
-        (["--max-text-chars", "0"], "--max-text-chars must be in 1..100000, got 0"),
-        (["--max-reference-seconds", "0.5"], "--max-reference-seconds must be in 1..600"),
-        (
-            ["--min-new-frames", "9", "--max-new-frames", "2"],
-            "--min-new-frames (9) must not exceed --max-new-frames (2)",
-        ),
+        (["--queue-size", "0"], "--queue-size must be an integer in 1..10000, got 0"),
+        (["--max-text-chars", "0"], "--max-text-chars must be an integer in 1..100000, got 0"),
+        (["--max-reference-seconds", "0"], "--max-reference-seconds must be in (0, 600], got 0"),
+        (["--min-new-frames", "9", "--max-new-frames", "2"], "--min-new-frames (9) must not exceed max_new_frames (2)"),
         (["--max-new-frames", "0"], "--max-new-frames must be >= 1, got 0"),
         (["--compile", "maybe"], "argument --compile: invalid choice: 'maybe'"),
         (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
@@ -164,9 +162,9 @@ def test_start_serves_a_started_engine_sized_to_the_model_and_closes_it(model12,
 
     monkeypatch.setattr(CatTTS, "start", spy_start)
     monkeypatch.setattr(CatTTS, "close", spy_close)
-    monkeypatch.setattr("cat_tts.app.launch_demo", fake_launch)
+    monkeypatch.setattr("cat_tts.demo.launch_demo", fake_launch)
     argv = ["--model", str(model12), "--codec", str(tiny_dirs["codec"]), "--device", "cpu", "--port", "7999"]
-    assert cli.main([*argv, "--max-slots", "3"], examples_root=ROOT) == 0
+    assert cli.main([*argv, "--max-slots", "3"]) == 0
     out = capsys.readouterr().out
     assert "cpu, model in float32, codec in float32, compile auto" in out  # device and dtypes
     frame_rate = CodecConfig.from_json(tiny_dirs["codec"] / "config.json").frame_rate
@@ -182,7 +180,7 @@ def test_start_serves_a_started_engine_sized_to_the_model_and_closes_it(model12,
 
 
 def test_concurrency_above_the_slots_is_allowed_and_said(model12, tiny_dirs, monkeypatch, capsys):
-    monkeypatch.setattr("cat_tts.app.launch_demo", lambda demo, **kwargs: None)
+    monkeypatch.setattr("cat_tts.demo.launch_demo", lambda demo, **kwargs: None)
     argv = ["--model", str(model12), "--codec", str(tiny_dirs["codec"]), "--device", "cpu", "--port", "7999"]
     assert cli.main([*argv, "--max-slots", "2", "--concurrency", "5"]) == 0
     assert "requests beyond the 2 slots wait in the engine's queue" in capsys.readouterr().out
