@@ -4,6 +4,7 @@ Shapes: B slots, b slots in a frame, R rows per slot, n prompt rows in a prefill
 largest depth in a frame, W = sync_every.
 
 How a frame runs (`EngineConfig.compile`):
+* On CUDA the depth side runs stacked projections (`views.packed_view`: one q/k/v and one gate/up product).
 * "auto" on CUDA (the default) and True: the frame's units go through torch.compile (norms and elementwise work fused;
   one compiled code unit serves every layer), and on CUDA the whole frame (`frame.run_frame`: positions 0..K_max with
   their sampling, the temporal step, the read-back copy) is captured as ONE CUDA graph per (batch bucket, K_max
@@ -29,7 +30,7 @@ import torch
 
 from cat_tts.generation.config import EngineConfig
 from cat_tts.generation.frame import UNITS, Units, run_frame
-from cat_tts.generation.prepack import DECISIONS, shared_prepacked_view
+from cat_tts.generation.views import DECISIONS, packed_view, shared_prepacked_view
 from cat_tts.generation.slots import FrameConstants, SlotState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,7 +76,8 @@ class FrameRunner:
 
     def __init__(self, model: CatTTSModel, config: EngineConfig) -> None:
         self.config = config
-        self.model = model
+        # on CUDA the depth side runs stacked q/k/v and gate/up projections (fewer kernels; see `views`)
+        self.model = model = packed_view(model) if model.device.type == "cuda" else model
         self.device = model.device
         self.n_vq = model.config.n_vq
         self.pad_code = model.config.audio_pad_code

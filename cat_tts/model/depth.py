@@ -12,12 +12,12 @@ is **always causal**, under every attention implementation (eager, sdpa, flash_a
 never sees positions > i. Parameter names match the official `local_transformer.*` keys after the
 prefix swap done in `cat_tts.model.checkpoint`.
 
-For generation, `DepthKVCache` keeps the keys/values of the positions processed so far for one frame;
-with no positional encoding and causal attention, feeding positions one at a time through the cache
-gives the same outputs as one pass over the whole sequence. `DepthTransformer.step` is the static form the
-inference engine uses: one new position whose index is a tensor, written in place into the preallocated cache,
-attending over the whole capacity under a mask (fixed shapes and addresses: compiled once, capturable as a CUDA
-graph, the same code for every position).
+For generation, `DepthTransformer.step` runs one new position whose index is a tensor: its keys/values are written
+in place into a preallocated `DepthKVCache` and it attends over the whole capacity under a mask (fixed shapes and
+addresses: compiled once, capturable as a CUDA graph, the same code for every position). With no positional encoding
+and causal attention, positions fed one at a time give the outputs of one pass over the whole frame. The engine may
+attach packed projections (`qkv_proj`, and `gate_up_proj` in the SwiGLUs: one matrix product instead of three or
+two, a view made by `cat_tts.generation.views.packed_view`); the parameters are the same.
 """
 
 from __future__ import annotations
@@ -36,39 +36,21 @@ from cat_tts.model.layers import RMSNorm, SwiGLU
 
 @dataclass
 class DepthKVCache:
-    """Keys and values of the depth transformer for M frames, preallocated for `capacity` positions.
+    """Keys and values of the depth transformer for M frames, preallocated for the 1 + N positions of a frame.
 
     Attributes:
-        keys: per block, `[M, Hk, capacity, Dh]`.
-        values: per block, `[M, Hk, capacity, Dh]`.
-        length: number of positions already stored (the next position's index).
+        keys: per block, `[M, Hk, 1+N, Dh]`.
+        values: per block, `[M, Hk, 1+N, Dh]`.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    length: int = 0
-
-    @property
-    def capacity(self) -> int:
-        """Maximum number of positions the cache can hold."""
-        return self.keys[0].shape[2]
-
-    @property
-    def batch_size(self) -> int:
-        """Number of sequences (M)."""
-        return self.keys[0].shape[0]
-
-    def reset(self) -> None:
-        """Forget the stored positions (start a new frame); the buffers are reused."""
-        self.length = 0
 
 
-def _causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
-    """Boolean `[q_len, kv_len]` mask, True where attention is allowed; queries are the LAST q_len positions."""
-    offset = kv_len - q_len
-    q_pos = torch.arange(q_len, device=device)[:, None] + offset
-    k_pos = torch.arange(kv_len, device=device)[None, :]
-    return k_pos <= q_pos
+def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
+    """Boolean `[L, L]` mask, True where attention is allowed (position i sees 0..i)."""
+    positions = torch.arange(length, device=device)
+    return positions[None, :] <= positions[:, None]
 
 
 class DepthAttention(nn.Module):
@@ -88,37 +70,17 @@ class DepthAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qkv_proj: nn.Module | None = None  # q, k, v weights stacked (an inference view; not a parameter here)
+        self.qkv_sizes = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+                          self.num_kv_heads * self.head_dim)  # fmt: skip
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cache: DepthKVCache | None = None,
-        layer: int = 0,
-    ) -> torch.Tensor:
-        """Attend causally over the cached positions and the new ones.
-
-        Args:
-            x: `[M, L, Dd]` new positions.
-            cache: optional cache holding the previous positions; the new keys/values are written into it
-                (the caller advances `cache.length` once all blocks ran).
-            layer: index of this block in the cache.
-
-        Returns:
-            `[M, L, Dd]`.
-        """
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend causally over positions `x [M, L, Dd]` (teacher forcing) -> `[M, L, Dd]`."""
         m, length, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(m, length, self.num_heads, self.head_dim))  # [M, L, H, Dh]
         k = self.k_norm(self.k_proj(x).view(m, length, self.num_kv_heads, self.head_dim))  # [M, L, Hk, Dh]
         v = self.v_proj(x).view(m, length, self.num_kv_heads, self.head_dim)  # [M, L, Hk, Dh]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [M, H|Hk, L, Dh]
-        if cache is not None:
-            start, end = cache.length, cache.length + length
-            if end > cache.capacity:
-                raise ValueError(f"depth cache holds {cache.capacity} positions; cannot add {length} after {start}")
-            cache.keys[layer][:, :, start:end] = k
-            cache.values[layer][:, :, start:end] = v
-            k = cache.keys[layer][:, :, :end]  # [M, Hk, P, Dh]
-            v = cache.values[layer][:, :, :end]
         out = self._attend(q, k, v)  # [M, L, H, Dh]
         return self.o_proj(out.reshape(m, length, self.num_heads * self.head_dim))
 
@@ -135,9 +97,13 @@ class DepthAttention(nn.Module):
             `[M, Dd]`.
         """
         m = x.shape[0]
-        q = self.q_norm(self.q_proj(x).view(m, 1, self.num_heads, self.head_dim)).transpose(1, 2)  # [M, H, 1, Dh]
-        k = self.k_norm(self.k_proj(x).view(m, 1, self.num_kv_heads, self.head_dim)).transpose(1, 2)  # [M, Hk, 1, Dh]
-        v = self.v_proj(x).view(m, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [M, Hk, 1, Dh]
+        if self.qkv_proj is not None:  # one product for q, k and v (the engine's packed view)
+            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self.q_norm(q.view(m, 1, self.num_heads, self.head_dim)).transpose(1, 2)  # [M, H, 1, Dh]
+        k = self.k_norm(k.view(m, 1, self.num_kv_heads, self.head_dim)).transpose(1, 2)  # [M, Hk, 1, Dh]
+        v = v.view(m, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [M, Hk, 1, Dh]
         index = position.view(1)
         keys, values = cache.keys[layer], cache.values[layer]  # [M, Hk, P, Dh], P = capacity
         keys.index_copy_(2, index, k)
@@ -161,11 +127,10 @@ class DepthAttention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Causal attention; q `[M, H, L, Dh]`, k/v `[M, Hk, P, Dh]` (queries = last L of P) -> `[M, L, H, Dh]`."""
-        q_len, kv_len = q.shape[2], k.shape[2]
+        length = q.shape[2]
         groups = self.num_heads // self.num_kv_heads
         if self.attn_implementation == "flash_attention_2" and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
             flash_attn = importlib.import_module("flash_attn")
-            # flash-attn aligns the causal mask to the bottom-right corner: queries are the last q_len positions.
             return flash_attn.flash_attn_func(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=self.scaling, causal=True
             )
@@ -173,18 +138,11 @@ class DepthAttention(nn.Module):
             k = k.repeat_interleave(groups, dim=1)  # [M, H, P, Dh]
             v = v.repeat_interleave(groups, dim=1)
             scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling  # [M, H, L, P]
-            mask = _causal_mask(q_len, kv_len, q.device)
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill(~_causal_mask(length, q.device), torch.finfo(scores.dtype).min)
             probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             return torch.matmul(probs, v).transpose(1, 2)  # [M, L, H, Dh]
         # sdpa (also the fallback for flash_attention_2 on CPU or float32 tensors, which flash-attn does not take)
-        if q_len == kv_len:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=groups > 1)
-        elif q_len == 1:  # a single new position sees every cached one
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling, enable_gqa=groups > 1)
-        else:  # torch's is_causal aligns top-left; the new queries are the last ones, so pass the mask
-            mask = _causal_mask(q_len, kv_len, q.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=groups > 1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=groups > 1)
         return out.transpose(1, 2)  # [M, L, H, Dh]
 
 
@@ -199,8 +157,8 @@ class DepthBlock(nn.Module):
         self.input_layernorm = RMSNorm(d, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(d, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cache: DepthKVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cache, layer)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x))
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def step(self, x: torch.Tensor, cache: DepthKVCache, layer: int, position: torch.Tensor) -> torch.Tensor:
@@ -240,32 +198,27 @@ class DepthTransformer(nn.Module):
             values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
         )
 
-    def forward(self, x: torch.Tensor, cache: DepthKVCache | None = None) -> torch.Tensor:
-        """Run the blocks causally.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Runs the blocks causally over positions 0..L-1 of each frame (teacher forcing).
 
         Args:
-            x: `[M, L, Dd]`. Without a cache, positions 0..L-1 of each sequence. With a cache, the L new
-                positions that follow the `cache.length` cached ones; the cache is updated and advanced.
+            x: `[M, L, Dd]`.
 
         Returns:
-            `[M, L, Dd]` final-normed outputs for the given positions.
+            `[M, L, Dd]` final-normed outputs.
         """
-        if cache is not None and cache.batch_size != x.shape[0]:
-            raise ValueError(f"depth cache is for {cache.batch_size} sequences, got {x.shape[0]}")
-        for i, layer in enumerate(self.layers):
-            if self.gradient_checkpointing and self.training and cache is None:
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
             else:
-                x = layer(x, cache, i)
-        if cache is not None:
-            cache.length += x.shape[1]
+                x = layer(x)
         return self.norm(x)
 
     def step(self, x: torch.Tensor, cache: DepthKVCache, position: torch.Tensor) -> torch.Tensor:
         """Runs one new position through every block with static shapes (the inference engine's depth step).
 
         Position `p` of a frame sees positions 0..p of the same frame: the caller feeds positions 0, 1, ... in order;
-        a frame restarts at position 0 (older entries are masked out, then overwritten). `cache.length` is unused.
+        a frame restarts at position 0 (older entries are masked out, then overwritten).
 
         Args:
             x: `[M, Dd]` the new position of each sequence.

@@ -48,6 +48,10 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(in_features, hidden_features, bias=False)
         self.up_proj = nn.Linear(in_features, hidden_features, bias=False)
         self.down_proj = nn.Linear(hidden_features, out_features, bias=False)
+        self.gate_up_proj: nn.Module | None = None  # gate and up weights stacked (an inference view, see depth.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

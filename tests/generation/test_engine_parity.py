@@ -217,3 +217,19 @@ def test_generate_accepts_a_config_and_overrides(golden_model, golden):
     out2 = golden_model.generate(golden["grid_plain"][None], config=GenerationConfig(), depth=2, max_new_frames=4,
                                  do_sample=False)  # fmt: skip
     assert torch.equal(out.frames, out2.frames)
+
+
+def test_the_packed_projection_view_gives_the_same_frames_and_leaves_the_model_alone(golden_model, golden):
+    """The view CUDA engines run (stacked q/k/v and gate/up products) computes the same frames; the model keeps its
+    parameters, modules and state dict."""
+    from cat_tts.generation.views import packed_view
+
+    keys = list(golden_model.state_dict())
+    view = packed_view(golden_model)
+    assert view.depth.layers[0].self_attn.qkv_proj is not None and view.depth_input.gate_up_proj is not None
+    assert golden_model.depth.layers[0].self_attn.qkv_proj is None and golden_model.depth_input.gate_up_proj is None
+    assert list(golden_model.state_dict()) == keys
+    config = GenerationConfig(depth=32, max_new_frames=20, do_sample=False, control_tokens="full")
+    cfg = EngineConfig(max_slots=2, max_rows=128)
+    packed = Engine(view, cfg).submit(golden["grid_clone"], config).result()
+    assert torch.equal(packed, _golden_prefix(golden["gen_clone_k32"], 32))  # the official frames

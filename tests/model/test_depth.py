@@ -52,35 +52,24 @@ def test_eager_equals_sdpa(depth):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("chunks", [[1] * 33, [2] * 16 + [1], [5, 3, 25], [33]])
-def test_cached_steps_equal_one_pass(depth, attn, chunks):
+def test_static_steps_equal_one_pass_and_a_new_frame_overwrites_the_last(depth, attn):
+    """`step` (one position at a tensor index into a preallocated cache: the engine's form) gives the teacher-forced
+    outputs; the next frame restarts at position 0 over the same buffers and is unaffected by the previous one."""
     depth.set_attn_implementation(attn)
-    x = torch.randn(3, 33, 48)
+    cache = depth.new_cache(3, torch.float32, "cpu")
     with torch.no_grad():
-        full = depth(x)
-        cache = depth.new_cache(3, torch.float32, "cpu")
-        outs, start = [], 0
-        for n in chunks:
-            outs.append(depth(x[:, start : start + n], cache))
-            start += n
-        assert cache.length == 33
-    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=1e-5)
+        for seed in (0, 1):  # two frames through the same cache
+            x = torch.randn(3, 33, 48, generator=torch.Generator().manual_seed(seed))
+            full = depth(x)
+            steps = torch.stack([depth.step(x[:, i], cache, torch.tensor(i)) for i in range(33)], dim=1)
+            torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    assert len(cache.keys) == len(depth.layers) and cache.keys[0].shape == (
+        3,
+        depth.layers[0].self_attn.num_kv_heads,
+        33,
+        depth.layers[0].self_attn.head_dim,
+    )
     depth.set_attn_implementation("sdpa")
-
-
-def test_cache_reset_and_overflow(depth):
-    cache = depth.new_cache(2, torch.float32, "cpu")
-    assert cache.capacity == 33 and cache.batch_size == 2 and len(cache.keys) == len(depth.layers)
-    x = torch.randn(2, 4, 48)
-    with torch.no_grad():
-        first = depth(x, cache)
-        cache.reset()
-        again = depth(x, cache)
-    torch.testing.assert_close(first, again)
-    with pytest.raises(ValueError, match="cannot add"):
-        depth(torch.randn(2, 30, 48), cache)
-    with pytest.raises(ValueError, match="depth cache is for 2"):
-        depth(torch.randn(3, 1, 48), depth.new_cache(2, torch.float32, "cpu"))
 
 
 @pytest.mark.gpu
@@ -97,7 +86,7 @@ def test_flash_attention_2_is_causal_and_matches_sdpa():
         module.set_attn_implementation("flash_attention_2")
         a, b = module(x), module(y)
         cache = module.new_cache(4, torch.bfloat16, "cuda")
-        steps = torch.cat([module(x[:, i : i + 1], cache) for i in range(33)], dim=1)
+        steps = torch.stack([module.step(x[:, i], cache, torch.tensor(i, device="cuda")) for i in range(33)], dim=1)
     torch.testing.assert_close(a, ref, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(a[:, :10], b[:, :10], atol=0, rtol=0)
     torch.testing.assert_close(steps, a, atol=2e-2, rtol=2e-2)

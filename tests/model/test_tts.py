@@ -271,8 +271,8 @@ def test_model_works_with_a_small_config_variant():
 
 
 def test_cached_depth_steps_reproduce_teacher_forced_logits(tiny_model, tiny_config):
-    """The generation building blocks (depth_input, depth + DepthKVCache, channel_embedding, channel_logits) run one
-    channel at a time give the logits of the teacher-forced forward."""
+    """The generation building blocks (to_depth, depth_step over a DepthKVCache, channel_embedding, channel_logits)
+    run one channel at a time give the logits of the teacher-forced forward."""
     ids, mask, labels = make_batch(tiny_config, batch=2, frames=4, seed=15)
     labels[:] = labels.clamp(min=0) % tiny_config.audio_vocab_size
     with torch.no_grad():
@@ -280,14 +280,13 @@ def test_cached_depth_steps_reproduce_teacher_forced_logits(tiny_model, tiny_con
         h = out.hidden_states.reshape(-1, tiny_config.hidden_size)  # [B*T, D]
         flat_labels = labels.reshape(-1, tiny_config.num_channels)
         cache = tiny_model.new_depth_cache(h.shape[0])
-        y = tiny_model.depth(tiny_model.depth_input(h)[:, None], cache)  # [B*T, 1, Dd]
+        y = tiny_model.depth_step(tiny_model.to_depth(h), cache, torch.tensor(0))  # [B*T, Dd]
         for c in range(tiny_config.num_channels):
             if c > 0:
                 emb = tiny_model.channel_embedding(c - 1, flat_labels[:, c - 1])
-                y = tiny_model.depth(tiny_model.depth_input(emb)[:, None], cache)
-            step_logits = tiny_model.channel_logits(c, y[:, -1]).view(2, 4, -1)
+                y = tiny_model.depth_step(tiny_model.to_depth(emb), cache, torch.tensor(c))
+            step_logits = tiny_model.channel_logits(c, y).view(2, 4, -1)
             torch.testing.assert_close(step_logits, out.dense_logits(c), atol=1e-5, rtol=1e-5)
-        assert cache.length == tiny_config.num_channels
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):
@@ -312,20 +311,26 @@ def test_release_preset_has_the_checkpoint_parameter_count():
     assert sum(p.numel() for p in model.depth.parameters()) == 202_914_304
 
 
-def test_chunked_loss_gives_the_same_loss_and_gradients(tiny_config):
+def test_chunked_loss_gives_the_same_loss_and_gradients(tiny_config, monkeypatch):
     """With return_logits=False, big channels compute their loss in recomputed row chunks: same numbers."""
     ids, mask, labels = make_batch(tiny_config, batch=2, frames=6, seed=18)
+    import cat_tts.model.loss as loss_module
+
+    original = loss_module._chunked_loss_sum
     results = []
-    for chunk_elements in (2**40, 3 * 1025):  # never chunk / chunks of 3 audio rows (1 text row)
+    for chunk_elements in (2**40, 3 * 1025):
+        monkeypatch.setattr(
+            loss_module, "_chunked_loss_sum", original
+        )  # never chunk / chunks of 3 audio rows (1 text row)
         model = build_tiny_model(seed=18).train()
         model.loss_chunk_elements = chunk_elements
         calls: list[int] = []
 
-        def counting(channel, h, target, _calls=calls, _chunked=model._chunked_loss_sum):
+        def counting(model, channel, h, target, _calls=calls, _chunked=loss_module._chunked_loss_sum):
             _calls.append(channel)
-            return _chunked(channel, h, target)
+            return _chunked(model, channel, h, target)
 
-        model._chunked_loss_sum = counting
+        monkeypatch.setattr(loss_module, "_chunked_loss_sum", counting)
         out = model(ids, mask, labels, depths=torch.tensor([9, 32]), return_logits=False)
         if chunk_elements == 2**40:
             assert calls == []
