@@ -30,8 +30,8 @@ import torch
 
 from cat_tts.generation.config import EngineConfig
 from cat_tts.generation.frame import UNITS, Units, run_frame
-from cat_tts.generation.views import DECISIONS, packed_view, shared_prepacked_view
 from cat_tts.generation.slots import FrameConstants, SlotState
+from cat_tts.generation.views import DECISIONS, packed_view, shared_prepacked_view
 
 if TYPE_CHECKING:  # pragma: no cover
     from cat_tts.generation.request import Request
