@@ -88,8 +88,35 @@ def temporal_unit(model: CatTTSModel, s: SlotState, k: FrameConstants, cache: An
     window.copy_((window + 1) % s.history.shape[1])  # the host reads every W frames and restarts it at 0
 
 
+def prefill_unit(
+    model: CatTTSModel, s: SlotState, k: FrameConstants, cache: Any, rows: torch.Tensor, meta: torch.Tensor,
+    columns: torch.Tensor,
+) -> None:  # fmt: skip
+    """One fixed-size chunk of a prompt into its slot (static shapes: compiled and captured like a frame).
+
+    Args:
+        s: the whole pool's state (the slot may be any index).
+        cache: the temporal `SlotKVCache`, set to write at (`meta[0]`, `columns`) (`prefill_at`).
+        rows: `[1, L, C]` the chunk's prompt rows; rows past the prompt are padding (their keys land in columns no
+            real row sees before a frame overwrites them).
+        meta: `[4]` int64: slot, real rows n, the request's depth K, 1 when the chunk completes the prompt.
+        columns: `[L]` int64 positions of the rows (= their cache columns).
+    """
+    depth = meta[2]
+    x = model.embeddings[0](rows[..., 0])  # [1, L, D]
+    for c in range(1, rows.shape[-1]):  # layers above K add an exact zero (the same sum as the request's K layers)
+        x = x + model.embeddings[c](rows[..., c]) * (depth >= c).to(x.dtype)
+    visible = k.columns[None, :] <= columns[:, None]  # [L, R]
+    hidden = model.temporal_step(x, columns[None], visible[None], cache)  # [1, L, D]
+    slot, last = meta[0:1], (meta[1] - 1).view(1)
+    done = meta[3].bool()
+    s.lengths.index_copy_(0, slot, columns.index_select(0, last) + 1)
+    s.hidden.index_copy_(0, slot, torch.where(done, hidden[0].index_select(0, last), s.hidden.index_select(0, slot)))
+    s.active.index_copy_(0, slot, s.active.index_select(0, slot) | done)
+
+
 Units = dict[str, Callable[..., None]]
-UNITS: Units = {"control": control_unit, "code": code_unit, "temporal": temporal_unit}
+UNITS: Units = {"control": control_unit, "code": code_unit, "temporal": temporal_unit, "prefill": prefill_unit}
 
 
 def run_frame(

@@ -104,6 +104,12 @@ class FrameRunner:
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._graph_pool = None
         self._pinned: dict[str, torch.Tensor] = {}
+        # compiled engines run prompts in fixed-size chunks through a compiled (and on CUDA captured) unit
+        self.static_prefill = self.uses_compile
+        chunk, c = config.prefill_chunk, 1 + self.n_vq
+        self._prefill_rows = torch.zeros(1, chunk, c, dtype=torch.long, device=self.device)  # fixed addresses
+        self._prefill_meta = torch.zeros(4, dtype=torch.long, device=self.device)
+        self._prefill_columns = torch.zeros(chunk, dtype=torch.long, device=self.device)
         self.measure_prepack = self.device.type == "cpu" and not self.uses_compile and config.cpu_prepack
         self.warm = not (self.uses_cuda_graphs or self.uses_compile or self.measure_prepack)
 
@@ -142,10 +148,11 @@ class FrameRunner:
             self._channels[id(model)] = [model.channel_modules(c) for c in range(1 + self.n_vq)]
         return self._channels[id(model)]
 
-    def _capture(self, key: tuple[int, int]) -> torch.cuda.CUDAGraph | None:
-        """Captures the frame of (bucket, K_max bucket): warm-up runs on a side stream, then capture. Its runs touch
-        the bucket's slot buffers: captures happen in `warmup()` (or lazily, for buckets whose rows are free)."""
-        b, k = key
+    def _capture(self, key: tuple) -> torch.cuda.CUDAGraph | None:
+        """Captures the frame of (bucket, K_max bucket), or the prefill unit (key `("prefill",)`): warm-up runs on a
+        side stream, then capture. Frame runs touch the bucket's slot buffers: frames are captured in `warmup()` (or
+        lazily, for buckets whose rows are free); the prefill graph replays whatever its buffers hold."""
+        run = self._run_prefill if key == ("prefill",) else (lambda: self._run(key[0], key[1], False))
         try:
             if self._graph_pool is None:
                 self._graph_pool = torch.cuda.graph_pool_handle()
@@ -153,11 +160,11 @@ class FrameRunner:
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
                 for _ in range(2):
-                    self._run(b, k, False)
+                    run()
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._graph_pool):
-                self._run(b, k, False)
+                run()
         except Exception:  # a kernel that cannot be captured: keep serving, eagerly
             logger.exception("CUDA graph capture of frame %s failed; the engine runs eagerly from now on", key)
             self.uses_cuda_graphs = False
@@ -181,6 +188,13 @@ class FrameRunner:
             elif self.uses_compile:
                 for _ in range(2):  # a second run: nothing may recompile
                     self._run(b, self.n_vq, False)
+        if self.static_prefill:  # one real row into slot 0 (reset below)
+            self._prefill_meta.copy_(torch.tensor([0, 1, 1, 0]))
+            if self.uses_cuda_graphs:
+                self._capture(("prefill",))
+            else:
+                for _ in range(2):
+                    self._run_prefill()
         self.reset()
         self.warm = True
         logger.info("engine warm in %.1f s (buckets %s, CUDA graphs %s, torch.compile %s)",
@@ -230,6 +244,8 @@ class FrameRunner:
         Returns:
             True when the whole prompt is in the cache (the slot then generates from the next frame on).
         """
+        if self.static_prefill:
+            return self._prefill_static(request)
         model, st, slot = self.model, self.state, request.slot
         start = request.prefilled
         n = min(self.config.prefill_chunk, request.prompt_rows - start)
@@ -249,6 +265,37 @@ class FrameRunner:
         st.hidden[slot] = hidden[0, -1]
         st.active[slot] = True
         return True
+
+    def _prefill_static(self, request: Request) -> bool:
+        """`prefill_chunk` with fixed shapes: the chunk padded to `prefill_chunk` rows, its slot, length and depth in
+        device buffers, run by the compiled prefill unit (a CUDA graph replay on CUDA)."""
+        chunk, start = self.config.prefill_chunk, request.prefilled
+        n = min(chunk, request.prompt_rows - start)
+        done = start + n >= request.prompt_rows
+        rows = torch.full((1, chunk, 1 + self.n_vq), self.pad_code, dtype=torch.long)
+        rows[:, :, 0] = 0
+        rows[0, :n] = request.prompt[start : start + n]
+        columns = (start + torch.arange(chunk)).clamp(max=self.config.max_rows - 1)
+        self._prefill_rows.copy_(rows, non_blocking=True)
+        self._prefill_columns.copy_(columns, non_blocking=True)
+        self._prefill_meta.copy_(torch.tensor([request.slot, n, request.depth, int(done)]), non_blocking=True)
+        graph = self._graphs.get(("prefill",)) if self.uses_cuda_graphs else None
+        if self.uses_cuda_graphs and graph is None and self.warm:
+            graph = self._capture(("prefill",))
+        if graph is not None:
+            graph.replay()
+        else:
+            self._run_prefill()
+        request.prefilled = start + n
+        return done
+
+    def _run_prefill(self) -> None:
+        self.cache.prefill_at(self._prefill_meta[0:1], self._prefill_columns)
+        try:
+            self.units["prefill"](self.model, self.state, self.consts, self.cache, self._prefill_rows,
+                                  self._prefill_meta, self._prefill_columns)  # fmt: skip
+        finally:
+            self.cache.decode()
 
     # ------------------------------------------------------------------ read-back and release
     def start_read(self, b: int, n: int) -> PendingRead:

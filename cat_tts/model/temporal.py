@@ -145,6 +145,9 @@ class SlotKVCache(Cache):
       attention sees all R columns of the b slots (the caller's mask says which are valid);
     * prefill (`prefill(slot, start)`): the forward runs one slot's next L prompt rows, written at columns
       start..start+L-1; attention sees columns 0..start+L-1 of that slot.
+    * static prefill (`prefill_at(slot, columns)`, both tensors): the same with fixed shapes for compiled and captured
+      prefill: the L rows go to `columns` of `slot`, and attention sees all R columns of that slot (the caller's mask
+      says which are valid).
 
     Args:
         config: the temporal Qwen3 config (layers, KV heads, head dim).
@@ -171,6 +174,7 @@ class SlotKVCache(Cache):
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.write_columns = write_columns
         self._prefill: tuple[int, int] | None = None
+        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def rows(self) -> int:
@@ -181,13 +185,24 @@ class SlotKVCache(Cache):
         """The next forward writes prompt rows of `slot` from column `start` (call `decode()` afterwards)."""
         self._prefill = (slot, start)
 
+    def prefill_at(self, slot: torch.Tensor, columns: torch.Tensor) -> None:
+        """The next forward writes its L rows at `columns [L]` of slot `slot [1]` (device tensors: no host values in
+        the forward) and attends over all R columns of that slot (call `decode()` afterwards)."""
+        self._static = (slot, columns)
+
     def decode(self) -> None:
         """The next forwards write one row per slot at `write_columns` (the default)."""
         self._prefill = None
+        self._static = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Stores the new keys/values `[b, Hk, L, Dh]` and returns what attention sees (`[b, Hk, P, Dh]` each)."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self._static is not None:
+            slot, columns = self._static  # [1], [L]
+            keys[slot, :, columns] = key_states[0].transpose(0, 1)  # [L, Hk, Dh] into (slot, :, column) pairs
+            values[slot, :, columns] = value_states[0].transpose(0, 1)
+            return keys.index_select(0, slot), values.index_select(0, slot)  # [1, Hk, R, Dh]
         if self._prefill is not None:
             slot, start = self._prefill
             end = start + key_states.shape[2]

@@ -233,3 +233,18 @@ def test_the_packed_projection_view_gives_the_same_frames_and_leaves_the_model_a
     cfg = EngineConfig(max_slots=2, max_rows=128)
     packed = Engine(view, cfg).submit(golden["grid_clone"], config).result()
     assert torch.equal(packed, _golden_prefix(golden["gen_clone_k32"], 32))  # the official frames
+
+
+@pytest.mark.parametrize("prefill_chunk", [7, 64])
+@pytest.mark.parametrize("k", [1, 32])
+def test_fixed_size_prefill_chunks_give_the_frames_of_the_exact_prefill(golden_model, golden, k, prefill_chunk):
+    """The static prefill compiled engines run (chunks padded to a fixed size, slot/length/depth in device buffers,
+    attention over the whole slot under a mask) fills the cache as the exact-size prefill does."""
+    config = GenerationConfig(depth=k, max_new_frames=10, min_new_frames=10, do_sample=False)
+    cfg = EngineConfig(max_slots=2, max_rows=128, prefill_chunk=prefill_chunk)
+    exact = Engine(golden_model, cfg)
+    static = Engine(golden_model, cfg)
+    static.runner.static_prefill = True
+    for grid in (golden["grid_clone"], golden["grid_continuation"][:50]):
+        expected = exact.submit(grid, config).result()
+        assert torch.equal(static.submit(grid, config).result(), expected)
