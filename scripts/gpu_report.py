@@ -82,7 +82,7 @@ def _rows(key: str, result: dict) -> list[dict]:
         ttfa = result.get("ttfa") or {}
         for start, run in (ttfa.get("runs") or {}).items():
             row = {"bench": "ttfa", "step": key, "preset": result.get("preset"), "device": result.get("device"),
-                   "compile": ttfa.get("compile"), "depth": ttfa.get("depth"),
+                   "compile": ttfa.get("compile"), "depth": ttfa.get("depth"), "slots": ttfa.get("slots"),
                    "start": {"cold": "first", "warm": "warm"}.get(start, start)}  # fmt: skip
             out.append(row | {k: run.get(k) for k in ("imports_s", "loaded_s", "first_audio_s", "process_s")})
     elif key == "train":
@@ -271,10 +271,10 @@ def _ttfa_section(rows: list[dict]) -> list[str]:
         return lines + ["(not measured)", ""]
     lines += ["Process start -> first audio chunk of `CatTTS.stream`, in fresh processes sharing one compile cache "
               "directory: empty for the first start, filled by it for the warm start.", ""]  # fmt: skip
-    body = [[r["step"], r.get("preset"), r.get("compile"), r.get("depth"), r["start"], r.get("imports_s"),
-             r.get("loaded_s"), r.get("first_audio_s")] for r in rows]  # fmt: skip
-    return lines + _table(["step", "preset", "compile", "K", "start", "imports s", "loaded s", "first audio s"],
-                          body)  # fmt: skip
+    body = [[r["step"], r.get("preset"), r.get("compile"), r.get("slots"), r.get("depth"), r["start"],
+             r.get("imports_s"), r.get("loaded_s"), r.get("first_audio_s")] for r in rows]  # fmt: skip
+    header = ["step", "preset", "compile", "slots", "K", "start", "imports s", "loaded s", "first audio s"]
+    return lines + _table(header, body) + _partial_note(rows)
 
 
 def _train_section(rows: list[dict]) -> list[str]:
