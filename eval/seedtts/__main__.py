@@ -19,19 +19,33 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from cat_tts.cli import COMPILE_HELP, COMPILE_MODES, check_writable_dir
-from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
+from cat_tts.cli import (
+    COMPILE_HELP,
+    COMPILE_MODES,
+    ENGINE_FAILURE_EXIT_CODE,
+    add_request_options,
+    check_writable_dir,
+    engine_failure,
+    request_values,
+)
+from cat_tts.errors import USER_ERROR_EXIT_CODE, FieldError, UserError
 
 if TYPE_CHECKING:
-    from cat_tts.generation import EngineConfig, GenerationConfig
+    from cat_tts.generation import EngineConfig
     from cat_tts.inference import CatTTS
 
 EXIT_OK = 0
 INTERRUPTED_EXIT_CODE = 130
-# Generation settings given on the command line (GenerationConfig fields; the options are --field-name).
-SETTING_FLAGS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_frames", "min_new_frames")
+# Request fields the generate command takes from its options for every utterance (the test list gives the text and
+# the voice, --depths / --bitrates-kbps the fixed depths of the sweep (so no depth "auto" and its range), --seed the
+# per-utterance seeds; --mode and --language have their own options here): the same options as infer.py.
+RUN_FIELDS = (
+    "instructions", "duration", "max_new_frames", "min_new_frames", "do_sample", "temperature", "top_p", "top_k",
+    "repetition_penalty", "control_temperature", "control_top_p", "control_top_k", "control_tokens",
+)  # fmt: skip
+SET_LANGUAGES = {"en": "English", "zh": "Chinese"}  # --language auto: the language of each Seed-TTS-Eval set folder
 
 
 class CliError(UserError):
@@ -39,10 +53,10 @@ class CliError(UserError):
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    from cat_tts.generation import EngineConfig, GenerationConfig
+    from cat_tts.generation import EngineConfig
     from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL, DTYPE_CHOICES
 
-    gen, engine = GenerationConfig(), EngineConfig()
+    engine = EngineConfig()
     p = sub.add_parser(
         "generate",
         help="synthesise every usable test line at each depth on the inference engine (resumable)",
@@ -53,8 +67,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--meta", required=True, type=Path, help="test list (e.g. seedtts_testset/en/meta.lst)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"CAT-TTS model directory or hub id ({DEFAULT_MODEL})")
     p.add_argument("--codec", default=DEFAULT_CODEC, help=f"CAT codec directory or hub id ({DEFAULT_CODEC})")
-    p.add_argument(
-        "--depths", required=True, type=int, nargs="+", help="depths K in 1..N (N: the model's layers) to generate"
+    sweep = p.add_mutually_exclusive_group(required=True)
+    sweep.add_argument("--depths", type=int, nargs="+", help="depths K in 1..N (N: the model's layers) to generate")
+    sweep.add_argument(
+        "--bitrates-kbps",
+        type=float,
+        nargs="+",
+        help="the depths as bitrates, 0.125 kbps per layer (rounded to the nearest layer); instead of --depths",
     )
     p.add_argument("--out", required=True, type=Path, help="sweep directory; wavs go to OUT/depth_<K>/<utt>.wav")
     p.add_argument(
@@ -74,28 +93,17 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         default="continuation",
         help="continuation: give the prompt transcript (default); clone: prompt audio only",
     )
+    p.add_argument(
+        "--language",
+        default=None,
+        help="the language of the test set's text for the prompt: a name (English), SET=NAME pairs chosen by the "
+        "list's folder (en=English,zh=Chinese), or auto (en: English, zh: Chinese); default: none",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument(
         "--dtype", default="auto", choices=DTYPE_CHOICES, help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)"
     )
-    p.add_argument(
-        "--max-new-frames", type=int, default=None, help="frame budget per text chunk (default: from the text length)"
-    )
-    p.add_argument(
-        "--min-new-frames",
-        type=int,
-        default=None,
-        help=f"frames generated before the end may be chosen, per chunk ({gen.min_new_frames})",
-    )
-    p.add_argument("--temperature", type=float, default=None, help=f"audio sampling temperature ({gen.temperature:g})")
-    p.add_argument("--top-p", type=float, default=None, help=f"audio nucleus sampling mass in (0, 1] ({gen.top_p:g})")
-    p.add_argument("--top-k", type=int, default=None, help=f"audio top-k, 0 disables ({gen.top_k})")
-    p.add_argument(
-        "--repetition-penalty",
-        type=float,
-        default=None,
-        help=f"audio repetition penalty > 0 ({gen.repetition_penalty:g})",
-    )
+    add_request_options(p.add_argument_group("every utterance (defaults: the released model's settings)"), RUN_FIELDS)
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
@@ -161,11 +169,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def generation_config(args: argparse.Namespace) -> GenerationConfig:
-    """The command line's generation settings, checked now (unset options keep `GenerationConfig`'s defaults)."""
-    from cat_tts.cli import generation_settings
+def language_for(spec: str | None, set_name: str) -> str | None:
+    """The language of test set `set_name` (the list's folder: en, zh) from a --language value (None: none).
 
-    return generation_settings({name: getattr(args, name) for name in SETTING_FLAGS})
+    Raises:
+        CliError: a SET=NAME list that does not parse.
+    """
+    if spec is None or not spec.strip():
+        return None
+    if spec.strip().lower() == "auto":
+        return SET_LANGUAGES.get(set_name)
+    if "=" not in spec:
+        return spec
+    pairs = {}
+    for part in spec.split(","):
+        key, sep, name = part.partition("=")
+        if not sep or not key.strip() or not name.strip():
+            raise CliError(f"--language: expected NAME or SET=NAME pairs (en=English,zh=Chinese), got {spec!r}")
+        pairs[key.strip()] = name.strip()
+    return pairs.get(set_name)
+
+
+def request_fields(args: argparse.Namespace, set_name: str) -> dict:
+    """The request fields every utterance of test set `set_name` takes, checked now (one line naming the option).
+
+    Returns:
+        field name -> value (options not given are left out: the request's defaults).
+    """
+    fields = request_values(args, RUN_FIELDS)
+    language = language_for(args.language, set_name)
+    if language is not None:
+        fields["language"] = language
+    check_fields(fields)
+    return fields
+
+
+def check_fields(fields: dict, limits: Any = None) -> None:
+    """Checks the run's request fields (against the model's `limits` once it is loaded).
+
+    Raises:
+        CliError: naming the option of the first bad field.
+    """
+    from cat_tts.inference import SpeechRequest
+    from eval.seedtts.generate import EVAL_LABELS
+
+    try:
+        SpeechRequest.from_fields({**fields, "text": "-"}, limits)  # a stand-in text: the lines bring their own
+    except FieldError as err:
+        raise CliError(" ".join(err.labelled(EVAL_LABELS).split())) from err
+
+
+def _sweep_option(args: argparse.Namespace) -> str:
+    return "--depths" if args.depths is not None else "--bitrates-kbps"
+
+
+def sweep_depths(args: argparse.Namespace) -> list[int]:
+    """The depths of --depths, or of --bitrates-kbps (0.125 kbps per layer)."""
+    from cat_tts.generation import GenerationConfig
+    from eval.seedtts.generate import EVAL_LABELS
+
+    if args.depths is not None:
+        return list(args.depths)
+    try:
+        return [GenerationConfig(bitrate_kbps=kbps).depth for kbps in args.bitrates_kbps]
+    except FieldError as err:
+        raise CliError(" ".join(err.labelled(EVAL_LABELS).split())) from err
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -191,7 +259,7 @@ def load_pipeline(args: argparse.Namespace, depths: list[int]) -> CatTTS:
     try:
         check_depths(depths, n_layers)
     except UserError as err:
-        raise CliError(f"--depths: {err} (model {args.model} has N = {n_layers} layers)") from err
+        raise CliError(f"{_sweep_option(args)}: {err} (model {args.model} has N = {n_layers} layers)") from err
     codec_dir = resolve_checkpoint(args.codec, "codec")
     return CatTTS.from_pretrained(
         model=model_dir, codec=codec_dir, device=args.device, dtype=args.dtype, engine=engine_config(args)
@@ -203,11 +271,12 @@ def _generate(args: argparse.Namespace) -> int:
     from eval.seedtts.results import write_json
     from eval.seedtts.testset import read_testset
 
+    asked = sweep_depths(args)
     try:
-        depths = check_depths(args.depths)
+        depths = check_depths(asked)
     except UserError as err:
-        raise CliError(f"--depths: {err}") from err
-    settings = generation_config(args)
+        raise CliError(f"{_sweep_option(args)}: {err}") from err
+    fields = request_fields(args, args.meta.resolve().parent.name)
     engine_config(args)
     check_writable_dir(args.out, "--out")
     testset = read_testset(args.meta)
@@ -223,9 +292,10 @@ def _generate(args: argparse.Namespace) -> int:
     # load the model only when something is left to synthesise
     pipeline = load_pipeline(args, depths) if count_missing(testset, args.out, depths) else None
     if pipeline is not None:
+        check_fields(fields, pipeline.limits)  # e.g. a --duration beyond the engine's frame limit
         print(f"model with N = {pipeline.n_vq} layers; depths {', '.join(map(str, depths))}; {args.slots} engine slots")
     report = generate_testset(
-        testset, pipeline, args.out, depths, seed=args.seed, config=settings, mode=args.mode, progress=True
+        testset, pipeline, args.out, depths, seed=args.seed, fields=fields, mode=args.mode, progress=True
     )
     for k in depths:
         print(
@@ -343,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, OSError) as err:  # UserError (bad lists, depths, checkpoints), missing extras
         print(f"error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
+    except RuntimeError as err:  # the engine could not run (busy, shut down, failed): not the user's input
+        message = engine_failure(err)
+        if message is None:
+            raise  # a bug: keep its traceback
+        print(f"error: {message}", file=sys.stderr)
+        return ENGINE_FAILURE_EXIT_CODE
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """Synthesise every usable line of a test list at several depths on the inference engine: `OUT/depth_<K>/<utt>.wav`.
 
-All the utterances of one depth go to the synthesiser in one `synthesize_iter` call, so the engine generates them
-together in its slots (continuous batching: an utterance joins the batch when a slot frees up) and each result is
-written as soon as it is ready.
+Each line becomes one `cat_tts.inference.SpeechRequest` per depth (its target text, prompt wav and prompt text, with
+the command line's other request fields: language, duration, instructions, sampling, frame limits); building it is
+the only validation, and a bad field is named by the evaluator's label for it (`EVAL_LABELS`). All the requests of
+one depth go to the synthesiser in one `iter_requests` call, so the engine generates them together in its slots
+(continuous batching: an utterance joins the batch when a slot frees up) and each result is written as soon as it is
+ready.
 
 Resumable: an existing `<utt>.wav` is kept and not regenerated, and the CLI does not even load the model when nothing
 is missing. Files are written under a temporary name and renamed, so an interrupted run never leaves a truncated wav
 behind. Each written file appends a record to `OUT/depth_<K>/generation.jsonl` (utt, depth, seconds, audio_seconds,
-rtf, seed, slots, mode). `seconds` is the wall time between this utterance's result and the previous one (the first
-counts from the start of the depth), so the `seconds` of a run add up to its wall time and total seconds / total audio
-seconds is the run's real-time factor at that number of slots (what the scorer reports).
+rtf, seed, slots, mode, language). `seconds` is the wall time between this utterance's result and the previous one
+(the first counts from the start of the depth), so the `seconds` of a run add up to its wall time and total seconds /
+total audio seconds is the run's real-time factor at that number of slots (what the scorer reports).
 
 Failures: a test line that cannot be used (`TestSet.bad_lines`) and an utterance whose synthesis fails (an unusable
 reference clip or text: `cat_tts.errors.InputError`; a request the engine failed: `EngineError`; no samples) fail
@@ -27,8 +30,8 @@ already exist and of its batch neighbours (the engine's noise is keyed by reques
 resumed run reproduces the files of an uninterrupted one (bit for bit on the CPU, tested; on CUDA the engine may run
 a frame at another batch-size bucket, which can change low-order bits).
 
-The synthesiser is any object with the `cat_tts.inference.CatTTS` attribute `n_vq` and method
-`synthesize_iter(items, depth=..., config=..., on_frame=...) -> Iterator[(index, (audio, sr) | Exception)]`.
+The synthesiser is any object with the `cat_tts.inference.CatTTS` attributes `n_vq`, `limits` and method
+`iter_requests(requests, on_frame=...) -> Iterator[(index, (audio, sr) | Exception)]`.
 """
 
 from __future__ import annotations
@@ -37,45 +40,52 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from cat_tts.audio import save_audio
-from cat_tts.errors import CheckpointError, InputError
+from cat_tts.cli import CLI_LABELS
+from cat_tts.errors import CheckpointError, FieldError, InputError
+from cat_tts.inference import Limits, SpeechRequest
 from cat_tts.model.config import CatTTSConfig
 from cat_tts.weights import read_config_json, resolve_checkpoint
 from eval.seedtts.results import GENERATION_LOG, write_jsonl
 from eval.seedtts.testset import BadLine, TestItem, TestSet
-
-if TYPE_CHECKING:
-    from cat_tts.generation import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
 MODES = ("continuation", "clone")
 FAILURES_FILE = "failures.jsonl"
 BAD_LINE, SYNTHESIS = "test list", "synthesis"  # the stage a failure happened at
+# Request field -> the evaluator's label for it (errors are shown under it): the test list gives the text and the
+# voice, the sweep the depth, the command line every other field (the same options as infer.py).
+EVAL_LABELS = {
+    **CLI_LABELS,
+    "text": "target text (4th field of the test list)",
+    "reference_audio": "prompt wav (3rd field of the test list)",
+    "reference_text": "prompt text (2nd field of the test list)",
+    "depth": "--depths",
+    "bitrate_kbps": "--bitrates-kbps",
+    # a sweep runs fixed depths (its directories are depth_<K>): depth "auto" and its range are not offered
+    "min_depth": "--depths",
+    "max_depth": "--depths",
+}
+LIST_FIELDS = ("text", "reference_audio", "reference_text")  # taken from each line, not from the command line
 
 
 class Synthesizer(Protocol):
     """The part of `cat_tts.inference.CatTTS` the harness uses."""
 
     n_vq: int  # the model's number of RVQ layers N (depths 1..N)
+    limits: Limits  # what a request may ask of this model and engine
 
-    def synthesize_iter(
-        self,
-        items: Sequence[dict],
-        depth: int | None = None,
-        seed: int | None = None,
-        max_new_frames: int | None = None,
-        on_frame: Callable[[int], None] | None = None,
-        config: GenerationConfig | None = None,
-        **settings: Any,
+    def iter_requests(
+        self, requests: Iterable[SpeechRequest | Exception], on_frame: Callable[[int], None] | None = None
     ) -> Iterator[tuple[int, tuple[np.ndarray, int] | Exception]]: ...
 
 
@@ -179,14 +189,30 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _item(it: TestItem, mode: str, seed: int) -> dict[str, Any]:
+def utterance_request(
+    it: TestItem, depth: int, fields: dict[str, Any], mode: str, seed: int, limits: Limits | None = None
+) -> SpeechRequest | FieldError:
+    """The request of one test line at one depth, or its error (shown under the evaluator's label)."""
     ref_text = it.prompt_text if mode == "continuation" and it.prompt_text.strip() else None
-    return {
+    values = {
+        **fields,
         "text": it.target_text,
         "reference_audio": str(it.prompt_wav),
         "reference_text": ref_text,
+        "depth": depth,
         "seed": utterance_seed(seed, it.utt),
     }
+    try:
+        return SpeechRequest.from_fields(values, limits)
+    except FieldError as err:
+        return FieldError(err.field, err.labelled(EVAL_LABELS))
+
+
+def _one_line_result(err: BaseException) -> str:
+    """A synthesis failure as one line; a bad field is named by the evaluator's label for it."""
+    if isinstance(err, FieldError):
+        return " ".join(err.labelled(EVAL_LABELS).split())
+    return _one_line(err)
 
 
 def generate_testset(
@@ -195,7 +221,7 @@ def generate_testset(
     out_dir: str | Path,
     depths: Sequence[int],
     seed: int = 0,
-    config: GenerationConfig | None = None,
+    fields: dict[str, Any] | None = None,
     mode: str = "continuation",
     progress: bool = False,
 ) -> GenerateReport:
@@ -207,8 +233,8 @@ def generate_testset(
         out_dir: sweep directory; files go to `out_dir/depth_<K>/`.
         depths: depths K to generate (1..N of the model).
         seed: base seed (utterance u gets `utterance_seed(seed, u)`).
-        config: generation settings (sampling, frame limits); None = `GenerationConfig()`'s defaults. Its depth and
-            seed are replaced per depth and per utterance.
+        fields: request fields every utterance takes (language, duration, instructions, sampling, frame limits; see
+            `SpeechRequest.field_names()`); not the text, voice, depth or seed, which are set per line and depth.
         mode: "continuation" (pass the prompt transcript) or "clone" (prompt audio only).
         progress: show a progress bar on stderr.
 
@@ -222,10 +248,15 @@ def generate_testset(
     depths = check_depths(depths, n_layers)
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+    fields = dict(fields or {})
+    fixed = sorted(set(fields) & {*LIST_FIELDS, "depth", "bitrate_kbps", "seed"})
+    if fixed:
+        raise InputError(f"{fixed[0]} is set per line and depth by the evaluator, not for the whole run")
+    limits = getattr(pipeline, "limits", None)
     if pipeline is None and count_missing(testset, out_dir, depths):
         raise InputError("outputs are missing but no synthesiser was given")
     engine = getattr(pipeline, "engine", None)
-    slots = getattr(engine, "max_slots", None)
+    slots = getattr(getattr(engine, "config", None), "max_slots", None)
     out_dir = Path(out_dir)
     report = GenerateReport(bad_lines=list(testset.bad_lines))
     for depth in depths:
@@ -241,12 +272,12 @@ def generate_testset(
             frames[0] += n
 
         bar = tqdm(total=len(todo), desc=f"depth {depth}", disable=not progress or not todo, unit="utt")
-        items = [_item(it, mode, seed) for it in todo]
+        requests = [utterance_request(it, depth, fields, mode, seed, limits) for it in todo]
         done: set[int] = set()
         try:
             with open(ddir / GENERATION_LOG, "a", encoding="utf-8") as log:
                 last = time.perf_counter()
-                results = pipeline.synthesize_iter(items, depth=depth, config=config, on_frame=on_frame) if todo else ()
+                results = pipeline.iter_requests(requests, on_frame=on_frame) if todo else ()
                 for i, result in results:
                     now = time.perf_counter()
                     seconds, last = now - last, now
@@ -260,8 +291,8 @@ def generate_testset(
                         audio, sr = result
                         duration = _write_wav(ddir / f"{it.utt}.wav", audio, sr)
                     except Exception as err:  # the synthesiser returned it, or the output is unusable
-                        failed.append(Failure(it.utt, it.line_no, depth, SYNTHESIS, _one_line(err)))
-                        logger.warning("depth %d: %s failed: %s", depth, it.utt, _one_line(err))
+                        failed.append(Failure(it.utt, it.line_no, depth, SYNTHESIS, _one_line_result(err)))
+                        logger.warning("depth %d: %s failed: %s", depth, it.utt, _one_line_result(err))
                         continue
                     rec = {
                         "utt": it.utt,
@@ -269,9 +300,10 @@ def generate_testset(
                         "seconds": seconds,
                         "audio_seconds": duration,
                         "rtf": seconds / duration,
-                        "seed": items[i]["seed"],
+                        "seed": requests[i].generation.seed,
                         "slots": slots,
-                        "mode": "continuation" if items[i]["reference_text"] is not None else "clone",
+                        "mode": "continuation" if requests[i].reference_text is not None else "clone",
+                        "language": requests[i].language,
                     }
                     log.write(json.dumps(rec) + "\n")
                     log.flush()

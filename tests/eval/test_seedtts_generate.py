@@ -1,12 +1,13 @@
 """`generate`: one wav per usable line and depth, failures isolated and listed, resumable, per-utterance seeds and
 timings, depths checked against the model's config, one-line user errors.
 
-The synthesiser is injected (a small fake with the `CatTTS.synthesize_iter` signature); the end-to-end runs on the
+The synthesiser is injected (a small fake with `CatTTS.iter_requests` and `CatTTS.limits`); the end-to-end runs on the
 make_tiny checkpoints (the real engine) are in test_seedtts_generate_tiny.py.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -17,31 +18,43 @@ import pytest
 import soundfile as sf
 
 import eval.seedtts.__main__ as cli
-from cat_tts.errors import USER_ERROR_EXIT_CODE, InputError
-from eval.seedtts.generate import FAILURES_FILE, check_depths, generate_testset, utterance_seed
+from cat_tts.errors import USER_ERROR_EXIT_CODE, FieldError, InputError
+from cat_tts.inference import Limits, SpeechRequest
+from eval.seedtts.generate import EVAL_LABELS, FAILURES_FILE, check_depths, generate_testset, utterance_seed
 from eval.seedtts.testset import read_testset
 
 
 class FakeTTS:
-    """Deterministic stand-in for `CatTTS.synthesize_iter`: noise seeded by the item's seed, length depending on the
-    text; items whose text contains `fail_on` fail alone (their result is an InputError)."""
+    """Deterministic stand-in for `CatTTS.iter_requests`: noise seeded by the request's seed, length depending on the
+    text; requests whose text contains `fail_on` fail alone (their result is an InputError), as do unusable requests
+    (their result is their error, as `iter_requests` gives it)."""
 
     def __init__(self, fail_on: str | None = None, n_vq: int = 32, slots: int = 4) -> None:
         self.calls: list[dict] = []
-        self.batches: list[int] = []  # items per synthesize_iter call
+        self.batches: list[int] = []  # requests per iter_requests call
         self.fail_on = fail_on
         self.n_vq = n_vq
-        self.engine = type("Engine", (), {"max_slots": slots})()
+        self.limits = Limits(n_vq=n_vq, frame_rate=12.5, max_frames=2000)
+        self.engine = type("Engine", (), {"config": type("Config", (), {"max_slots": slots})()})()
 
-    def synthesize_iter(self, items, depth=None, seed=None, max_new_frames=None, on_frame=None, config=None, **kw):
-        self.batches.append(len(items))
-        for i, it in enumerate(items):
-            self.calls.append(dict(it, depth=depth, config=config))
-            if self.fail_on and self.fail_on in it["text"]:
-                yield i, InputError(f"cannot synthesise {it['text']!r}")
+    def iter_requests(self, requests, on_frame=None):
+        requests = list(requests)
+        self.batches.append(len(requests))
+        for i, request in enumerate(requests):
+            if isinstance(request, Exception):
+                yield i, request
                 continue
-            rng = np.random.default_rng(it["seed"])
-            yield i, ((0.1 * rng.standard_normal(1920 * (2 + len(it["text"]) % 4))).astype(np.float32), 24000)
+            assert isinstance(request, SpeechRequest)
+            self.calls.append({
+                "text": request.text, "reference_audio": request.reference_audio,
+                "reference_text": request.reference_text, "seed": request.generation.seed,
+                "depth": request.generation.depth, "config": request.generation, "request": request,
+            })  # fmt: skip
+            if self.fail_on and self.fail_on in request.text:
+                yield i, InputError(f"cannot synthesise {request.text!r}")
+                continue
+            rng = np.random.default_rng(request.generation.seed)
+            yield i, ((0.1 * rng.standard_normal(1920 * (2 + len(request.text) % 4))).astype(np.float32), 24000)
 
 
 def _wavs(d: Path) -> list[str]:
@@ -152,9 +165,10 @@ def test_a_failing_utterance_fails_alone_and_is_retried_on_the_next_run(
 
 def test_an_empty_output_is_a_failure_of_that_utterance(tiny_testset: Path, tmp_path: Path):
     class Silent(FakeTTS):
-        def synthesize_iter(self, items, **kwargs):
-            for i, result in super().synthesize_iter(items, **kwargs):
-                yield i, (np.zeros(0, np.float32), 24000) if "Hello" in items[i]["text"] else result
+        def iter_requests(self, requests, **kwargs):
+            requests = list(requests)
+            for i, result in super().iter_requests(requests, **kwargs):
+                yield i, (np.zeros(0, np.float32), 24000) if "Hello" in requests[i].text else result
 
     report = generate_testset(read_testset(tiny_testset), Silent(), tmp_path, [8])
     assert [(f.utt, f.stage) for f in report.failed[8]] == [("utt_b-1", "synthesis"), ("utt_c-1", "test list")]
@@ -176,8 +190,8 @@ def test_an_exception_raised_by_the_synthesiser_stops_the_run_and_keeps_what_was
     tiny_testset: Path, tmp_path: Path
 ):
     class Broken(FakeTTS):
-        def synthesize_iter(self, items, **kwargs):
-            for i, result in super().synthesize_iter(items, **kwargs):
+        def iter_requests(self, requests, **kwargs):
+            for i, result in super().iter_requests(requests, **kwargs):
                 if i == 1:
                     raise AttributeError("pipeline bug")
                 yield i, result
@@ -272,3 +286,125 @@ def test_model_given_as_codec_exits_2_without_a_traceback(tiny_testset: Path, tm
     assert proc.returncode == USER_ERROR_EXIT_CODE
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {model_config_dir} holds a CAT-TTS model")
+
+
+# ---------------------------------------------------------------------- every request field
+def test_the_label_table_covers_every_request_field():
+    assert set(EVAL_LABELS) == set(SpeechRequest.field_names())
+    (sub,) = [a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    options = {flag for action in sub.choices["generate"]._actions for flag in action.option_strings}
+    for field, label in EVAL_LABELS.items():
+        assert label in options or "field of the test list" in label, (field, label)
+
+
+# A value of every field the generate command takes for the whole run, and what each request holds then.
+RUN = {
+    "instructions": (["--instructions", "Calm."], "Calm."),
+    "language": (["--language", "English"], "English"),
+    "duration": (["--duration", "1.5"], 1.5),
+    "max_new_frames": (["--max-new-frames", "40"], 40),
+    "min_new_frames": (["--min-new-frames", "3"], 3),
+    "do_sample": (["--greedy"], False),
+    "temperature": (["--temperature", "0.7"], 0.7),
+    "top_p": (["--top-p", "0.5"], 0.5),
+    "top_k": (["--top-k", "7"], 7),
+    "repetition_penalty": (["--repetition-penalty", "1.3"], 1.3),
+    "control_temperature": (["--control-temperature", "0.9"], 0.9),
+    "control_top_p": (["--control-top-p", "0.8"], 0.8),
+    "control_top_k": (["--control-top-k", "9"], 9),
+    "control_tokens": (["--control-tokens", "full"], "full"),
+    "mode": (["--mode", "clone"], "clone"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(RUN))
+def test_every_run_option_reaches_every_request(field, tiny_testset: Path, tmp_path: Path, monkeypatch):
+    fake = FakeTTS()
+    monkeypatch.setattr(cli, "load_pipeline", lambda args, depths: fake)
+    extra, expected = RUN[field]
+    cli.main(_argv(tiny_testset, tmp_path / "o", "--depths", "3", *extra))
+    assert len(fake.calls) == 3
+    for call in fake.calls:
+        request = call["request"]
+        if field == "mode":  # clone: the prompt transcript is not given
+            assert request.reference_text is None
+            continue
+        holder = request.generation if hasattr(request.generation, field) else request
+        assert getattr(holder, field) == expected, field
+        assert request.generation.depth == 3
+
+
+def test_each_line_gives_its_text_voice_and_transcript_and_each_depth_its_seed(tiny_testset: Path, tmp_path: Path):
+    fake = FakeTTS()
+    generate_testset(read_testset(tiny_testset), fake, tmp_path, [2, 5], seed=11)
+    first = [c["request"] for c in fake.calls if c["text"] == "Hello, world!"]
+    assert [r.generation.depth for r in first] == [2, 5]
+    assert {r.generation.seed for r in first} == {utterance_seed(11, "utt_b-1")}
+    assert first[0].reference_text == "It was his." and first[0].reference_audio.endswith("spk_b.wav")
+
+
+def test_bitrates_give_the_depths(tiny_testset: Path, tmp_path: Path, monkeypatch, capsys):
+    fake = FakeTTS()
+    monkeypatch.setattr(cli, "load_pipeline", lambda args, depths: fake)
+    cli.main(_argv(tiny_testset, tmp_path / "o", "--bitrates-kbps", "0.25", "1"))
+    assert sorted({c["depth"] for c in fake.calls}) == [2, 8]
+    assert sorted(p.name for p in (tmp_path / "o").glob("depth_*")) == ["depth_2", "depth_8"]
+    assert cli.main(_argv(tiny_testset, tmp_path / "o", "--bitrates-kbps", "0.01")) == USER_ERROR_EXIT_CODE
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --bitrates-kbps must be at least 0.125")
+
+
+@pytest.mark.parametrize(
+    ("spec", "language"),
+    [("English", "English"), ("en=Englisch,zh=Chinesisch", "Englisch"), ("zh=Chinese", None), ("auto", "English")],
+)
+def test_language_per_test_set(spec, language, tiny_testset: Path, tmp_path: Path, monkeypatch):
+    assert tiny_testset.parent.name == "en"
+    fake = FakeTTS()
+    monkeypatch.setattr(cli, "load_pipeline", lambda args, depths: fake)
+    cli.main(_argv(tiny_testset, tmp_path / "o", "--depths", "2", "--language", spec))
+    assert {c["request"].language for c in fake.calls} == {language}
+    assert {r["language"] for r in _jsonl(tmp_path / "o" / "depth_2" / "generation.jsonl")} == {language}
+    assert cli.language_for("auto", "zh") == "Chinese"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--language", "x" * 65], "error: --language must be a name of 1-64"),
+        (["--language", "en=English,zh"], "error: --language: expected NAME or SET=NAME pairs"),
+        (["--duration", "-2"], "error: --duration must be a number of seconds > 0"),
+        (["--top-k", "-1"], "error: --top-k must be >= 0, got -1"),
+        (["--control-top-p", "0"], "error: --control-top-p must be in (0, 1]"),
+    ],
+)
+def test_a_bad_run_option_is_named_before_anything_loads(extra, message, tiny_testset: Path, tmp_path, monkeypatch,
+                                                          capsys):  # fmt: skip
+    monkeypatch.setattr(cli, "load_pipeline", lambda args, depths: pytest.fail("nothing may be loaded"))
+    assert cli.main(_argv(tiny_testset, tmp_path / "o", "--depths", "2", *extra)) == USER_ERROR_EXIT_CODE
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(message)
+
+
+def test_a_duration_beyond_the_engines_frame_limit_is_named_once(tiny_testset: Path, tmp_path: Path, monkeypatch,
+                                                                  capsys):  # fmt: skip
+    fake = FakeTTS()
+    monkeypatch.setattr(cli, "load_pipeline", lambda args, depths: fake)
+    assert cli.main(_argv(tiny_testset, tmp_path / "o", "--depths", "2", "--duration", "500")) == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --duration 500 s is 6250 frames; the frame limit") and fake.calls == []
+
+
+def test_a_bad_prompt_wav_is_named_by_its_place_in_the_test_list(tiny_testset: Path, tmp_path: Path):
+    class Unreadable(FakeTTS):
+        def iter_requests(self, requests, **kwargs):
+            for i, _ in enumerate(requests):
+                yield i, FieldError("reference_audio", "reference audio: audio file is silent")
+
+    report = generate_testset(read_testset(tiny_testset), Unreadable(), tmp_path, [2])
+    error = report.failed[2][0].error
+    assert error == "prompt wav (3rd field of the test list): reference audio: audio file is silent"
+
+
+def test_run_fields_that_lines_or_depths_set_are_refused(tiny_testset: Path, tmp_path: Path):
+    for name in ("text", "depth", "seed", "reference_audio"):
+        with pytest.raises(InputError, match=f"{name} is set per line and depth"):
+            generate_testset(read_testset(tiny_testset), FakeTTS(), tmp_path, [2], fields={name: "x"})

@@ -115,7 +115,8 @@ def test_a_bad_line_and_a_bad_clip_fail_alone_and_the_good_lines_are_generated(
     assert [(f["utt"], f["line"], f["stage"]) for f in failures] == [("bad", 2, "test list"), ("clip", 3, "synthesis")]
     assert "silent" in failures[1]["error"]
     err = capsys.readouterr().err
-    assert "failed: clip (line 3), every depth: InputError: reference audio: audio is silent" in err
+    where = "prompt wav (3rd field of the test list)"  # the evaluator's label for the request's reference_audio
+    assert f"failed: clip (line 3), every depth: {where}: reference audio: audio is silent" in err
     assert "error: 2 of 4 test lines failed" in err
     assert capture_pipeline[0].n_vq == 32  # the tiny model's N
 
@@ -131,7 +132,7 @@ def test_the_utterances_of_a_run_share_engine_frame_steps(
     assert len(wavs) == 3
     (pipeline,) = capture_pipeline
     stats = pipeline.engine.stats()
-    frames = sum(sf.info(str(p)).frames for p in wavs) // pipeline.frame_size  # one chunk per utterance
+    frames = sum(sf.info(str(p)).frames for p in wavs) // pipeline.codec.frame_size  # one segment per utterance
     assert stats.frames_generated == frames >= 9
     assert stats.frame_steps < frames  # run one after another, they would need at least one step per frame
-    assert stats.max_slots == 4 and stats.busy_slots == 0
+    assert stats.max_slots == 4 and stats.active_requests == 0
