@@ -9,7 +9,6 @@ neither torch nor transformers at import time (the CLIs build their parsers befo
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -62,26 +61,6 @@ def check_writable_file(path: str | Path, option: str) -> Path:
         raise InputError(f"{option} {path} is a directory; give a file name")
     check_writable_dir(path.parent if str(path.parent) else Path("."), option)
     return path
-
-
-def generation_settings(options: dict[str, Any], base: Any = None) -> Any:
-    """A `GenerationConfig` from command-line values (None = not given: keep the default).
-
-    Errors name the option (`--top-p must be in ...`) instead of the field.
-
-    Args:
-        options: field name -> value, e.g. `{"temperature": args.temperature, "top_p": args.top_p}`.
-        base: the config the values override (default: `GenerationConfig()`, the released settings).
-    """
-    from cat_tts.generation import GenerationConfig
-
-    try:
-        return (base or GenerationConfig()).with_overrides(**options)
-    except InputError as err:
-        message = str(err)
-        for field in GenerationConfig.field_names():
-            message = re.sub(rf"\b{field}\b", "--" + field.replace("_", "-"), message)
-        raise InputError(message) from err
 
 
 ENGINE_FAILURE_EXIT_CODE = 1  # exit status of a CLI whose engine could not run the work (not the user's input)

@@ -183,7 +183,7 @@ def test_page_generates_playable_audio_and_shows_errors(server, browser, tmp_pat
     page.evaluate("() => document.querySelector('#full_audio audio').play()")
     page.wait_for_function("() => document.querySelector('#full_audio audio').currentTime > 0", timeout=30_000)
     if shutil.which("ffmpeg"):  # gradio encodes the stream with ffmpeg; without it the page plays the full clip only
-        assert page.locator("#stream_audio audio").get_attribute("src")  # the chunks reached the streaming player
+        assert page.locator("#stream_audio audio").get_attribute("src")  # the pieces reached the streaming player
     else:
         assert not page.locator("#stream_audio").is_visible()
 
