@@ -11,6 +11,10 @@ Frame counts use floor division: a trailing partial frame gets no code. Every tr
 sliding window of `context_duration` seconds at its own rate, offline and streaming alike, so streaming
 (`decode_step`, `encode_step`) with per-stage KV caches of `window - 1` steps reproduces the one-shot
 functions for any chunk sizes.
+
+The rows of a streaming state are independent streams: one `decode_step` may advance any subset of them (`rows`),
+each from its own position, by its own number of frames (`lengths`) and at its own depth (`depths`), which is how
+many requests' audio is decoded in one call (`cat_tts.inference.decoding`).
 """
 
 from __future__ import annotations
@@ -57,12 +61,42 @@ class CodecStreamState:
     The encoder and decoder halves are independent: a state can serve a live encode, a live decode, or both.
     """
 
-    batch_size: int  # streams advanced together
+    batch_size: int  # rows (streams); decode_step may advance any subset of them, encode_step advances all together
     encoder: list[StageState | None]  # per encoder stage: transformer state, None for patch stages
     decoder: list[StageState | None]  # per decoder stage: transformer state, None for patch stages
     pending: torch.Tensor  # [B, s] samples received by encode_step that do not yet fill a frame (s < 1920)
+    decoded: torch.Tensor  # [B] int64 (CPU): frames consumed by decode_step per row
     frames_encoded: int = 0  # frames emitted by encode_step so far
-    frames_decoded: int = 0  # frames consumed by decode_step so far
+
+    @property
+    def frames_decoded(self) -> int:
+        """Frames consumed by decode_step (the most of any row, when rows advanced separately)."""
+        return int(self.decoded.max()) if self.batch_size else 0
+
+    def keep_rows(self, rows: list[int] | torch.Tensor) -> None:
+        """Keep only `rows` (distinct indices, in that order), e.g. to drop finished streams; copies the buffers."""
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        for stage in self.encoder + self.decoder:
+            if stage is not None:
+                stage.keep_rows(rows)
+        self.pending = self.pending.index_select(0, rows.to(self.pending.device))
+        self.decoded = self.decoded.index_select(0, rows)
+        self.batch_size = len(rows)
+
+    def add_rows(self, n: int) -> None:
+        """Append `n` fresh decode streams (rows B..B+n-1, at frame 0); copies the buffers.
+
+        Raises:
+            ValueError: a live encode has started (encode_step advances all rows together).
+        """
+        if self.frames_encoded or self.pending.shape[1]:
+            raise ValueError("rows can be added to decode streams only: this state's encode_step has started")
+        for stage in self.encoder + self.decoder:
+            if stage is not None:
+                stage.add_rows(n)
+        self.pending = torch.cat([self.pending, self.pending.new_zeros(n, 0)])
+        self.decoded = torch.cat([self.decoded, self.decoded.new_zeros(n)])
+        self.batch_size += n
 
 
 class CatCodec(nn.Module):
@@ -162,11 +196,23 @@ class CatCodec(nn.Module):
             x = stage(x) if isinstance(stage, Patch) else stage(x, None if states is None else states[i])
         return x
 
-    def _run_decoder(self, latent: torch.Tensor, states: list[StageState | None] | None = None) -> torch.Tensor:
-        """Latent [B, C, T] -> waveform [B, T * frame_size] float32."""
+    def _run_decoder(
+        self,
+        latent: torch.Tensor,
+        states: list[StageState | None] | None = None,
+        rows: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Latent [R, C, T] -> waveform [R, T * frame_size] float32 (streaming: `rows`/`lengths` as in decode_step)."""
         x = latent
         for i, stage in enumerate(self.decoder):
-            x = stage(x) if isinstance(stage, Patch) else stage(x, None if states is None else states[i])
+            if isinstance(stage, Patch):
+                x = stage(x)
+            elif states is None:
+                x = stage(x)
+            else:
+                steps = None if lengths is None else lengths * (x.shape[2] // latent.shape[2])  # [R] at this rate
+                x = stage(x, states[i], rows, steps)
         assert x.shape[1] == 1, f"decoder produced {tuple(x.shape)}, expected one channel"
         return x[:, 0].float()
 
@@ -190,10 +236,14 @@ class CatCodec(nn.Module):
             raise ValueError(f"expected a float waveform, got dtype {wav.dtype}")
         return wav.to(device=self.device, dtype=self.dtype)
 
-    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _check_code_shape(codes: torch.Tensor) -> None:
         if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
             shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
             raise ValueError(f"expected codes [B, K, T], got {shape}")
+
+    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        self._check_code_shape(codes)
         if codes.dtype.is_floating_point or codes.dtype == torch.bool:
             raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
         if not 1 <= codes.shape[1] <= self.num_layers:
@@ -287,30 +337,82 @@ class CatCodec(nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return CodecStreamState(
             batch_size=batch_size,
-            encoder=[None if isinstance(s, Patch) else s.new_state() for s in self.encoder],
-            decoder=[None if isinstance(s, Patch) else s.new_state() for s in self.decoder],
+            encoder=[None if isinstance(s, Patch) else s.new_state(batch_size) for s in self.encoder],
+            decoder=[None if isinstance(s, Patch) else s.new_state(batch_size) for s in self.decoder],
             pending=torch.zeros(batch_size, 0, dtype=self.dtype, device=self.device),
+            decoded=torch.zeros(batch_size, dtype=torch.long),
         )
 
     @torch.no_grad()
-    def decode_step(self, codes: torch.Tensor, state: CodecStreamState) -> torch.Tensor:
-        """Decode the next frames of a stream.
+    def decode_step(
+        self,
+        codes: torch.Tensor,
+        state: CodecStreamState,
+        rows: list[int] | torch.Tensor | None = None,
+        lengths: list[int] | torch.Tensor | None = None,
+        depths: list[int] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Decode the next frames of some or all streams of a state, each from its own position.
 
         Args:
-            codes: [B, k, t] the next t >= 0 frames (k may be any 1..32; it applies to these frames).
-            state: the stream's state (updated in place).
+            codes: [R, k, t] the next t >= 0 frames of R streams (k may be any 1..32; it applies to these frames).
+            state: the streams' state (updated in place).
+            rows: [R] distinct rows of `state` that the codes continue; None = every row in order (R = B).
+            lengths: [R] frames of each row in `codes` (0..t; the frames after them are padding: ignored, any
+                value accepted, and the row advances by its own length); None = t for every row.
+            depths: [R] layers of each row (1..k; the layers after them are padding: ignored, any value
+                accepted, i.e. prefix decoding at each row's own depth); None = k for every row.
 
         Returns:
-            [B, t * frame_size] float32 audio; concatenated over calls it equals `decode` of all frames.
+            [R, t * frame_size] float32 audio, zero past each row's length; concatenated over calls, a row's audio
+            equals `decode` of all its frames (at its depth), whatever the other rows in the calls were.
+
+        Raises:
+            ValueError: bad shapes or values (the message names the argument).
         """
+        self._check_code_shape(codes)
+        r, k, t = codes.shape
+        index = self._check_rows(rows, r, state.batch_size)  # [R] CPU, or None for all rows
+        steps = _check_per_row(lengths, r, 0, t, "lengths")
+        layers = _check_per_row(depths, r, 1, k, "depths")
+        if steps is not None or layers is not None:
+            valid = torch.ones(r, k, t, dtype=torch.bool)
+            if steps is not None:
+                valid &= torch.arange(t).view(1, 1, t) < steps.view(r, 1, 1)
+            if layers is not None:
+                valid &= torch.arange(k).view(1, k, 1) < layers.view(r, 1, 1)
+            codes = torch.where(valid.to(codes.device), codes, torch.zeros_like(codes))
         codes = self._check_codes(codes)
-        if codes.shape[0] != state.batch_size:
-            raise ValueError(f"state is for batch {state.batch_size}, got codes for batch {codes.shape[0]}")
-        if codes.shape[2] == 0:
-            return torch.zeros(state.batch_size, 0, device=self.device)
-        audio = self._run_decoder(self.quantizer.decode(codes), state.decoder)
-        state.frames_decoded += codes.shape[2]
+        if t == 0 or r == 0:
+            return torch.zeros(r, t * self.frame_size, device=self.device)
+        device_rows = None if index is None else index.to(self.device)
+        device_steps = None if steps is None else steps.to(self.device)
+        latent = self.quantizer.decode(codes, None if layers is None else layers.to(self.device))  # [R, C, t]
+        audio = self._run_decoder(latent, state.decoder, device_rows, device_steps)  # [R, t * frame_size]
+        advance = torch.full((r,), t, dtype=torch.long) if steps is None else steps
+        if index is None:
+            state.decoded += advance
+        else:
+            state.decoded.index_add_(0, index, advance)
+        if steps is not None:  # zero the padding's samples, as `decode` does past an item's length
+            samples = device_steps.view(r, 1) * self.frame_size
+            audio = audio * (torch.arange(audio.shape[1], device=audio.device).view(1, -1) < samples)
         return audio
+
+    @staticmethod
+    def _check_rows(rows: list[int] | torch.Tensor | None, r: int, batch: int) -> torch.Tensor | None:
+        """The state rows of a decode_step as a [R] CPU index, or None when they are all rows in order."""
+        if rows is None:
+            if r != batch:
+                raise ValueError(f"state is for batch {batch}, got codes for batch {r} (pass rows= to advance some)")
+            return None
+        index = torch.as_tensor(rows, dtype=torch.long).cpu().reshape(-1)
+        values = index.tolist()
+        if len(values) != r or len(set(values)) != r or (values and not 0 <= min(values) <= max(values) < batch):
+            raise ValueError(
+                f"rows must be {r} distinct indices in 0..{batch - 1} (one per row of codes), got {values}"
+            )
+        return None if values == list(range(batch)) else index
 
     @torch.no_grad()
     def encode_step(self, wav: torch.Tensor, state: CodecStreamState, num_layers: int | None = None) -> torch.Tensor:
@@ -421,6 +523,20 @@ class CatCodec(nn.Module):
         state = to_official_state_dict({k: v.detach().cpu() for k, v in self.state_dict().items()})
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         return directory
+
+
+def _check_per_row(
+    values: list[int] | torch.Tensor | None, r: int, low: int, high: int, name: str
+) -> torch.Tensor | None:
+    """A per-row count of decode_step as a [R] int64 CPU tensor in low..high (None stays None)."""
+    if values is None:
+        return None
+    out = torch.as_tensor(values).cpu().reshape(-1)
+    if out.dtype.is_floating_point or out.dtype == torch.bool or out.shape != (r,):
+        raise ValueError(f"{name} must be {r} integers (one per row of codes), got {values}")
+    if r and not low <= int(out.min()) <= int(out.max()) <= high:
+        raise ValueError(f"{name} must lie in {low}..{high}, got {out.tolist()}")
+    return out.long()
 
 
 def _resolve_checkpoint(path_or_hub_id: str | Path) -> Path:

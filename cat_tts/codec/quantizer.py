@@ -126,10 +126,23 @@ class ResidualLFQ(nn.Module):
             codes.append(layer_codes)
         return torch.stack(codes, dim=1)  # [B, K, T]
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [B, k, T] (k <= num_quantizers: the first k layers) -> decoder input [B, C, T] float32."""
+    def decode(self, codes: torch.Tensor, depths: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes of the first k layers -> decoder input.
+
+        Args:
+            codes: [B, k, T] (k <= num_quantizers: the first k layers).
+            depths: [B] layers to use per item (1..k): item b sums only its first depths[b] layers, exactly as if
+                its codes had depths[b] layers (a skipped term is not added, not added as zero). None = k.
+
+        Returns:
+            [B, C, T] float32.
+        """
         b, k, t = codes.shape
         z = torch.zeros(b, self.config.rvq_dim, t, dtype=torch.float32, device=codes.device)
         for i in range(k):
-            z = z + self.quantizers[i].embed(codes[:, i])
+            term = self.quantizers[i].embed(codes[:, i])  # [B, R, T]
+            if depths is None:
+                z = z + term
+            else:  # rows past their depth keep z itself (bit for bit), never z + out_proj(something)
+                z = torch.where((depths > i).view(b, 1, 1), z + term, z)
         return z if self.output_proj is None else self.output_proj(z)  # [B, C, T]
