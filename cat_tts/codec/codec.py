@@ -390,10 +390,8 @@ class CatCodec(nn.Module):
         latent = self.quantizer.decode(codes, None if layers is None else layers.to(self.device))  # [R, C, t]
         audio = self._run_decoder(latent, state.decoder, device_rows, device_steps)  # [R, t * frame_size]
         advance = torch.full((r,), t, dtype=torch.long) if steps is None else steps
-        if index is None:
-            state.decoded += advance
-        else:
-            state.decoded.index_add_(0, index, advance)
+        # Out of place, like the offsets: a state made in inference mode stays usable outside it.
+        state.decoded = state.decoded + advance if index is None else state.decoded.index_add(0, index, advance)
         if steps is not None:  # zero the padding's samples, as `decode` does past an item's length
             samples = device_steps.view(r, 1) * self.frame_size
             audio = audio * (torch.arange(audio.shape[1], device=audio.device).view(1, -1) < samples)
