@@ -8,8 +8,10 @@
 Then: curl http://127.0.0.1:8000/v1/audio/speech -H 'Content-Type: application/json' \\
         -d '{"input": "Hello!", "voice": "default", "response_format": "wav"}' -o hello.wav
 
+The port answers at once: /health says "loading", then "starting" (503) until the engine is warm, then "ok".
 SIGTERM (or Ctrl-C) stops admitting requests (503), lets the ones in flight finish within --shutdown-grace
-seconds, cancels the rest and exits 0. Needs the `serve` extra: pip install 'cat-tts[serve]'.
+seconds, cancels the rest and exits 0. Bad options, checkpoints or directories exit 2 with one line.
+Needs the `serve` extra: pip install 'cat-tts[serve]'.
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
 
-from cat_tts.cli import COMPILE_MODES, add_model_options
-from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
-from cat_tts.server.config import API_KEY_ENV, MIB, ServerConfig, default_voices_dir
+from cat_tts.cli import COMPILE_MODES, OneLineParser, add_model_options
+from cat_tts.errors import USER_ERROR_EXIT_CODE, FieldError, UserError
+from cat_tts.server.config import API_KEY_ENV, ServerConfig, default_voices_dir
 
 logger = logging.getLogger(__name__)
 
+CPU_SLOTS_PER_CORE = 8  # more slots than this per core on a CPU get a warning at start
+LISTEN_BACKLOG = 2048  # uvicorn's default backlog
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python serve.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+
+def build_parser(prog: str = "python serve.py") -> argparse.ArgumentParser:
+    """The options (`prog`: how the command is called, for its messages: `cat-tts serve` or `python serve.py`)."""
+    p = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
     add_model_options(m)
     m.add_argument(
@@ -40,11 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated devices, one engine each, e.g. cuda:0,cuda:1 (overrides --device)",
     )
     m.add_argument("--model-id", default=None, help="id reported by /v1/models (default: the --model value)")
+    m.add_argument("--cpu-prepack", default="on", choices=["on", "off"],
+                   help="on the CPU, time prepacked depth weights per batch size at warm-up and keep the faster "
+                        "(on); off: plain weights, a faster start")  # fmt: skip
     h = p.add_argument_group("http")
     h.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for all (default 127.0.0.1)")
     h.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, logged)")
-    h.add_argument("--api-key", default=None, help=f"require this key (Authorization: Bearer KEY); also {API_KEY_ENV}")
-    h.add_argument("--voices-dir", default=None, help=f"stored voices (default {default_voices_dir()})")
+    h.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require this key (Authorization: Bearer KEY) on /v1/* and /metrics; also {API_KEY_ENV}",
+    )
+    h.add_argument("--public-metrics", action="store_true", help="serve /metrics without the key (for scrapers)")
+    h.add_argument(
+        "--voices-dir", default=None, help=f"stored voices, one folder per codec (default {default_voices_dir()})"
+    )
     h.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-slots", type=int, default=8, help="requests generated together per engine (8)")
@@ -54,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-new-frames",
         type=int,
         default=None,
-        help="cap on a request's frames per text chunk, 80 ms each (default: from the text length)",
+        help="the most frames (80 ms each) a request may ask for per text segment (default: what an "
+        "engine slot holds; requests that give none get an estimate from their text)",
     )
     lim.add_argument(
         "--min-new-frames",
@@ -70,57 +85,92 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def option_labels(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Setting name -> the option that sets it (`max_upload_mb` -> `--max-upload-mb`), from the parser itself, so
+    an error only ever names an option that exists."""
+    return {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def main(argv: list[str] | None = None, prog: str = "python serve.py") -> int:
+    """Runs the server until SIGTERM/SIGINT; returns the exit status (0, or 2 with one line for bad input)."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    labels = option_labels(parser)
     try:
-        config, devices = _config_from_args(args)
+        config, engine, devices = _settings(args)
         _check_serve_extra()
+        from cat_tts.server.voices import check_writable
+        from cat_tts.weights import resolve_checkpoint
+
+        check_writable(config.voices_dir, "--voices-dir")
+        _warn_about_cpu_slots(devices, engine.max_slots)
+        model_dir, codec_dir = resolve_checkpoint(args.model, "model"), resolve_checkpoint(args.codec, "codec")
         sock = _bind(args.host, args.port)
-        from cat_tts.server.app import create_app
-        from cat_tts.server.backend import load_backend
+    except FieldError as err:
+        return _fail(err.labelled(labels))
+    except (UserError, OSError) as err:
+        return _fail(str(err))
+    from cat_tts.server.app import create_app
+    from cat_tts.server.backend import load_backend
+    from cat_tts.server.runner import serve_forever
 
-        backend = load_backend(args.model, args.codec, devices, args.dtype, args.max_slots, args.max_queue,
-                               COMPILE_MODES[args.compile])  # fmt: skip
-        app = create_app(backend, config)
-    except (UserError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return USER_ERROR_EXIT_CODE
-    return run_server(app, sock, config.shutdown_grace_s, args.log_level)
+    app = create_app(config, load=lambda: load_backend(str(model_dir), str(codec_dir), devices, args.dtype, engine))
+    code = serve_forever(app, sock, config, args.log_level)
+    error = app.state.cat.startup_error
+    if isinstance(error, UserError):
+        _fail(error.labelled(labels) if isinstance(error, FieldError) else str(error))
+    return code
 
 
-def _config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, list[str]]:
-    for name in ("max_slots", "max_queue"):
-        value = getattr(args, name)
-        if value < (1 if name == "max_slots" else 0):
-            raise UserError(f"--{name.replace('_', '-')} must be >= {1 if name == 'max_slots' else 0}, got {value}")
+def _fail(message: str) -> int:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return USER_ERROR_EXIT_CODE
+
+
+def _settings(args: argparse.Namespace):
+    """(ServerConfig, EngineConfig, devices) from the options. Raises `FieldError` naming the setting."""
+    from cat_tts.generation import EngineConfig
+
     if not 0 <= args.port < 65536:
-        raise UserError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
-    if args.devices:
+        raise FieldError("port", f"port must be in 0..65535 (0: any free port), got {args.port}")
+    if args.devices is not None:
         devices = [d.strip() for d in args.devices.split(",") if d.strip()]
         if not devices:
-            raise UserError("--devices must list at least one device, e.g. cuda:0,cuda:1")
+            raise FieldError("devices", "devices must list at least one device, e.g. cuda:0,cuda:1")
     else:
         devices = [args.device or _default_device()]
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    try:
-        config = ServerConfig(
-            model_id=args.model_id or str(args.model).rstrip("/"),
-            api_key=api_key,
-            voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir(),
-            max_input_chars=args.max_input_chars,
-            max_upload_bytes=int(args.max_upload_mb * MIB),
-            max_voice_seconds=args.max_voice_seconds,
-            max_new_frames=args.max_new_frames,
-            min_new_frames=args.min_new_frames,
-            request_timeout_s=args.request_timeout,
-            shutdown_grace_s=args.shutdown_grace,
-        )
-    except ValueError as err:  # name the option, not the field
-        message = str(err)
-        field = message.split()[0]
-        raise UserError(f"--{field.replace('_', '-')}{message[len(field) :]}") from None
-    return config, devices
+    config = ServerConfig(
+        model_id=args.model_id or str(args.model).rstrip("/"),
+        api_key=api_key,
+        public_metrics=args.public_metrics,
+        voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir(),
+        max_input_chars=args.max_input_chars,
+        max_upload_mb=args.max_upload_mb,
+        max_voice_seconds=args.max_voice_seconds,
+        max_new_frames=args.max_new_frames,
+        min_new_frames=args.min_new_frames,
+        request_timeout=args.request_timeout,
+        shutdown_grace=args.shutdown_grace,
+    )
+    engine = EngineConfig(max_slots=args.max_slots, max_queue=args.max_queue, compile=COMPILE_MODES[args.compile],
+                          cpu_prepack=args.cpu_prepack == "on")  # fmt: skip
+    return config, engine, devices
+
+
+def _warn_about_cpu_slots(devices: list[str], max_slots: int) -> None:
+    """More slots than a CPU can advance make every stream slow: say so at start, with the reason."""
+    cores = os.cpu_count() or 1
+    useful = CPU_SLOTS_PER_CORE * cores
+    if any(d.split(":")[0] == "cpu" for d in devices) and max_slots > useful:
+        logger.warning(
+            "--max-slots %d on a CPU with %d cores: every frame computes all the requests in it, so once the slots "
+            "fill each stream gets about 1/%d of the CPU and plays slower than real time; every slot's cache is "
+            "also allocated (and every batch size warmed up) at start. Use --max-slots %d or fewer and let "
+            "--max-queue hold the rest (a queued request waits for a slot instead of slowing the others).",
+            max_slots, cores, max_slots, useful,
+        )  # fmt: skip
 
 
 def _default_device() -> str:
@@ -131,7 +181,7 @@ def _default_device() -> str:
 
 def _check_serve_extra() -> None:
     missing = []
-    for module in ("fastapi", "uvicorn", "python_multipart", "prometheus_client"):
+    for module in ("fastapi", "uvicorn", "h11", "python_multipart", "prometheus_client"):
         try:
             __import__(module)
         except ImportError:
@@ -141,7 +191,8 @@ def _check_serve_extra() -> None:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """Binds the listening socket before the model loads, so a taken port fails at once with one line."""
+    """Binds and listens before the model loads: a taken port fails at once with one line, and from then on
+    connections are accepted (queued by the kernel until uvicorn takes them over), never refused."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -149,13 +200,8 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+        shown = f"[{host}]" if ":" in host else host
+        raise UserError(f"cannot listen on {shown}:{port}: {err.strerror or err}") from None
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
-
-
-def run_server(app: Any, sock: socket.socket, grace_s: float, log_level: str = "info") -> int:
-    """Serves `app` on the bound `sock` until SIGTERM/SIGINT, then drains (see `runner.DrainingServer`)."""
-    from cat_tts.server.runner import serve_forever
-
-    return serve_forever(app, sock, grace_s, log_level)

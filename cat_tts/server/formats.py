@@ -1,17 +1,19 @@
-"""Streaming audio encoders for the speech API: float32 samples in, bytes of the response format out, chunk by chunk.
+"""Audio encoders for the speech API: float32 samples in, bytes of the response format out.
 
-Every encoder turns the pieces the pipeline yields into bytes that can be sent at once, so a client can start playing
-before generation ends; the bytes of all calls concatenated are one valid file of the format:
+pcm, wav, mp3 and opus are streamed: each encoder turns the pieces the pipeline yields into bytes that can be sent
+at once, so a client plays before generation ends; the bytes of all calls concatenated are one valid file:
 
 * `pcm`: raw 16-bit little-endian mono (the OpenAI `pcm` format; the rate is the model's, 24 kHz).
 * `wav`: a RIFF header whose sizes say "unknown length" (0xFFFFFFFF, as streamed WAV from OpenAI and ffmpeg),
   then 16-bit PCM. Readers that trust the header read to the end of the data.
-* `flac`, `mp3`, `opus` (Ogg Opus): libsndfile (through `soundfile`) writes into an in-memory sink; what it has
-  written is sent after every piece. libsndfile seeks back at the end to patch a header (FLAC STREAMINFO totals,
-  the MP3 Xing/LAME tag); those bytes are already sent, so the patch is dropped: a streamed FLAC says "total
-  samples unknown" (valid FLAC; `soundfile.read` cannot read such files in one call, read them in blocks or with
-  ffmpeg), and the MP3 is constant-bitrate without a tag (decoders then keep the encoder delay, ~0.05 s).
-  Ogg Opus pages are flushed every `OPUS_PAGE_LATENCY_MS` so pages leave as audio is produced.
+* `mp3`, `opus` (Ogg Opus): libsndfile (through `soundfile`) writes into an in-memory sink; what it has written is
+  sent after every piece. At the end libsndfile seeks back to patch the MP3 Xing/LAME tag; those bytes have left,
+  so the patch is dropped and the MP3 is constant-bitrate without a tag (decoders then keep the encoder delay,
+  ~0.05 s). Ogg Opus pages are flushed every `OPUS_PAGE_LATENCY_MS` so pages leave as audio is produced.
+
+`flac` is not a playback-streaming format: its header (STREAMINFO) carries the total length, known only at the end,
+and readers such as `soundfile.read` refuse a FLAC without it. A FLAC answer is therefore encoded whole and sent
+complete, with correct totals (`AudioEncoder.streamed` is False).
 
 Shapes: S samples (mono, at the model's rate).
 """
@@ -50,6 +52,7 @@ class AudioEncoder(Protocol):
     """Encodes one response incrementally: `encode` for each piece, `finish` once at the end."""
 
     media_type: str
+    streamed: bool  # False: every byte comes from `finish` (the response is sent complete)
 
     def encode(self, samples: np.ndarray) -> bytes:
         """Encodes float32 samples `[S]` in [-1, 1] (clipped); returns the bytes ready to send (may be empty)."""
@@ -72,7 +75,7 @@ def make_encoder(fmt: str, sample_rate: int) -> AudioEncoder:
     if fmt == "wav":
         return WavEncoder(sample_rate)
     if fmt == "flac":
-        return SoundfileEncoder("flac", sample_rate, "FLAC", "PCM_16")
+        return WholeFileEncoder("flac", sample_rate, "FLAC", "PCM_16")
     if fmt == "mp3":
         return SoundfileEncoder("mp3", sample_rate, "MP3", "MPEG_LAYER_III", compression_level=MP3_COMPRESSION_LEVEL)
     if fmt == "opus":
@@ -95,6 +98,7 @@ class PcmEncoder:
     """Raw 16-bit little-endian mono."""
 
     media_type = MEDIA_TYPES["pcm"]
+    streamed = True
 
     def encode(self, samples: np.ndarray) -> bytes:
         return to_pcm16(samples)
@@ -107,6 +111,7 @@ class WavEncoder:
     """16-bit PCM WAV with a streaming header (RIFF and data sizes 0xFFFFFFFF = unknown), sent before the samples."""
 
     media_type = MEDIA_TYPES["wav"]
+    streamed = True
 
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
@@ -200,7 +205,9 @@ class _StreamSink(io.RawIOBase):
 
 
 class SoundfileEncoder:
-    """FLAC, MP3 or Ogg Opus through libsndfile, streamed (see the module docstring for the header caveats)."""
+    """MP3 or Ogg Opus through libsndfile, streamed (see the module docstring for the MP3 tag)."""
+
+    streamed = True
 
     def __init__(
         self,
@@ -248,6 +255,30 @@ class SoundfileEncoder:
             if self.name == "mp3":
                 data = _strip_mp3_tag_placeholder(data)
         return data
+
+
+class WholeFileEncoder:
+    """A format whose header needs the total length (FLAC): encoded into memory, returned whole by `finish`."""
+
+    streamed = False
+
+    def __init__(self, name: str, sample_rate: int, major: str, subtype: str) -> None:
+        import soundfile as sf
+
+        self.media_type = MEDIA_TYPES[name]
+        self._buffer = io.BytesIO()
+        self._file = sf.SoundFile(self._buffer, "w", samplerate=sample_rate, channels=1, format=major, subtype=subtype)
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        x = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+        if x.size:
+            self._file.write(x)
+        return b""
+
+    def finish(self) -> bytes:
+        if not self._file.closed:
+            self._file.close()  # writes the totals into the header
+        return self._buffer.getvalue()
 
 
 def _set_ogg_page_latency(file, milliseconds: float) -> None:

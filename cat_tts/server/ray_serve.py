@@ -24,7 +24,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("the Ray Serve deployment needs the ray extra: pip install 'cat-tts[ray]'") from err
 
 from cat_tts.errors import UserError
-from cat_tts.server.config import MIB, ServerConfig
+from cat_tts.server.config import ServerConfig
 from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class RayServeOptions:
     max_queued_requests: int = 256  # requests Ray holds before any replica takes them (-1: unbounded)
     voices_dir: str = ""  # shared voices directory ("" = the default, per machine)
     api_key: str = ""  # "" = no key (CAT_TTS_API_KEY is not read here: pass it explicitly)
+    public_metrics: int = 0  # 1: /metrics without the key
     model_id: str = ""  # id reported by /v1/models ("" = the model value)
     max_input_chars: int = 4096
     max_new_frames: int = 0  # 0 = no cap
@@ -76,21 +77,26 @@ class RayServeOptions:
         return cls(**values)
 
     def server_config(self) -> ServerConfig:
+        """The server's settings (errors name the `key=value` option: the fields have the same names)."""
         kwargs: dict[str, Any] = dict(
             model_id=self.model_id or self.model,
             api_key=self.api_key or None,
+            public_metrics=bool(self.public_metrics),
             max_input_chars=self.max_input_chars,
-            max_upload_bytes=int(self.max_upload_mb * MIB),
+            max_upload_mb=self.max_upload_mb,
             max_new_frames=self.max_new_frames or None,
             min_new_frames=self.min_new_frames,
-            request_timeout_s=self.request_timeout,
+            request_timeout=self.request_timeout,
         )
         if self.voices_dir:
             kwargs["voices_dir"] = self.voices_dir
-        try:
-            return ServerConfig(**kwargs)
-        except ValueError as err:
-            raise UserError(str(err)) from None
+        return ServerConfig(**kwargs)
+
+    def engine_config(self) -> Any:
+        from cat_tts.cli import COMPILE_MODES
+        from cat_tts.generation import EngineConfig
+
+        return EngineConfig(max_slots=self.max_slots, max_queue=self.max_queue, compile=COMPILE_MODES[self.compile])
 
     def deployment_options(self) -> dict[str, Any]:
         """Arguments of `serve.deployment` (replicas, resources, autoscaling)."""
@@ -124,26 +130,31 @@ class SpeechServer:
     """One replica: loads the pipeline on its device, then serves the same app as serve.py."""
 
     def __init__(self, options: RayServeOptions) -> None:
-        from cat_tts.cli import COMPILE_MODES
         from cat_tts.server.app import create_app
         from cat_tts.server.backend import load_backend
+        from cat_tts.server.voices import check_writable
 
-        backend = load_backend(options.model, options.codec, [options.device], options.dtype, options.max_slots,
-                               options.max_queue, COMPILE_MODES[options.compile])  # fmt: skip
-        self._app = create_app(backend, options.server_config())
-        self._app.state.cat.startup()  # also when Ray does not run the app's lifespan (idempotent)
+        config = options.server_config()
+        check_writable(config.voices_dir, "voices_dir")
+        backend = load_backend(options.model, options.codec, [options.device], options.dtype, options.engine_config())
+        self._app = create_app(config, backend)
+        state = self._app.state.cat
+        state.startup()  # here, not in the app's lifespan: Ray does not run it for ingress deployments
+        if state.startup_error is not None:
+            raise state.startup_error
 
     def __serve_build_asgi_app__(self):
         return self._app
 
     def __del__(self) -> None:
         state = getattr(getattr(self, "_app", None), "state", None)
-        if state is not None and hasattr(state, "cat"):
+        if state is not None and hasattr(state, "cat") and state.cat.backend is not None:
             state.cat.backend.close(0.0)
 
 
 def build_app(args: dict[str, Any]) -> Any:
     """The application for `serve run cat_tts.server.ray_serve:build_app key=value ...` (or `serve.run`)."""
     options = RayServeOptions.from_args(args)
+    options.server_config()  # checked here too (FieldError, a UserError), so `serve run` says it before any replica
     deployment = serve.deployment(SpeechServer, **options.deployment_options())
     return deployment.bind(options)

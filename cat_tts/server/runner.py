@@ -1,24 +1,31 @@
-"""Runs the app under uvicorn with a drain step on SIGTERM/SIGINT (and exit status 0 after a clean drain)."""
+"""Runs the app under uvicorn: bounded request parsing, a drain step on SIGTERM/SIGINT, and an exit status that says
+whether start-up worked."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
-import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 
+from cat_tts.errors import USER_ERROR_EXIT_CODE, UserError
+from cat_tts.server.config import ServerConfig
+from cat_tts.server.limits import uvicorn_limits
+
 logger = logging.getLogger(__name__)
 
 
+def uvicorn_config(app: Any, config: ServerConfig, log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's settings for the speech app (the h11 parser with the header limit, lifespan on)."""
+    return uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5,
+                          **uvicorn_limits(config))  # fmt: skip
+
+
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server with a drain step.
+    """uvicorn's server with a drain step, which also stops when the app's start-up failed.
 
     The first SIGTERM/SIGINT marks the app as draining (new speech requests get 503, /health says "draining"),
     waits up to `grace_s` for the streams in flight, cancels the rest, then lets uvicorn shut down (the app's
@@ -32,9 +39,19 @@ class DrainingServer(uvicorn.Server):
         self._drain_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def app_state(self) -> Any:
+        return getattr(getattr(self.config.app, "state", None), "cat", None)
+
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def on_tick(self, counter: int) -> bool:
+        state = self.app_state
+        if state is not None and state.startup_error is not None:
+            return True  # nothing to serve: exit (main reports why)
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self._drain_task is not None or self._loop is None:
@@ -50,7 +67,7 @@ class DrainingServer(uvicorn.Server):
             self._drain_task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
-        state = getattr(getattr(self.config.app, "state", None), "cat", None)
+        state = self.app_state
         try:
             if state is not None:
                 await state.drain(self.grace_s)
@@ -58,41 +75,23 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
-def serve_forever(app: Any, sock: socket.socket, grace_s: float, log_level: str = "info") -> int:
-    """Serves `app` on the bound `sock` until SIGTERM/SIGINT; returns 0 after a clean shutdown, 1 if it never
-    started (the app's startup failed: see the log)."""
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="on")
-    server = DrainingServer(config, grace_s)
+def url_of(sock: socket.socket) -> str:
+    """The base URL of a bound socket (IPv6 addresses in brackets)."""
     host, port = sock.getsockname()[:2]
-    logger.info("cat-tts speech server on http://%s:%d (POST /v1/audio/speech)", host, port)
-    server.run(sockets=[sock])
-    return 0 if server.started else 1
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-@contextlib.contextmanager
-def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 300.0) -> Iterator[str]:
-    """Runs `app` under uvicorn in a background thread (benchmarks, notebooks); yields its base URL once the app is
-    ready (for the speech app: its engines warm).
+def serve_forever(app: Any, sock: socket.socket, config: ServerConfig, log_level: str = "info") -> int:
+    """Serves `app` on the bound `sock` until SIGTERM/SIGINT.
 
-    Raises:
-        RuntimeError: the server did not start within `timeout_s` (e.g. the app's startup failed).
+    Returns:
+        0 after a clean shutdown; `USER_ERROR_EXIT_CODE` when start-up failed on the user's input (the reason is
+        printed as one line: bad weights, a limit no request can meet...); 1 for any other failure (logged).
     """
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    state = getattr(getattr(app, "state", None), "cat", None)  # the speech app's state: wait for its warm-up too
-    while not server.started or (state is not None and not state.ready and state.startup_error is None):
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            raise RuntimeError("the server did not start (see the log)")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        sock.close()
+    server = DrainingServer(uvicorn_config(app, config, log_level), config.shutdown_grace)
+    logger.info("cat-tts speech server on %s (POST /v1/audio/speech); /health says when it is ready", url_of(sock))
+    server.run(sockets=[sock])
+    error = getattr(server.app_state, "startup_error", None)
+    if isinstance(error, UserError):
+        return USER_ERROR_EXIT_CODE
+    return 1 if error is not None or not server.started else 0

@@ -1,10 +1,10 @@
-"""Bridges one request's blocking audio iterator to the event loop.
+"""Bridges one request's blocking audio stream to the event loop.
 
-The pipeline's stream blocks in `next()` until the engine has the next piece, so each request's iterator runs in
-its own thread (`AudioPump`), which also encodes the pieces (MP3/Opus/FLAC encoding costs CPU that must not stall
-the event loop) and hands bytes to the loop through an `asyncio.Queue`. Only that thread touches the iterator:
-`cancel()` sets a flag the thread checks after every piece, then it closes the iterator, which frees the engine
-slot. A Python generator cannot be closed from another thread while it runs, hence the flag.
+The pipeline's stream blocks in `next()` until the engine has the next piece, so each request's stream runs in its
+own thread (`AudioPump`), which also encodes the pieces (MP3/Opus/FLAC encoding costs CPU that must not stall the
+event loop) and hands bytes to the loop through an `asyncio.Queue`. `cancel()` (from the loop) cancels the stream
+itself, which is thread-safe and frees the request's engine slot at once, queued or running: a client that leaves
+while its request waits for a slot leaves the queue at that moment.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
+from cat_tts.server.backend import AudioStream
 from cat_tts.server.formats import AudioEncoder
 
 logger = logging.getLogger(__name__)
@@ -30,53 +28,59 @@ class Chunk:
     data: bytes  # encoded bytes (may be empty: the encoder is buffering)
     samples: int  # samples this chunk carries (0 for the final flush)
     final: bool = False  # the last chunk of a completed stream
-    cancelled: bool = False  # the stream was cancelled (by the server: time limit, shutdown); nothing follows
+    cancelled: bool = False  # the server cancelled the stream (time limit, shutdown, client gone); nothing follows
 
 
 class AudioPump:
-    """Runs `pieces` in a thread, encodes each piece with `encoder`, and queues the bytes for the event loop.
+    """Runs `stream` in a thread, encodes each piece with `encoder`, and queues the bytes for the event loop.
 
     Args:
-        pieces: the pipeline's lazy audio iterator (float32 pieces); closed by the pump thread when done.
+        stream: the backend's audio stream (float32 pieces).
         encoder: the response format's encoder.
         loop: the event loop that consumes the chunks.
-        name: thread name (for logs).
     """
 
-    def __init__(self, pieces: Iterator[np.ndarray], encoder: AudioEncoder, loop: asyncio.AbstractEventLoop,
-                 name: str = "audio-pump") -> None:  # fmt: skip
-        self._pieces = pieces
+    def __init__(self, stream: AudioStream, encoder: AudioEncoder, loop: asyncio.AbstractEventLoop) -> None:
+        self.stream = stream
         self._encoder = encoder
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
         self._pending: asyncio.Future | None = None  # a queue read that outlived a timeout (kept, so no item is lost)
         self._cancelled = threading.Event()
-        self.done = threading.Event()  # set when the thread has closed the iterator
         self.samples = 0  # samples produced so far
         self.started_at = time.monotonic()
         self.first_audio_at: float | None = None  # monotonic time of the first non-empty piece
         self.finished_at: float | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="speech-pump", daemon=True)
 
     def start(self) -> AudioPump:
         self._thread.start()
         return self
 
     def cancel(self) -> None:
-        """Stops the generation after the piece in progress and ends the stream for its reader at once.
-
-        Call it from the event loop's thread; idempotent.
-        """
-        if not self._cancelled.is_set():
-            self._cancelled.set()
-            self._queue.put_nowait(Chunk(b"", 0, cancelled=True))
+        """Cancels the generation now (its engine slot is freed, queued or running) and ends the stream for its
+        reader. Call it from the event loop's thread; idempotent."""
+        if self._cancelled.is_set():
+            return
+        self._cancelled.set()
+        try:
+            self.stream.cancel()
+        except Exception:  # pragma: no cover - cancelling must never fail the request handling
+            logger.exception("cancelling a generation failed")
+        self._queue.put_nowait(Chunk(b"", 0, cancelled=True))
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    @property
+    def depth(self) -> int | None:
+        """The depth of the first segment, once it was admitted (known when its first chunk has arrived)."""
+        depths = self.stream.depths
+        return depths[0] if depths else None
+
     async def get(self, timeout: float | None) -> Chunk:
-        """The next chunk. Raises the iterator's exception, or `TimeoutError` after `timeout` seconds."""
+        """The next chunk. Raises the stream's exception, or `TimeoutError` after `timeout` seconds."""
         if self._pending is None:
             self._pending = asyncio.ensure_future(self._queue.get())
         done, _ = await asyncio.wait({self._pending}, timeout=timeout)
@@ -103,24 +107,17 @@ class AudioPump:
 
     def _run(self) -> None:
         try:
-            for piece in self._pieces:
+            for piece in self.stream:
                 if piece.size and self.first_audio_at is None:
                     self.first_audio_at = time.monotonic()
                 self.samples += int(piece.size)
-                if self._cancelled.is_set():
-                    break
-                if not self._put(Chunk(self._encoder.encode(piece), int(piece.size))) or self._cancelled.is_set():
-                    break
-            else:
+                if self._cancelled.is_set() or not self._put(Chunk(self._encoder.encode(piece), int(piece.size))):
+                    return
+            if not self._cancelled.is_set():  # a cancelled stream ends early: it must not look complete
                 self.finished_at = time.monotonic()
                 self._put(Chunk(self._encoder.finish(), 0, final=True))
-        except BaseException as err:  # handed to the request, which answers it (a 4xx, a 429 or a logged 500)
-            self._put(err)
+        except BaseException as err:  # handed to the request, which answers it (a 4xx, 429, 503, or a cut stream)
+            if not self._cancelled.is_set():
+                self._put(err)
         finally:
-            try:
-                close = getattr(self._pieces, "close", None)
-                if close is not None:
-                    close()
-            except Exception:
-                logger.exception("closing a generation failed")
-            self.done.set()
+            self.stream.cancel()  # idempotent; frees the slot if the stream stopped early

@@ -11,11 +11,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `tests.server` and `cat_tts`
 
 from cat_tts.server.app import create_app  # noqa: E402
-from cat_tts.server.backend import PipelineBackend  # noqa: E402
 from cat_tts.server.config import ServerConfig  # noqa: E402
 from cat_tts.server.runner import serve_forever  # noqa: E402
 from tests.server.conftest import free_socket  # noqa: E402
-from tests.server.fakes import FakeTTS  # noqa: E402
+from tests.server.fakes import FakeBackend  # noqa: E402
 
 
 def main() -> int:
@@ -26,13 +25,13 @@ def main() -> int:
     p.add_argument("--grace", type=float, default=30.0)
     args = p.parse_args()
     logging.basicConfig(level="INFO")
-    tts = FakeTTS(frame_time=args.frame_time)
-    config = ServerConfig(voices_dir=Path(args.voices_dir), shutdown_grace_s=args.grace)
-    app = create_app(PipelineBackend(tts, codec_id="fake"), config)
+    backend = FakeBackend(frame_time=args.frame_time)
+    config = ServerConfig(voices_dir=Path(args.voices_dir), shutdown_grace=args.grace)
+    app = create_app(config, backend)
     sock = free_socket()
     Path(args.port_file).write_text(str(sock.getsockname()[1]))
-    code = serve_forever(app, sock, args.grace, "info")
-    logging.getLogger("fake_serve").info("engine closed with grace %s", tts.closed_with)
+    code = serve_forever(app, sock, config, "info")
+    logging.getLogger("fake_serve").info("engine closed with grace %s", backend.closed_with)
     return code
 
 

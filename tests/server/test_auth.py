@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from cat_tts.server.cli import _config_from_args, build_parser
+from cat_tts.server.cli import _settings, build_parser
 
 openai = pytest.importorskip("openai")  # the official client (tests only)
 
@@ -47,12 +47,18 @@ def test_no_key_means_open(fake_server):
                       headers={"Authorization": "Bearer anything"}).status_code == 200  # fmt: skip
 
 
+def test_public_metrics_need_no_key(make_fake_server):
+    server = make_fake_server(api_key=KEY, public_metrics=True)
+    assert httpx.get(f"{server.url}/metrics").status_code == 200
+    assert httpx.get(f"{server.url}/v1/models").status_code == 401  # the API still needs it
+
+
 def test_key_from_the_environment(monkeypatch):
     monkeypatch.setenv("CAT_TTS_API_KEY", "from-env")
-    config, _ = _config_from_args(build_parser().parse_args(["--device", "cpu"]))
+    config, _, _ = _settings(build_parser().parse_args(["--device", "cpu"]))
     assert config.api_key == "from-env"
-    config, _ = _config_from_args(build_parser().parse_args(["--device", "cpu", "--api-key", "flag"]))
+    config, _, _ = _settings(build_parser().parse_args(["--device", "cpu", "--api-key", "flag"]))
     assert config.api_key == "flag"
     monkeypatch.delenv("CAT_TTS_API_KEY")
-    config, devices = _config_from_args(build_parser().parse_args(["--devices", "cpu,cpu"]))
-    assert config.api_key is None and devices == ["cpu", "cpu"]
+    config, _, devices = _settings(build_parser().parse_args(["--devices", "cpu,cpu", "--public-metrics"]))
+    assert config.api_key is None and devices == ["cpu", "cpu"] and config.public_metrics

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .fakes import FakeTTS
+from .conftest import wait_for
+from .fakes import FakeBackend
 
 BODY = {"input": "A long one.", "response_format": "pcm"}
 FAKE_SERVE = Path(__file__).with_name("fake_serve.py")
@@ -30,35 +31,40 @@ def _wait(predicate, timeout: float, step: float = 0.02) -> float:
     return time.monotonic() - start
 
 
-def test_dropped_client_frees_its_slot_within_two_seconds(make_fake_server):
-    server = make_fake_server(FakeTTS(frame_time=0.02, max_slots=1, max_queue=0))
-    with httpx.stream("POST", f"{server.url}/v1/audio/speech", json={**BODY, "max_new_frames": 5000},
+def test_dropped_client_frees_its_slot(make_fake_server):
+    server = make_fake_server(FakeBackend(frame_time=0.02, max_slots=1, max_queue=0))
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", json={**BODY, "max_new_frames": 1500},
                       timeout=30) as response:  # fmt: skip
         assert response.status_code == 200
-        next(response.iter_bytes())  # the first chunk, then drop the connection
+        chunks = response.iter_bytes()
+        next(chunks)  # the first chunk, then drop the connection
         assert server.health()["active_requests"] == 1
-    gone = _wait(lambda: server.health()["active_requests"] == 0, timeout=2.0)
-    call = server.tts.calls[0]
-    assert call.cancelled and not call.finished and call.frames_done < 5000
-    assert gone < 2.0 and server.state.pumps == set()
+    wait_for(lambda: server.health()["active_requests"] == 0)
+    call = server.backend.calls[0]
+    assert call.cancelled and not call.finished and call.frames_done < 1500
+    assert server.state.pumps == set()
     # the one slot is free again: a new request is admitted (max_queue=0: it would be a 429 otherwise)
     again = httpx.post(f"{server.url}/v1/audio/speech", json={**BODY, "max_new_frames": 3}, timeout=30)
     assert again.status_code == 200 and len(again.content) == 3 * 1920 * 2
 
 
-def test_client_that_leaves_while_queued_is_cancelled(make_fake_server):
-    server = make_fake_server(FakeTTS(frame_time=0.02, max_slots=1, max_queue=4))
+def test_client_that_leaves_while_queued_leaves_the_queue(make_fake_server):
+    server = make_fake_server(FakeBackend(frame_time=0.02, max_slots=1, max_queue=1))
     holder = threading.Thread(target=httpx.post, args=(f"{server.url}/v1/audio/speech",),
-                              kwargs={"json": {**BODY, "max_new_frames": 60}, "timeout": 30})  # fmt: skip
+                              kwargs={"json": {**BODY, "max_new_frames": 300}, "timeout": 30})  # fmt: skip
     holder.start()
-    _wait(lambda: server.health()["active_requests"] == 1, timeout=5)
+    wait_for(lambda: server.health()["active_requests"] == 1)
     try:  # queued behind the holder; give up before it is admitted
-        httpx.post(f"{server.url}/v1/audio/speech", json={**BODY, "max_new_frames": 1000}, timeout=0.3)
+        httpx.post(f"{server.url}/v1/audio/speech", json={**BODY, "max_new_frames": 1000}, timeout=0.5)
     except httpx.TimeoutException:
         pass
+    wait_for(lambda: server.health()["queued_requests"] == 0)
+    assert server.health()["active_requests"] == 1  # the holder still generates
+    queued = server.backend.calls[1]
+    assert queued.cancelled and queued.admitted_at is None
+    nxt = httpx.post(f"{server.url}/v1/audio/speech", json={**BODY, "max_new_frames": 2}, timeout=30)
+    assert nxt.status_code == 200  # its place in the queue is free (the queue holds one)
     holder.join()
-    _wait(lambda: len(server.tts.calls) == 2 and server.tts.calls[1].released_at is not None, timeout=5)
-    assert server.tts.calls[1].cancelled and server.tts.calls[1].frames_done <= 2
 
 
 def _start_fake_process(tmp_path, *args) -> tuple[subprocess.Popen, str]:
@@ -86,9 +92,12 @@ def _stream_in_background(url: str, frames: int) -> tuple[threading.Thread, dict
         with httpx.stream("POST", f"{url}/v1/audio/speech", json={**BODY, "max_new_frames": frames},
                           timeout=60) as response:  # fmt: skip
             result["status"] = response.status_code
-            for chunk in response.iter_bytes():
-                result["bytes"] += len(chunk)
-                result["first"].set()
+            try:
+                for chunk in response.iter_bytes():
+                    result["bytes"] += len(chunk)
+                    result["first"].set()
+            except httpx.HTTPError as err:
+                result["error"] = err
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -106,7 +115,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path):
         assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
         assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "draining"
         thread.join(30)
-        assert result["status"] == 200 and result["bytes"] == 40 * 1920 * 2  # finished, not cut
+        assert result["status"] == 200 and result["bytes"] == 40 * 1920 * 2 and "error" not in result  # whole
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
     finally:
@@ -119,13 +128,12 @@ def test_sigterm_cancels_what_outlives_the_grace_period(tmp_path):
     proc, url = _start_fake_process(tmp_path, "--frame-time", "0.03", "--grace", "0.5")
     try:
         thread, result = _stream_in_background(url, frames=2000)  # a minute of generation
-        start = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
-        assert time.monotonic() - start < 10
         thread.join(30)
         assert 0 < result["bytes"] < 2000 * 1920 * 2
+        assert isinstance(result.get("error"), httpx.RemoteProtocolError), result  # cut short: the read fails
         assert "cancelling 1 streams" in out
     finally:
         if proc.poll() is None:

@@ -10,14 +10,14 @@ import time
 import httpx
 import numpy as np
 
-from .fakes import FakeTTS, expected_audio
+from .fakes import FakeBackend, expected_audio
 from .load import request_audio, rss_mb, run_load
 
 MEMORY_BOUND_MB = 300  # RSS growth of this process (server + 32 clients) over one load run
 
 
 def test_32_concurrent_clients(make_fake_server):
-    server = make_fake_server(FakeTTS(frame_time=0.004, max_slots=8, max_queue=32))
+    server = make_fake_server(FakeBackend(frame_time=0.004, max_slots=8, max_queue=32))
     greedy = {"input": "Same every time.", "response_format": "pcm", "do_sample": False, "depth": 12,
               "max_new_frames": 10}  # fmt: skip
     alone = request_audio(server.url, greedy, sse=False)
@@ -34,7 +34,7 @@ def test_32_concurrent_clients(make_fake_server):
     idle = httpx.get(f"{server.url}/health").json()
     assert idle["active_requests"] == 0 and idle["queued_requests"] == 0 and idle["open_streams"] == 0
     assert rss_mb() - before < MEMORY_BOUND_MB
-    assert max(c.depth or 0 for c in server.tts.calls) > 1
+    assert max(c.depth or 0 for c in server.backend.calls) > 1
     # every client got its own stream (no cross-talk): the fake's tone depends on depth and seed
     for r in results:
         if r.fmt in ("pcm", "wav", "flac"):

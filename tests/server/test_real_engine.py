@@ -1,226 +1,418 @@
-"""The server on the real pipeline and continuous-batching engine (tiny random checkpoints from make_tiny, CPU):
-the OpenAI client gets every format at 24 kHz with exactly the generated frames, streaming streams, SSE, voices
-are encoded by the real codec, and a dropped client frees its engine slot for the next request within 2 s."""
+"""The server on the real pipeline and continuous-batching engine (tiny random checkpoints from make_tiny, CPU),
+through real HTTP: the official OpenAI client, and raw sockets where a client misbehaves.
+
+Issue 16: every format is a file soundfile and ffmpeg read (7); a stream cut short (time limit, engine failure,
+shutdown past its grace) makes the client's read fail and is counted (2); a client that leaves while queued leaves
+the queue at once (3); nothing a client sends gets a 5xx (4); stored voices survive how the codec is named, and a
+second server's start-up leaves them alone (5).
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
+import logging
+import signal
+import socket
+import threading
 import time
+from dataclasses import replace
 
 import httpx
-import numpy as np
 import pytest
+import soundfile as sf
 
 from cat_tts.server.formats import SUPPORTED_FORMATS
 
-from .audio_check import FRAME_SAMPLES, check_duration, decode
-from .conftest import serve_real
+from .audio_check import FRAME_SAMPLES, decode, decode_ffmpeg
+from .conftest import serve_real, wait_for
 from .fakes import Clip
+
+openai = pytest.importorskip("openai")  # the official client (tests only)
+
+SPEECH = {"input": "Hello from the real engine.", "response_format": "pcm"}
 
 
 @pytest.fixture(scope="module")
-def one_slot_server(tiny_dirs, tmp_path_factory):
-    """One engine slot and no queue: a second concurrent request would be a 429, so a 200 proves the slot is free."""
-    with serve_real(tiny_dirs, tmp_path_factory.mktemp("voices"), max_slots=1, max_queue=0) as server:
-        yield server
+def server(tiny_dirs, tmp_path_factory):
+    """One engine slot and a queue of one: a third concurrent request is a 429, so a 200 or a queued request proves
+    that a slot or a queue place was freed."""
+    with serve_real(tiny_dirs, tmp_path_factory.mktemp("voices"), max_slots=1, max_queue=1) as running:
+        yield running
 
 
-def _idle(server, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while server.health()["active_requests"] and time.monotonic() < deadline:
-        time.sleep(0.02)
+@pytest.fixture
+def idle(server):
+    """The module's server with nothing in flight, before and after the test (and its settings put back)."""
+    config = server.state.config
+    wait_for(lambda: server.health()["active_requests"] + server.health()["queued_requests"] == 0, timeout=60)
+    yield server
+    server.state.config = config
+    wait_for(lambda: server.health()["active_requests"] + server.health()["queued_requests"] == 0, timeout=60)
+
+
+@contextlib.contextmanager
+def slow_frames(server, seconds: float = 0.05, fail: threading.Event | None = None):
+    """Every engine frame takes at least `seconds` (so a long request outlives a short time limit by far), and
+    raises while `fail` is set (an engine failure that no single request caused)."""
+    runner = server.backend.tts.engine.runner
+    frame = runner.frame
+
+    def slowed(*args, **kwargs):
+        if fail is not None and fail.is_set():
+            raise RuntimeError("injected device failure")
+        time.sleep(seconds)
+        return frame(*args, **kwargs)
+
+    runner.frame = slowed
+    try:
+        yield
+    finally:
+        del runner.frame  # the class's method again
+
+
+def _stream(url: str, body: dict, result: dict, started: threading.Event | None = None) -> None:
+    """Reads a streamed answer into `result` (status, bytes, the error the read raised)."""
+    result.update(bytes=0, error=None)
+    try:
+        with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=120) as response:
+            result["status"] = response.status_code
+            for chunk in response.iter_bytes():
+                result["bytes"] += len(chunk)
+                if started is not None:
+                    started.set()
+    except httpx.HTTPError as err:
+        result["error"] = err
+    finally:
+        if started is not None:
+            started.set()
+
+
+# ---------------------------------------------------------------------------------------------------- formats (7)
 
 
 @pytest.mark.parametrize("fmt", SUPPORTED_FORMATS)
-def test_formats_have_24khz_and_the_generated_frames(one_slot_server, fmt):
-    _idle(one_slot_server)
+def test_every_format_is_a_file_soundfile_and_ffmpeg_read(idle, fmt):
     frames = 7
-    response = one_slot_server.openai().audio.speech.create(
+    response = idle.openai().audio.speech.create(
         model="tiny", input="Hello from the real engine.", voice="default", response_format=fmt,
         extra_body={"depth": 8, "seed": 1, "max_new_frames": frames, "min_new_frames": frames},
     )  # fmt: skip
-    samples, rate = decode(response.content, fmt)
-    assert rate == 24000
-    check_duration(samples, fmt, frames * FRAME_SAMPLES)
-    assert samples.std() > 0  # noise from random weights, but not silence
+    data, headers = response.content, response.response.headers
+    samples, rate = decode(data, fmt)  # soundfile.read(io.BytesIO(data)) for every format but raw pcm
+    assert rate == 24000 and samples.std() > 0  # noise from random weights, but not silence
+    via_ffmpeg = decode_ffmpeg(data, fmt)
+    if fmt == "mp3":  # the encoder's delay and last-frame padding, no tag to trim them
+        assert frames * FRAME_SAMPLES <= samples.size <= frames * FRAME_SAMPLES + 3500
+        assert frames * FRAME_SAMPLES <= via_ffmpeg.size <= frames * FRAME_SAMPLES + 3500
+    else:
+        assert samples.size == via_ffmpeg.size == frames * FRAME_SAMPLES
+    if fmt == "flac":  # complete, with its totals and length
+        assert sf.info(io.BytesIO(data)).frames == frames * FRAME_SAMPLES
+        assert int(headers["content-length"]) == len(data) and "transfer-encoding" not in headers
+    else:
+        assert headers["transfer-encoding"] == "chunked"
+    assert headers["x-cat-tts-depth"] == "8" and headers["x-cat-tts-bitrate-kbps"] == "1"
 
 
-def test_streaming_pcm_starts_well_before_the_end(one_slot_server):
-    _idle(one_slot_server)
-    frames = 60
-    start, first_at, data = time.monotonic(), None, b""
-    with one_slot_server.openai().audio.speech.with_streaming_response.create(
+def test_streaming_pcm_starts_well_before_the_end(idle):
+    frames, received = 60, []
+    base = idle.health()["frames_generated"]
+    with slow_frames(idle), idle.openai().audio.speech.with_streaming_response.create(
         model="tiny", input="A longer sentence for streaming.", voice="default", response_format="pcm",
         extra_body={"depth": 4, "max_new_frames": frames, "min_new_frames": frames},
     ) as response:  # fmt: skip
         for chunk in response.iter_bytes():
-            if chunk and first_at is None:
-                first_at = time.monotonic() - start
-            data += chunk
-    total = time.monotonic() - start
-    assert len(data) == frames * FRAME_SAMPLES * 2
-    assert first_at < total / 3, (first_at, total)
+            received.append((len(chunk), idle.health()["frames_generated"] - base))
+    assert sum(n for n, _ in received) == frames * FRAME_SAMPLES * 2
+    assert received[0][1] < frames // 2  # the first bytes came while most frames were still to be generated
 
 
-def test_sse_and_greedy_determinism(one_slot_server):
-    _idle(one_slot_server)
+def test_sse_greedy_determinism_and_depth_auto(idle):
     body = {"input": "Deterministic.", "response_format": "pcm", "stream_format": "sse", "do_sample": False,
-            "depth": 6, "max_new_frames": 8, "min_new_frames": 8}  # fmt: skip
+            "depth": "auto", "max_depth": 6, "max_new_frames": 8, "min_new_frames": 8}  # fmt: skip
 
-    def audio() -> bytes:
-        with httpx.stream("POST", f"{one_slot_server.url}/v1/audio/speech", json=body, timeout=120) as response:
+    def audio() -> tuple[bytes, int, str]:
+        with httpx.stream("POST", f"{idle.url}/v1/audio/speech", json=body, timeout=120) as response:
             events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+            header = response.headers["x-cat-tts-depth"]
         assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] == 8
-        return b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+        data = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+        return data, events[-1]["depth"], header
 
-    first = audio()
-    assert len(first) == 8 * FRAME_SAMPLES * 2 and audio() == first
+    first, depth, header = audio()
+    assert len(first) == 8 * FRAME_SAMPLES * 2 and 1 <= depth <= 6 and header == str(depth)  # the depth used
+    assert audio() == (first, depth, header)
 
 
-def test_uploaded_voice_is_encoded_and_used(one_slot_server):
-    _idle(one_slot_server)
-    client = one_slot_server.openai()
+def test_uploaded_voice_is_encoded_and_used(idle):
+    client = idle.openai()
     voice = client.audio.voices.create(name="tone", audio_sample=("t.wav", Clip(seconds=2.0).data, "audio/wav"),
                                        consent="none")  # fmt: skip
-    assert voice.id == "tone"
-    codes = one_slot_server.state.voices.get("tone").codes
-    assert codes.shape == (32, 25)  # 2 s at 12.5 frames/s, all 32 layers
+    assert voice.id == "tone" and idle.state.voices.get("tone").codes.shape == (32, 25)  # 2 s at 12.5 frames/s
     audio = client.audio.speech.create(model="tiny", input="In the new voice.", voice="tone", response_format="wav",
                                        extra_body={"max_new_frames": 5, "min_new_frames": 5})  # fmt: skip
-    samples, _ = decode(audio.content, "wav")
-    assert samples.size == 5 * FRAME_SAMPLES
-    silent = httpx.post(f"{one_slot_server.url}/v1/audio/voices", data={"name": "quiet"},
-                        files={"audio": ("q.wav", Clip(seconds=0.3).data, "audio/wav")})  # fmt: skip
-    assert silent.status_code == 400 and "too short" in silent.json()["error"]["message"]  # the pipeline's check
+    assert decode(audio.content, "wav")[0].size == 5 * FRAME_SAMPLES
+    short = httpx.post(f"{idle.url}/v1/audio/voices", data={"name": "quiet"},
+                       files={"audio": ("q.wav", Clip(seconds=0.3).data, "audio/wav")})  # fmt: skip
+    assert short.status_code == 400 and "too short" in short.json()["error"]["message"]  # the pipeline's check
+    assert short.json()["error"]["param"] == "audio"
     assert client.audio.voices.delete("tone").deleted
 
 
-def test_dropped_client_frees_its_slot_within_two_seconds(one_slot_server):
-    _idle(one_slot_server)
-    url = one_slot_server.url
-    with httpx.stream("POST", f"{url}/v1/audio/speech", timeout=60, json={
-        "input": "This would go on for a long time.", "response_format": "pcm", "max_new_frames": 400,
-        "min_new_frames": 400,
-    }) as response:  # fmt: skip
+# ---------------------------------------------------------------------------------------------------- leaving (3)
+
+
+def test_a_dropped_client_frees_its_slot(idle):
+    with httpx.stream("POST", f"{idle.url}/v1/audio/speech", timeout=60,
+                      json={**SPEECH, "max_new_frames": 1500, "min_new_frames": 1500}) as response:  # fmt: skip
         assert response.status_code == 200
-        next(response.iter_bytes())
-        assert one_slot_server.health()["active_requests"] == 1
-    dropped = time.monotonic()
-    while one_slot_server.health()["active_requests"]:
-        assert time.monotonic() - dropped < 2.0, one_slot_server.health()
-        time.sleep(0.02)
-    frames_before = one_slot_server.health()["frames_generated"]
-    assert frames_before < 400  # it stopped early
-    again = httpx.post(
-        f"{url}/v1/audio/speech",
-        timeout=60,
-        json={"input": "Next.", "response_format": "pcm", "max_new_frames": 3, "min_new_frames": 3},
-    )
+        chunks = response.iter_bytes()
+        next(chunks)
+        assert idle.health()["active_requests"] == 1
+    wait_for(lambda: idle.health()["active_requests"] == 0)
+    again = httpx.post(f"{idle.url}/v1/audio/speech", json={**SPEECH, "max_new_frames": 3}, timeout=60)
     assert again.status_code == 200 and len(again.content) == 3 * FRAME_SAMPLES * 2  # the only slot, reused
 
 
-@pytest.mark.slow
-def test_32_concurrent_clients_on_the_engine(tiny_dirs, tmp_path):
-    """32 concurrent clients (mixed depths, formats, SSE) on 8 engine slots and a queue of 32: all succeed with
-    valid audio, the engine returns to idle, memory stays bounded, and a greedy request gives the same audio alone
-    and in the middle of the load (batch invariance through the whole server)."""
-    from .load import request_audio, rss_mb, run_load
+def test_a_client_that_leaves_while_queued_leaves_the_queue_at_once(idle):
+    """--max-slots 1 --max-queue 1: a queued client that gives up after 1 s is gone from the queue at once, and the
+    next client is queued, not refused."""
+    body = {**SPEECH, "max_new_frames": 1500, "min_new_frames": 1500}
+    nxt = {}
+    with slow_frames(idle), httpx.stream("POST", f"{idle.url}/v1/audio/speech", json=body, timeout=120) as holder:
+        chunks = holder.iter_bytes()
+        next(chunks)  # the holder has the only slot
+        with pytest.raises(httpx.TimeoutException):  # queued behind it; gives up after 1 s
+            httpx.post(f"{idle.url}/v1/audio/speech", json={**SPEECH, "max_new_frames": 5}, timeout=1.0)
+        wait_for(lambda: idle.health()["queued_requests"] == 0)  # gone from the queue, not when a slot frees
+        assert idle.health()["active_requests"] == 1
+        waiter = threading.Thread(target=_stream, args=(idle.url, {**SPEECH, "max_new_frames": 3}, nxt))
+        waiter.start()
+        wait_for(lambda: idle.health()["queued_requests"] == 1 or "status" in nxt)
+        assert "status" not in nxt  # queued (a 429 would have answered at once)
+    waiter.join(60)  # the holder left: the waiter got the slot
+    assert nxt["status"] == 200 and nxt["bytes"] == 3 * FRAME_SAMPLES * 2
 
-    with serve_real(tiny_dirs, tmp_path / "voices", max_slots=8, max_queue=32) as server:
-        greedy = {"input": "Same every time.", "response_format": "pcm", "do_sample": False, "depth": 12,
-                  "max_new_frames": 12, "min_new_frames": 12}  # fmt: skip
-        alone = request_audio(server.url, greedy, sse=False)
-        assert alone[0] == 200 and len(alone[1]) == 12 * FRAME_SAMPLES * 2
-        run_load(server.url, clients=8, frames=4, n_vq=32)  # warm-up (allocations, codec states)
-        before = rss_mb()
-        during: list = []
 
-        def greedy_in_the_middle():
-            deadline = time.monotonic() + 60
-            while server.health()["active_requests"] < 8 and time.monotonic() < deadline:
-                time.sleep(0.01)  # wait until the slots are full
-            during.append(request_audio(server.url, greedy, sse=False))
+# ---------------------------------------------------------------------------------------------------- cut short (2)
 
-        import threading
 
-        thread = threading.Thread(target=greedy_in_the_middle)
+def _truncated(server, reason: str) -> float:
+    key = ("cat_tts_truncated_streams_total", (("reason", reason),))
+    return server.metrics().get(key, 0.0)
+
+
+@pytest.mark.parametrize("fmt", ["pcm", "wav", "mp3", "opus"])
+def test_a_stream_past_its_time_limit_fails_the_clients_read(idle, fmt):
+    before = _truncated(idle, "timeout")
+    idle.state.config = replace(idle.state.config, request_timeout=4.0)
+    with slow_frames(idle), pytest.raises(Exception, match="incomplete chunked read") as err:
+        with idle.openai().audio.speech.with_streaming_response.create(
+            model="tiny", input="This would take a long time.", voice="default", response_format=fmt,
+            extra_body={"max_new_frames": 1500, "min_new_frames": 1500},
+        ) as response:  # fmt: skip
+            assert response.status_code == 200
+            for _ in response.iter_bytes():
+                pass
+    assert type(err.value).__name__ == "RemoteProtocolError"  # (the OpenAI client's HTTP library's)
+    wait_for(lambda: _truncated(idle, "timeout") == before + 1)
+
+
+def test_sse_past_its_time_limit_ends_with_an_error_event(idle):
+    idle.state.config = replace(idle.state.config, request_timeout=4.0)
+    body = {**SPEECH, "stream_format": "sse", "max_new_frames": 1500, "min_new_frames": 1500}
+    with slow_frames(idle), httpx.stream("POST", f"{idle.url}/v1/audio/speech", json=body, timeout=60) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[0]["type"] == "speech.audio.delta" and events[-1]["type"] == "error"
+    assert events[-1]["error"]["code"] == "timeout"
+
+
+def test_an_engine_failure_mid_stream_fails_the_clients_read(idle):
+    fail, result, started = threading.Event(), {}, threading.Event()
+    before = _truncated(idle, "error")
+    with slow_frames(idle, fail=fail):
+        thread = threading.Thread(target=_stream, args=(idle.url, {**SPEECH, "response_format": "wav",
+                                  "max_new_frames": 1500, "min_new_frames": 1500}, result, started))  # fmt: skip
         thread.start()
-        results = run_load(server.url, clients=32, frames=24, n_vq=32)
-        thread.join()
-        failed = [(r.index, r.fmt, r.depth, r.sse, r.status, r.error) for r in results if r.status != 200 or r.error]
-        assert not failed, failed[:5]
-        # the same frames beside 8 other requests: the pipeline's streaming decode groups frames as they arrive from
-        # the engine, which varies with load and moves samples by float rounding (~1e-6), so compare 16-bit samples
-        # within one step; a single different code would change the noise of random weights completely
-        assert during[0][0] == 200
-        a, b = (np.frombuffer(x[1], dtype="<i2").astype(np.int32) for x in (alone, during[0]))
-        assert a.shape == b.shape and np.abs(a - b).max() <= 1, np.abs(a - b).max()
-        idle = server.health()
-        deadline = time.monotonic() + 10
-        while (idle["active_requests"] or idle["queued_requests"]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            idle = server.health()
-        assert idle["active_requests"] == 0 and idle["queued_requests"] == 0 and idle["open_streams"] == 0
-        growth = rss_mb() - before
-        assert growth < MEMORY_BOUND_MB, f"RSS grew {growth:.0f} MiB"
+        assert started.wait(60)
+        fail.set()
+        thread.join(60)
+    assert result["status"] == 200 and 0 < result["bytes"] < 1500 * FRAME_SAMPLES * 2
+    assert isinstance(result["error"], httpx.RemoteProtocolError), result
+    assert _truncated(idle, "error") == before + 1
+    after = httpx.post(f"{idle.url}/v1/audio/speech", json={**SPEECH, "max_new_frames": 3}, timeout=60)
+    assert after.status_code == 200  # the engine keeps serving
 
 
-MEMORY_BOUND_MB = 400  # RSS growth of this process (server, engine, 32 clients) over one load run
+# ---------------------------------------------------------------------------------------------------- hostile (4)
 
 
-def _start_serve_py(tiny_dirs, voices_dir, *extra, env=None):
-    """`python serve.py` on the tiny checkpoints on any free port; returns (process, url)."""
+def _raw(server, request: bytes, close_early: bool = False) -> bytes:
+    """Sends raw bytes; returns what came back (b"" when the server closed the connection or reset it)."""
+    data = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        try:
+            sock.sendall(request)
+            if close_early:
+                return b""
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered and closed while we were sending: read what it said
+            pass
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except OSError:
+            pass
+    return data
+
+
+def _post_raw(server, body: bytes, extra: bytes = b"") -> bytes:
+    head = (f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode()  # fmt: skip
+    return _raw(server, head + extra + b"\r\n" + body)
+
+
+@pytest.fixture
+def uvicorn_errors():
+    """Records uvicorn's error log (it does not propagate to the root logger)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+HOSTILE_BODIES = {
+    "an integer of 5000 digits": b'{"input": "x", "top_k": ' + b"7" * 5000 + b"}",
+    "a float of 5000 digits": b'{"input": "x", "temperature": ' + b"9" * 5000 + b".5}",
+    "a duration of 400 digits": b'{"input": "x", "duration": ' + b"3" * 400 + b".0}",
+    "a seed of 60 digits": b'{"input": "x", "seed": ' + b"5" * 60 + b"}",
+    "NaN": b'{"input": "x", "temperature": NaN}',
+    "arrays nested 100000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "an object nested deep": b'{"input": "x", "voice": ' + b'{"id": ' * 50_000 + b'"a"' + b"}" * 50_001,
+    "invalid UTF-8": b'{"input": "\xff\xfe"}',
+}
+
+
+def _server_errors(server) -> float:
+    """5xx answers counted in /metrics so far."""
+    return sum(v for k, v in server.metrics().items()
+               if k[0] == "cat_tts_requests_total" and dict(k[1])["status"].startswith("5"))  # fmt: skip
+
+
+@pytest.mark.parametrize("what", sorted(HOSTILE_BODIES))
+def test_hostile_json_is_a_400(idle, what, caplog):
+    before = _server_errors(idle)
+    answer = _post_raw(idle, HOSTILE_BODIES[what])
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"Traceback" not in answer and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert _server_errors(idle) == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="Limits.frames overflows on a finite duration of "
+    "1e308 (round(inf)) in cat_tts.inference.request: the lead's fix; this test then passes",
+)
+def test_a_huge_finite_duration_is_a_400(idle):
+    answer = _post_raw(idle, b'{"input": "x", "duration": 1e308}')
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+
+
+def test_a_client_that_leaves_while_sending_its_body_gets_no_5xx(idle, caplog, uvicorn_errors):
+    before = _server_errors(idle)
+    head = (b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n")  # fmt: skip
+    for _ in range(3):
+        _raw(idle, head + b'{"input": "only the start', close_early=True)
+    wait_for(lambda: idle.metrics().get(("cat_tts_requests_total", (("endpoint", "/v1/audio/speech"),
+                                                                    ("status", "499"))), 0) >= 3)  # fmt: skip
+    assert not [r for r in caplog.records + uvicorn_errors if r.levelno >= logging.ERROR or r.exc_info]
+    assert _server_errors(idle) == before
+
+
+def test_headers_past_the_limit_are_refused_and_not_held(idle):
+    before = _server_errors(idle)
+    big = b"X-Big: " + b"a" * (4 * 1024 * 1024) + b"\r\n"  # 4 MiB of header
+    answer = _post_raw(idle, b'{"input": "x"}', extra=big)
+    assert answer == b"" or answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 431 ")), answer[:200]
+    many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(2000))  # 200 kB in many headers
+    answer = _post_raw(idle, b'{"input": "x"}', extra=many)
+    assert answer == b"" or answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 431 ")), answer[:200]
+    ok = httpx.post(f"{idle.url}/v1/audio/speech", json={**SPEECH, "max_new_frames": 2}, timeout=60)
+    assert ok.status_code == 200 and _server_errors(idle) == before
+
+
+# ---------------------------------------------------------------------------------------------------- voices (5)
+
+
+def test_a_second_server_with_the_codec_named_otherwise_shares_the_voices(server, tiny_dirs, tmp_path):
+    """Another server on the same voices directory, started with the codec path written differently, sees the
+    first one's voices, does not rewrite its default voice, and a shutdown past its grace cuts its stream short."""
+    client = server.openai()
+    client.audio.voices.create(name="shared", audio_sample=("s.wav", Clip(seconds=1.5).data, "audio/wav"),
+                               consent="none")  # fmt: skip
+    default = server.state.voices.directory / "default.safetensors"
+    written = (default.read_bytes(), default.stat().st_mtime_ns)
+    codec = tiny_dirs["codec"]
+    other_name = f"{codec.parent}/./{codec.name}/"  # the same directory, written another way
+    with serve_real(tiny_dirs, server.config.voices_dir, max_slots=1, max_queue=0, codec=other_name,
+                    shutdown_grace=0.5) as second:  # fmt: skip
+        names = [v["id"] for v in httpx.get(f"{second.url}/v1/audio/voices", timeout=30).json()["data"]]
+        assert names == ["default", "shared"]
+        assert (default.read_bytes(), default.stat().st_mtime_ns) == written  # not rewritten
+        ok = httpx.post(f"{second.url}/v1/audio/speech", json={**SPEECH, "voice": "shared", "max_new_frames": 3},
+                        timeout=60)  # fmt: skip
+        assert ok.status_code == 200
+        # a shutdown past its grace (serve.py's SIGTERM handling): the stream in flight is cut, and its read fails
+        result, started = {}, threading.Event()
+        with slow_frames(second):
+            thread = threading.Thread(target=_stream, args=(second.url, {**SPEECH, "max_new_frames": 1500,
+                                      "min_new_frames": 1500}, result, started))  # fmt: skip
+            thread.start()
+            assert started.wait(60)
+            second.server.handle_exit(signal.SIGTERM, None)
+            thread.join(60)
+            second.thread.join(60)
+        assert isinstance(result["error"], httpx.RemoteProtocolError), result
+        exposition = second.state.metrics.render()[0].decode()
+        assert 'cat_tts_truncated_streams_total{reason="shutdown"} 1.0' in exposition
+    assert client.audio.voices.delete("shared").deleted
+    assert server.health()["status"] == "ok"  # the first server never noticed
+
+
+def test_the_voices_identity_survives_how_the_codec_is_named(tiny_dirs, tmp_path, monkeypatch):
+    """A relative path, a trailing slash, a copy elsewhere and a hub id resolved to its cached snapshot are one codec;
+    another codec (other weights, same architecture) is another."""
     import os
-    import re
-    import subprocess
-    import sys
-    from pathlib import Path
+    import shutil
 
-    root = Path(__file__).resolve().parents[2]
-    cmd = [sys.executable, str(root / "serve.py"), "--model", str(tiny_dirs["model"]), "--codec",
-           str(tiny_dirs["codec"]), "--device", "cpu", "--port", "0", "--voices-dir", str(voices_dir),
-           "--min-new-frames", "5", "--max-slots", "2", *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, **(env or {})})  # fmt: skip
-    url = None
-    for line in proc.stderr:  # the runner logs the bound address before uvicorn starts
-        match = re.search(r"speech server on (http://\S+) ", line)
-        if match:
-            url = match.group(1)
-        if "Application startup complete" in line:
-            break
-    assert url and proc.poll() is None, f"serve.py did not start (exit {proc.poll()})"
-    import threading
+    import huggingface_hub.constants as hub
 
-    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe from filling up
-    return proc, url
+    from cat_tts.server.identity import codec_identity
+    from cat_tts.weights import resolve_checkpoint
 
-
-@pytest.mark.slow
-def test_serve_py_voices_persist_across_a_restart_and_sigterm_exits_0(tiny_dirs, tmp_path):
-    import signal
-
-    voices = tmp_path / "voices"
-    headers = {"Authorization": "Bearer k3y"}
-    proc, url = _start_serve_py(tiny_dirs, voices, env={"CAT_TTS_API_KEY": "k3y"})
-    try:
-        assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401  # the key from the environment
-        up = httpx.post(f"{url}/v1/audio/voices", headers=headers, data={"name": "kept", "text": "a tone"},
-                        files={"audio": ("k.wav", Clip(seconds=1.2).data, "audio/wav")}, timeout=60)  # fmt: skip
-        assert up.status_code == 200, up.text
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
-    finally:
-        proc.kill() if proc.poll() is None else None
-    proc, url = _start_serve_py(tiny_dirs, voices)
-    try:
-        names = [v["name"] for v in httpx.get(f"{url}/v1/audio/voices", timeout=30).json()["data"]]
-        assert names == ["default", "kept"]
-        speech = httpx.post(f"{url}/v1/audio/speech", timeout=60, json={
-            "input": "Still here.", "voice": "kept", "response_format": "wav", "max_new_frames": 5})  # fmt: skip
-        assert speech.status_code == 200 and decode(speech.content, "wav")[0].size == 5 * FRAME_SAMPLES
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
-    finally:
-        proc.kill() if proc.poll() is None else None
+    codec = tiny_dirs["codec"]
+    snapshot = tmp_path / "hub" / "models--owner--codec" / "snapshots" / "0123abc"
+    shutil.copytree(codec, snapshot)
+    (tmp_path / "hub" / "models--owner--codec" / "refs").mkdir()
+    (tmp_path / "hub" / "models--owner--codec" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(codec.parent)
+    names = [codec, f"{codec}/", f"./{codec.name}", os.path.relpath(snapshot), "owner/codec"]
+    identities = {codec_identity(resolve_checkpoint(name, "codec")) for name in names}
+    assert len(identities) == 1, identities
+    other = tmp_path / "other"
+    shutil.copytree(codec, other)
+    weights = sorted(other.glob("*.safetensors"))[0]
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)  # other values, same names and shapes
+    weights.write_bytes(bytes(data))
+    assert codec_identity(other) not in identities
