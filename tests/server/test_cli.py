@@ -103,3 +103,40 @@ def test_parser_defaults_are_the_released_weights():
 
     args = build_parser().parse_args([])
     assert (args.model, args.codec, args.host, args.port) == (DEFAULT_MODEL, DEFAULT_CODEC, "127.0.0.1", 8000)
+
+
+def test_ipv6_addresses_are_written_in_brackets():
+    from cat_tts.server.runner import url_of
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket(socket.AF_INET6) as sock:
+        try:
+            sock.bind(("::1", 0))
+        except OSError as err:
+            pytest.skip(f"cannot bind ::1 ({err})")
+        assert url_of(sock) == f"http://[::1]:{sock.getsockname()[1]}"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert url_of(sock) == f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(("setting", "value", "option"), [
+    ("max_new_frames", 3000, "--max-new-frames"),
+    ("min_new_frames", 2500, "--min-new-frames"),
+    ("max_voice_seconds", 60.0, "--max-voice-seconds"),
+])  # fmt: skip
+def test_a_server_limit_no_request_can_meet_is_refused(setting, value, option, tmp_path):
+    from cat_tts.errors import FieldError
+    from cat_tts.server.app import server_limits
+
+    from .fakes import FakeBackend
+
+    backend = FakeBackend()  # slots hold 2000 frames; voice clips of at most 30 s are encoded
+    config = ServerConfig(voices_dir=tmp_path, **{setting: value})
+    with pytest.raises(FieldError) as err:
+        server_limits(config, backend)
+    assert err.value.field == setting
+    assert err.value.labelled(option_labels(build_parser())).startswith(f"{option} is ")
+    limits = server_limits(ServerConfig(voices_dir=tmp_path, max_new_frames=500, max_input_chars=99), backend)
+    assert (limits.max_frames, limits.max_text_chars) == (500, 99)  # a server cap below the slot's
