@@ -399,7 +399,7 @@ def test_bad_reference_after_loading_gives_one_line_under_the_option(tiny, tmp_p
     else:
         sf.write(path, np.full(31 * 8000, 0.1, dtype=np.float32), 8000)
     rc = infer.main(_args(tiny, "--text", "Hi", "--prompt-audio", str(path), "-o", str(tmp_path / "o.wav")))
-    assert rc == 2 and _one_error_line(capsys).startswith("error: --prompt-audio: reference audio")
+    assert rc == 2 and _one_error_line(capsys).startswith("error: --prompt-audio: ")
 
 
 def test_unreachable_hub_tells_how_to_pass_local_directories(tiny, tmp_path, capsys, monkeypatch):

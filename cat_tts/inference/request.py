@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cat_tts.errors import FieldError
-from cat_tts.generation.config import GenerationConfig
+from cat_tts.generation.config import EngineConfig, GenerationConfig
 from cat_tts.text.normalize import clean_text
 
 Mode = Literal["clone", "continuation"]
@@ -45,6 +45,12 @@ class Limits:
     def frames(self, seconds: float) -> int:
         """Frames of `seconds` of audio (at least 1)."""
         return max(1, round(seconds * self.frame_rate))
+
+    @classmethod
+    def of_engine(cls, engine: EngineConfig, n_vq: int, frame_rate: float, codebook_size: int = 1024) -> Limits:
+        """The limits of a model served by an engine sized by `engine` (known before anything is loaded): a request
+        generates at most a slot's rows less the read-back window and one prompt row."""
+        return cls(n_vq, frame_rate, codebook_size, max_frames=engine.max_rows - engine.sync_every - 1)
 
 
 @dataclass(frozen=True)

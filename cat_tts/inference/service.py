@@ -76,13 +76,7 @@ class CatTTS:
         self.sample_rate = int(codec.sample_rate)
         self.frame_rate = float(codec.frame_rate)
         self.engine = engine if isinstance(engine, Engine) else Engine(model, engine, frame_rate=self.frame_rate)
-        cfg = self.engine.config
-        self.limits = Limits(
-            n_vq=self.n_vq,
-            frame_rate=self.frame_rate,
-            codebook_size=int(model.config.audio_vocab_size),
-            max_frames=cfg.max_rows - cfg.sync_every - 1,  # a slot's rows less one prompt row at least
-        )
+        self.limits = Limits.of_engine(self.engine.config, self.n_vq, self.frame_rate, model.config.audio_vocab_size)
 
     # ------------------------------------------------------------------ loading
     @classmethod

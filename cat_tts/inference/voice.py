@@ -38,11 +38,11 @@ def load_reference(reference_audio: Any, sample_rate: int, cfg: SynthesisConfig)
                 "reference_audio must be a file path, a (samples, sample_rate) tuple or codes from encode_reference",
             )
     except AudioError as err:
-        raise FieldError("reference_audio", f"reference audio: {err}") from err
+        raise FieldError("reference_audio", f"reference_audio: {err}") from err
     if wav.size < cfg.min_reference_seconds * sample_rate:
         raise FieldError(
             "reference_audio",
-            f"reference audio is too short ({wav.size / sample_rate:.2f} s); "
+            f"reference_audio is too short ({wav.size / sample_rate:.2f} s); "
             f"give at least {cfg.min_reference_seconds:g} s of speech (3-10 s works best)",
         )
     if cfg.normalize_reference:

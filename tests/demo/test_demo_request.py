@@ -90,7 +90,7 @@ def test_every_field_sent_by_the_page_reaches_the_request(field, clips):
         ({"control_temperature": 1e-45}, "End-of-speech temperature must be 0 or at least"),
         ({"reference_text": "What it says."}, "Reference transcript is the transcript of your clip: upload the clip"),
         ({"mode": "continuation", "reference_audio": "GOOD"}, "Reference transcript"),
-        ({"reference_audio": "SILENT"}, "Reference audio: reference audio"),
+        ({"reference_audio": "SILENT"}, "Reference audio: audio"),
     ],
 )
 def test_a_bad_value_is_shown_under_its_label_and_never_reaches_the_model(fake, clips, changes, message):

@@ -87,7 +87,7 @@ def test_service_errors_are_visible_under_their_labels(tiny_service, clips):
     handlers = DemoHandlers(tiny_service)
     with pytest.raises(gr.Error, match="Text to speak is empty"):
         list(handlers.generate_from(values(tiny_service, text=" ")))
-    with pytest.raises(gr.Error, match="Reference audio: reference audio: .*silent"):
+    with pytest.raises(gr.Error, match="Reference audio: .*silent"):
         list(handlers.generate_from(values(tiny_service, reference_audio=str(clips["silent"]))))
 
 

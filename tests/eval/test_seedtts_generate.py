@@ -397,11 +397,11 @@ def test_a_bad_prompt_wav_is_named_by_its_place_in_the_test_list(tiny_testset: P
     class Unreadable(FakeTTS):
         def iter_requests(self, requests, **kwargs):
             for i, _ in enumerate(requests):
-                yield i, FieldError("reference_audio", "reference audio: audio file is silent")
+                yield i, FieldError("reference_audio", "reference_audio: audio file is silent")
 
     report = generate_testset(read_testset(tiny_testset), Unreadable(), tmp_path, [2])
     error = report.failed[2][0].error
-    assert error == "prompt wav (3rd field of the test list): reference audio: audio file is silent"
+    assert error == "prompt wav (3rd field of the test list): audio file is silent"
 
 
 def test_run_fields_that_lines_or_depths_set_are_refused(tiny_testset: Path, tmp_path: Path):

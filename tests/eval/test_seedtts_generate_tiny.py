@@ -116,7 +116,7 @@ def test_a_bad_line_and_a_bad_clip_fail_alone_and_the_good_lines_are_generated(
     assert "silent" in failures[1]["error"]
     err = capsys.readouterr().err
     where = "prompt wav (3rd field of the test list)"  # the evaluator's label for the request's reference_audio
-    assert f"failed: clip (line 3), every depth: {where}: reference audio: audio is silent" in err
+    assert f"failed: clip (line 3), every depth: {where}: audio is silent" in err
     assert "error: 2 of 4 test lines failed" in err
     assert capture_pipeline[0].n_vq == 32  # the tiny model's N
 
