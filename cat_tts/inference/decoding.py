@@ -3,13 +3,15 @@
 Shapes: t frames in a piece, K a stream's depth, L prefix frames, R streams in one call, s = t x frame_size samples.
 
 Each request's consumer thread holds a stream (`batcher.open(depth, prefix_codes)`) and calls `stream.decode(codes)`
-with its next frames `[t, K]`; the call blocks until their audio `[s]` is back. A worker thread owns the codec's
-streaming state, a pool with one row per open stream (`CodecStreamState` rows: each at its own position). It waits
-for a first submission, gathers the others for at most `window_s` seconds (less when every open stream has
-submitted: the engine delivers the frames of all requests at the same read-back) and decodes them in as few
-`decode_step` calls as the padding rule allows: a call takes the submissions with the most frames t_max and every
-other with at least t_max / max_pad_ratio frames, padded to t_max frames (`lengths`) and to the largest depth
-(`depths`; a row's layers past its depth are not summed, so depth padding is exact).
+with its next frames `[t, K]`; the call blocks until their audio `[s]` is back. A stream takes part from its first
+submission (a request still queued in the engine holds nobody up); its prefix, if any, is decoded with its first
+frames. A worker thread owns the codec's streaming state, a pool with one row per active stream (`CodecStreamState`
+rows: each at its own position). It waits for a first submission, gathers the others for at most `window_s` seconds
+(less when every active stream has submitted and none is new: the engine delivers the frames of all requests at the
+same read-back)
+and decodes them in as few `decode_step` calls as the padding rule allows: a call takes the submissions with the
+most frames t_max and every other with at least t_max / max_pad_ratio frames, padded to t_max frames (`lengths`)
+and to the largest depth (`depths`; a row's layers past its depth are not summed, so depth padding is exact).
 
 Invariant: only the worker thread touches the codec and its state; a stream has at most one submission in flight.
 
@@ -60,19 +62,44 @@ def _check_frames(codes: torch.Tensor, depth: int, codebook_size: int, what: str
     return codes
 
 
-def _prefix_frames(prefix_codes: torch.Tensor | None, depth: int) -> torch.Tensor | None:
-    """A prompt's codec context [K', L] (K' >= depth) -> its first `depth` layers as frames [L, K]; None if empty."""
-    if prefix_codes is None or prefix_codes.shape[-1] == 0:
-        return None
-    if prefix_codes.dim() != 2 or prefix_codes.shape[0] < depth:
-        raise ValueError(f"prefix_codes must be [K', L] with K' >= {depth}, got {tuple(prefix_codes.shape)}")
-    return prefix_codes[:depth].t()  # [L, K]
+class _Frames:
+    """What a stream checks and prepends: its depth (fixed by `open` or by the first frames) and its pending prefix."""
 
+    def __init__(self, codec: Any, depth: int | None, prefix_codes: torch.Tensor | None) -> None:
+        if depth is not None and (
+            isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= codec.num_layers
+        ):
+            raise ValueError(f"depth must be an integer in 1..{codec.num_layers} (or None), got {depth!r}")
+        if prefix_codes is not None and (
+            not isinstance(prefix_codes, torch.Tensor)
+            or prefix_codes.dim() != 2
+            or prefix_codes.shape[0] < (depth or 1)
+        ):
+            shape = tuple(prefix_codes.shape) if isinstance(prefix_codes, torch.Tensor) else type(prefix_codes).__name__
+            raise ValueError(f"prefix_codes must be codes [K', L] with K' >= K = {depth}, got {shape}")
+        self.codec = codec
+        self.depth = depth  # K; None until the first frames say
+        self.prefix = None if prefix_codes is None or prefix_codes.shape[1] == 0 else prefix_codes  # [K', L]
 
-def _check_depth(codec: Any, depth: int) -> int:
-    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= codec.num_layers:
-        raise ValueError(f"depth must be an integer in 1..{codec.num_layers}, got {depth!r}")
-    return depth
+    def next(self, codes: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The frames [t, K] to decode (checked; the prefix's first K layers before the first ones) and how many
+        leading frames are context only."""
+        if self.depth is None:  # a depth "auto" request's K is final once it produces frames
+            n = self.codec.num_layers
+            if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or not 1 <= codes.shape[1] <= n:
+                shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+                raise ValueError(f"codes must be [t, K] with K in 1..{n}, got {shape}")
+            self.depth = codes.shape[1]
+        codes = _check_frames(codes, self.depth, self.codec.codebook_size, "codes")
+        if self.prefix is None or codes.shape[0] == 0:
+            return codes, 0
+        if self.prefix.shape[0] < self.depth:
+            raise ValueError(
+                f"prefix_codes [K', L] have K'={self.prefix.shape[0]} layers; the frames have {self.depth}"
+            )
+        prefix = _check_frames(self.prefix[: self.depth].t(), self.depth, self.codec.codebook_size, "prefix_codes")
+        self.prefix = None
+        return torch.cat([prefix, codes]), prefix.shape[0]  # [L + t, K]
 
 
 class DirectStream:
@@ -80,26 +107,23 @@ class DirectStream:
 
     Args:
         codec: a `CatCodec`.
-        depth: layers per frame K (1..32).
-        prefix_codes: optional [K', L] codes (K' >= K) decoded first for codec context only, e.g. a prompt that
-            ends with audio which the frames continue; their samples are dropped.
+        depth: layers per frame K (1..32); None = the K of the first frames.
+        prefix_codes: optional [K', L] codes (K' >= K) decoded with the first frames for codec context only, e.g. a
+            prompt that ends with audio which the frames continue; their samples are dropped.
     """
 
-    def __init__(self, codec: Any, depth: int, prefix_codes: torch.Tensor | None = None) -> None:
-        self.codec = codec
-        self.depth = _check_depth(codec, depth)
+    def __init__(self, codec: Any, depth: int | None = None, prefix_codes: torch.Tensor | None = None) -> None:
+        self._frames = _Frames(codec, depth, prefix_codes)
         self._state = codec.new_stream_state(1)
-        prefix = _prefix_frames(prefix_codes, depth)
-        if prefix is not None:
-            self._decode(_check_frames(prefix, depth, codec.codebook_size, "prefix_codes"))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [t, K] -> float32 audio [t * frame_size] (CPU)."""
-        return self._decode(_check_frames(codes, self.depth, self.codec.codebook_size, "codes"))
-
-    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        codes, context = self._frames.next(codes)  # [L + t, K]
+        if codes.shape[0] == 0:
+            return torch.zeros(0)
         with torch.inference_mode():
-            return self.codec.decode_step(codes.t()[None], self._state)[0].float().cpu()  # [s]
+            audio = self._frames.codec.decode_step(codes.t()[None], self._state)[0].float().cpu()  # [(L + t) * F]
+        return audio[context * self._frames.codec.frame_size :]
 
     def close(self) -> None:
         self._state = None
@@ -113,11 +137,12 @@ class DirectStream:
 
 @dataclass
 class _Job:
-    """One submission: a stream's next frames and where its audio goes."""
+    """One submission: a stream's next frames and where their audio goes."""
 
     stream: DecodeStream
     codes: torch.Tensor  # [t, K] int64 (CPU)
-    result: Future  # -> float32 [t * frame_size] (CPU)
+    context: int  # leading frames decoded for context only (a prefix): their samples are dropped
+    result: Future  # -> float32 [(t - context) * frame_size] (CPU)
 
 
 class DecodeStream:
@@ -128,12 +153,17 @@ class DecodeStream:
     for the other streams.
     """
 
-    def __init__(self, batcher: DecodeBatcher, depth: int) -> None:
-        self.depth = depth
+    def __init__(self, batcher: DecodeBatcher, frames: _Frames) -> None:
         self._batcher = batcher
-        self._lock = threading.Lock()  # one submission in flight per stream
+        self._frames = frames
+        self._lock = threading.Lock()  # one submission in flight per stream; guards _frames
         self.closed = False
         self.error: BaseException | None = None  # a failed decode: the stream's state is lost, later calls raise
+
+    @property
+    def depth(self) -> int | None:
+        """K: given to `open`, or taken from the first frames (None before them)."""
+        return self._frames.depth
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [t, K] -> float32 audio [t * frame_size] (CPU).
@@ -142,16 +172,13 @@ class DecodeStream:
             ValueError: codes of the wrong shape, type, depth or range (nothing is submitted).
             RuntimeError: the stream or the batcher is closed, or an earlier decode of this stream failed.
         """
-        codes = _check_frames(codes, self.depth, self._batcher.codec.codebook_size, "codes")
-        return self._submit(codes)
-
-    def _submit(self, codes: torch.Tensor) -> torch.Tensor:
-        if codes.shape[0] == 0:
-            return torch.zeros(0)
         with self._lock:
             if self.error is not None:
                 raise RuntimeError(f"an earlier decode of this stream failed: {self.error!r}") from self.error
-            return self._batcher._submit(self, codes).result()
+            codes, context = self._frames.next(codes)  # [L + t, K]
+            if codes.shape[0] == 0:
+                return torch.zeros(0)
+            return self._batcher._submit(self, codes, context).result()
 
     def close(self) -> None:
         """Ends the stream (a decode waiting in another thread raises); the other streams go on."""
@@ -188,6 +215,7 @@ class DecodeBatcher:
         self.window_s = float(window_s)
         self.max_pad_ratio = float(max_pad_ratio)
         self.calls = 0  # decode_step calls made so far
+        self.window_waits = 0  # gatherings that lasted the whole window (a stream joined, or one was late)
         self._cond = threading.Condition()
         # Guarded by _cond: submissions waiting for the worker, streams open, streams opened / closed since the
         # worker last updated its rows, and the stop flag.
@@ -204,37 +232,27 @@ class DecodeBatcher:
 
     @property
     def open_streams(self) -> int:
+        """Streams taking part (submitted at least once, not closed)."""
         with self._cond:
             return len(self._open)
 
-    def open(self, depth: int, prefix_codes: torch.Tensor | None = None) -> DecodeStream:
-        """A new stream at depth K; its prefix (if any) is decoded before this returns.
+    def open(self, depth: int | None = None, prefix_codes: torch.Tensor | None = None) -> DecodeStream:
+        """A new stream (it takes part from its first `decode`; nothing is decoded here).
 
         Args:
-            depth: layers per frame K (1..32).
-            prefix_codes: optional [K', L] codes (K' >= K) decoded first for codec context only, e.g. a prompt that
-                ends with audio which the frames continue; their samples are dropped.
+            depth: layers per frame K (1..32); None = the K of the first frames (a depth "auto" request's K is
+                final only once it is admitted).
+            prefix_codes: optional [K', L] codes (K' >= K) decoded with the first frames for codec context only,
+                e.g. a prompt that ends with audio which the frames continue; their samples are dropped.
 
         Raises:
             ValueError: a bad depth or prefix.
             RuntimeError: the batcher is closed.
         """
-        depth = _check_depth(self.codec, depth)
-        prefix = _prefix_frames(prefix_codes, depth)
-        if prefix is not None:
-            prefix = _check_frames(prefix, depth, self.codec.codebook_size, "prefix_codes")
-        stream = DecodeStream(self, depth)
+        stream = DecodeStream(self, _Frames(self.codec, depth, prefix_codes))
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the decode batcher is closed")
-            self._open.add(stream)
-            self._joining.append(stream)
-        if prefix is not None:
-            try:
-                stream._submit(prefix)
-            except BaseException:
-                stream.close()
-                raise
         return stream
 
     def close(self) -> None:
@@ -252,14 +270,17 @@ class DecodeBatcher:
         self.close()
 
     # ---- called from the streams' threads ----
-    def _submit(self, stream: DecodeStream, codes: torch.Tensor) -> Future:
-        job = _Job(stream, codes, Future())
+    def _submit(self, stream: DecodeStream, codes: torch.Tensor, context: int) -> Future:
+        job = _Job(stream, codes, context, Future())
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the decode batcher is closed")
             if stream.closed:
                 raise RuntimeError("the decode stream is closed")
             assert stream not in self._jobs, "a stream has one submission in flight (its lock)"
+            if stream not in self._open:  # its first submission: it takes part from now on
+                self._open.add(stream)
+                self._joining.append(stream)
             self._jobs[stream] = job
             self._cond.notify_all()
         return job.result
@@ -269,8 +290,9 @@ class DecodeBatcher:
             if stream.closed:
                 return
             stream.closed = True
-            self._open.discard(stream)
-            self._leaving.add(stream)
+            if stream in self._open:
+                self._open.discard(stream)
+                self._leaving.add(stream)
             job = self._jobs.pop(stream, None)
             self._cond.notify_all()  # the others may now all have submitted
         if job is not None:
@@ -304,9 +326,12 @@ class DecodeBatcher:
         while not (self._jobs or self._leaving or self._stopping):
             self._cond.wait()
         deadline = time.monotonic() + self.window_s
-        while self._jobs and not self._stopping and not self._open.issubset(self._jobs):
+        # Early end: every active stream has submitted. Not when a stream joins (its first submission): requests
+        # admitted together start together, and the window lets the others join the same call.
+        while self._jobs and not self._stopping and (self._joining or not self._open.issubset(self._jobs)):
             left = deadline - time.monotonic()
             if left <= 0:
+                self.window_waits += 1
                 break
             self._cond.wait(left)
         jobs = list(self._jobs.values())
@@ -370,7 +395,7 @@ class DecodeBatcher:
             self.calls += 1
         size = self.codec.frame_size
         for i, job in enumerate(group):
-            job.result.set_result(audio[i, : frames[i] * size].clone())
+            job.result.set_result(audio[i, job.context * size : frames[i] * size].clone())
 
     @staticmethod
     def _fail(jobs: list[_Job], err: BaseException) -> None:

@@ -5,7 +5,6 @@ does not hold up the others, errors stay with their streams."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +16,7 @@ from cat_tts.inference.decoding import DecodeBatcher, DirectStream
 
 F = 1920
 WAIT_S = 60.0  # generous bound for a thread on a loaded 2-core machine; tests that pass take well under a second
+WINDOW_S = 2.0  # a gathering window that threads released by one barrier all fit in, even on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,7 @@ class CountingCodec:
     def __init__(self, codec: CatCodec, fail_on_frames: int | None = None) -> None:
         self.codec = codec
         self.calls: list[tuple[int, int]] = []  # (rows, frames) of each call
+        self.lengths: list[list[int] | None] = []  # the per-row frame counts of each call (None: all the same)
         self.fail_on_frames = fail_on_frames
 
     def __getattr__(self, name: str) -> object:
@@ -76,6 +77,7 @@ class CountingCodec:
 
     def decode_step(self, codes: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         self.calls.append((codes.shape[0], codes.shape[2]))
+        self.lengths.append(kwargs.get("lengths"))
         if codes.shape[2] == self.fail_on_frames:
             raise RuntimeError("simulated device failure")
         return self.codec.decode_step(codes, *args, **kwargs)
@@ -116,27 +118,23 @@ def test_threads_get_their_own_streams_audio(codec: CatCodec) -> None:
 
 
 def test_submissions_arriving_together_are_one_codec_call(codec: CatCodec) -> None:
-    """Six streams submit at each 'read-back' (a barrier): one decode_step per read-back instead of six, and no
-    waiting for the window (it is long; every open stream has submitted)."""
+    """Six streams, each submitting its next piece as soon as it has the last one's audio (as consumers do when the
+    engine delivers everyone's frames at each read-back): one decode_step per read-back (5) instead of one per
+    submission (30). Only the first gathering lasts the window (new streams may still join it); the others end as
+    soon as every stream has submitted."""
     counting, streams, rounds = CountingCodec(codec), 6, 5
     barrier = threading.Barrier(streams)
     frames = [random_codes(30 + i, 2 * rounds, [32, 8, 8, 4, 32, 1][i]) for i in range(streams)]
 
     def consumer(i: int, batcher: DecodeBatcher) -> torch.Tensor:
         with batcher.open(frames[i].shape[1]) as stream:
-            barrier.wait(WAIT_S)  # all open before the first read-back
-            pieces = []
-            for j in range(rounds):
-                barrier.wait(WAIT_S)
-                pieces.append(stream.decode(frames[i][2 * j : 2 * j + 2]))
-            barrier.wait(WAIT_S)  # nobody closes before everyone's last piece
-        return torch.cat(pieces)
+            barrier.wait(WAIT_S)
+            return torch.cat([stream.decode(frames[i][2 * j : 2 * j + 2]) for j in range(rounds)])
 
-    start = time.monotonic()
-    with DecodeBatcher(counting, window_s=30.0) as batcher:
+    with DecodeBatcher(counting, window_s=WINDOW_S) as batcher:
         results = run_threads([lambda i=i: consumer(i, batcher) for i in range(streams)])
-    assert time.monotonic() - start < 30.0, "the batcher waited for its window although every stream had submitted"
-    assert counting.calls == [(streams, 2)] * rounds and batcher.calls == rounds  # per-request decode: 30 calls
+    assert counting.calls == [(streams, 2)] * rounds and batcher.calls == rounds
+    assert batcher.window_waits == 1
     for i in range(streams):
         assert_audio_close(results[i], one_shot(codec, frames[i]))
 
@@ -160,36 +158,36 @@ def test_a_stream_that_closes_midway_does_not_block_the_others(codec: CatCodec) 
         stream.close()
         return torch.cat(pieces)
 
-    start = time.monotonic()
-    with DecodeBatcher(counting, window_s=30.0) as batcher:
+    with DecodeBatcher(counting, window_s=WINDOW_S) as batcher:
         results = run_threads([lambda i=i: consumer(i, batcher) for i in range(3)])
-    assert time.monotonic() - start < 30.0, "the open streams waited for the closed one"
+    assert batcher.window_waits == 1, "the open streams waited for the closed one"  # only the first (joining) call
+    assert [r for r, _ in counting.calls] == [3, 3, 2, 2]
     for i in range(3):
         assert_audio_close(results[i], one_shot(codec, frames[i][: results[i].shape[0] // F]))
     assert results[2].shape[0] == 4 * F
 
 
-@pytest.mark.parametrize(("max_pad_ratio", "expected"), [(4.0, [(2, 4)]), (1.0, [(1, 4), (1, 1)])])
-def test_pieces_of_different_sizes_share_a_call_within_the_padding_ratio(
-    codec: CatCodec, max_pad_ratio: float, expected: list[tuple[int, int]]
-) -> None:
+@pytest.mark.parametrize("max_pad_ratio", [4.0, 1.0])
+def test_pieces_of_different_sizes_share_a_call_within_the_padding_ratio(codec: CatCodec, max_pad_ratio: float) -> None:
+    """A stream of 4-frame pieces beside a stream of 1-frame pieces (like a request's first piece): padded into one
+    call when 4 <= max_pad_ratio x 1, else one call per size."""
     counting = CountingCodec(codec)
     barrier = threading.Barrier(2)
-    frames = [random_codes(50, 6, 8), random_codes(51, 6, 32)]
-    sizes = [[2, 4], [5, 1]]  # second read-back: 4 frames beside 1 frame
+    frames = [random_codes(50, 12, 8), random_codes(51, 3, 32)]
+    sizes = [4, 1]
 
     def consumer(i: int, batcher: DecodeBatcher) -> torch.Tensor:
         with batcher.open(frames[i].shape[1]) as stream:
-            pieces = []
-            for j, size in enumerate(sizes[i]):
-                barrier.wait(WAIT_S)
-                pieces.append(stream.decode(frames[i][sum(sizes[i][:j]) :][:size]))
             barrier.wait(WAIT_S)
-        return torch.cat(pieces)
+            return torch.cat([stream.decode(piece) for piece in frames[i].split(sizes[i])])
 
-    with DecodeBatcher(counting, window_s=30.0, max_pad_ratio=max_pad_ratio) as batcher:
+    with DecodeBatcher(counting, window_s=WINDOW_S, max_pad_ratio=max_pad_ratio) as batcher:
         results = run_threads([lambda i=i: consumer(i, batcher) for i in range(2)])
-    assert counting.calls[-len(expected) :] == expected
+    if max_pad_ratio == 4.0:  # three read-backs, one call each: both rows padded to 4 frames
+        assert counting.calls == [(2, 4)] * 3 and [sorted(n) for n in counting.lengths] == [[1, 4]] * 3
+    else:
+        assert sorted(counting.calls) == [(1, 1)] * 3 + [(1, 4)] * 3 and counting.lengths == [None] * 6
+    assert batcher.window_waits == 1
     for i in range(2):
         assert_audio_close(results[i], one_shot(codec, frames[i]))
 
@@ -205,6 +203,24 @@ def test_a_failed_call_fails_its_streams_only(codec: CatCodec) -> None:
             bad.decode(frames[:1])
         audio = torch.cat([good.decode(frames[:2]), good.decode(frames[2:])])
         assert_audio_close(audio, one_shot(codec, frames))
+
+
+def test_a_stream_takes_part_from_its_first_frames(codec: CatCodec) -> None:
+    """An opened stream whose request is still queued (no frames yet) holds nobody up; its depth may come from its
+    first frames (depth "auto"), its prefix is decoded with them."""
+    frames, prefix = random_codes(70, 5, 12), random_codes(71, 3).t()  # [5, 12], [32, 3]
+    with DecodeBatcher(codec, window_s=0.5) as batcher:
+        queued = batcher.open(prefix_codes=prefix)
+        running = batcher.open(8)
+        assert batcher.open_streams == 0 and queued.depth is None
+        for piece in random_codes(72, 4, 8).split(2):  # not held up by the queued stream
+            running.decode(piece)
+        assert batcher.open_streams == 1
+        running.close()
+        audio = torch.cat([queued.decode(frames[:1]), queued.decode(frames[1:])])
+        assert queued.depth == 12 and batcher.open_streams == 1
+    assert batcher.window_waits == 2  # each stream's first call (it joins); never for the queued stream
+    assert_audio_close(audio, one_shot(codec, frames, prefix))
 
 
 def test_bad_input_and_closed_batcher_raise(codec: CatCodec) -> None:
