@@ -51,6 +51,7 @@ from tqdm import tqdm
 from cat_tts.audio import save_audio
 from cat_tts.cli import CLI_LABELS
 from cat_tts.errors import CheckpointError, FieldError, InputError
+from cat_tts.generation import GenerationConfig
 from cat_tts.inference import Limits, SpeechRequest
 from cat_tts.model.config import CatTTSConfig
 from cat_tts.weights import read_config_json, resolve_checkpoint
@@ -134,10 +135,12 @@ def check_depths(depths: Sequence[int], n_layers: int | None = None) -> list[int
     if not depths:
         raise InputError("give at least one depth (e.g. --depths 8 16 32)")
     for k in depths:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"a depth must be an integer >= 1, got {k!r}")
-        if n_layers is not None and k > n_layers:
-            raise InputError(f"depth {k} is above the model's number of layers: depths must be in 1..{n_layers}")
+        try:  # the request's own check of a depth (against the model when N is known)
+            config = GenerationConfig(depth=k)
+            if n_layers is not None:
+                config.depth_range(n_layers)
+        except FieldError as err:  # shown under the sweep's option by the command
+            raise InputError(str(err)) from err
     return sorted(set(depths))
 
 

@@ -226,7 +226,7 @@ def test_depth_above_the_models_layers_is_refused_before_loading(
     argv = ["generate", "--meta", str(tiny_testset), "--model", str(model_config_dir), "--codec", "C"]
     assert cli.main([*argv, "--out", str(tmp_path / "o"), "--depths", "4", "9"]) == USER_ERROR_EXIT_CODE
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: --depths: depth 9 is above the model's number of layers: depths must be in 1..8")
+    assert err.startswith("error: --depths: depth must be in 1..8 for this model, got 9")
     assert f"model {model_config_dir} has N = 8 layers" in err
     assert not list((tmp_path / "o").glob("depth_*"))
 
@@ -234,7 +234,7 @@ def test_depth_above_the_models_layers_is_refused_before_loading(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--depths", "0"], "error: --depths: a depth must be an integer >= 1, got 0"),
+        (["--depths", "0"], "error: --depths: depth must be >= 1, got 0"),
         (["--depths", "2", "--temperature", "-1"], "error: --temperature must be in [0, 100], got -1"),
         (["--depths", "2", "--min-new-frames", "9", "--max-new-frames", "3"], "error: --min-new-frames (9) must not"),
         (["--depths", "2", "--slots", "0"], "error: --slots must be >= 1, got 0"),
