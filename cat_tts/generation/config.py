@@ -12,7 +12,7 @@ seeded request gives the same frames alone or beside others.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -28,23 +28,12 @@ MAX_TEMPERATURE = 100.0  # above this the distribution is uniform for any practi
 MAX_REPETITION_PENALTY = 100.0
 MAX_SEED = 2**63 - 1
 
-# How the engine stores each per-request setting in its slot tensors (`cat_tts.generation.slots.SlotState` allocates
-# them with these dtypes). Validation checks every value against its storage type, so a value that passes can always
-# be loaded into a slot: integers within the dtype's range, floats finite and not rounded to 0 in float32.
-STORAGE = {
-    "depth": np.int64,
-    "min_new_frames": np.int64,
-    "max_new_frames": np.int64,
-    "temperature": np.float32,
-    "top_p": np.float32,
-    "top_k": np.int64,
-    "repetition_penalty": np.float32,
-    "control_temperature": np.float32,
-    "control_top_p": np.float32,
-    "control_top_k": np.int64,
-    "seed": np.int64,
-}
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32 (1.2e-38)
+
+
+def _stored(default: Any, dtype: type) -> Any:
+    """A setting the engine keeps in a slot tensor of `dtype` (see `STORAGE`)."""
+    return field(default=default, metadata={"storage": dtype})
 
 
 @dataclass(frozen=True)
@@ -56,25 +45,27 @@ class GenerationConfig:
     config). `bitrate_kbps` is another way to give the depth (0.125 kbps per layer): it is turned into `depth` here.
     """
 
-    depth: Depth | None = None  # K: RVQ layers generated per frame, 1..N (bitrate 0.125 kbps x K); None = N; "auto" =
-    # chosen by the engine from its load, within min_depth..max_depth (as high as keeps every stream in real time)
+    depth: Depth | None = _stored(None, np.int64)  # K: RVQ layers generated per frame, 1..N (0.125 kbps each);
+    # None = N; "auto" = chosen by the engine from its load, within min_depth..max_depth (the highest that keeps every
+    # stream in real time)
     bitrate_kbps: float | Literal["auto"] | None = None  # the depth as a bitrate (rounded to the nearest layer); not
     # together with depth; becomes `depth` on construction
     min_depth: int | None = None  # depth "auto": the lowest depth the engine may choose (default 1)
     max_depth: int | None = None  # depth "auto": the highest depth the engine may choose (default N)
-    max_new_frames: int | None = None  # frame budget (80 ms each); None = derived from the text / prompt length
-    min_new_frames: int = 0  # audio_end is forbidden before this many frames
+    max_new_frames: int | None = _stored(None, np.int64)  # frame budget (80 ms each); None = from the text / prompt
+    min_new_frames: int = _stored(0, np.int64)  # audio_end is forbidden before this many frames
     do_sample: bool = True  # False = greedy (argmax) for every channel
-    temperature: float = 1.0  # audio layers: softmax temperature; 0 = greedy for the audio layers
-    top_p: float = 0.95  # audio layers: nucleus mass kept, in (0, 1]; 1 disables
-    top_k: int = 50  # audio layers: keep the k most likely codes; 0 disables
-    repetition_penalty: float = 1.1  # audio layers: > 0; codes already in the layer's history are penalised; 1 = off
-    control_temperature: float = 1.5  # channel 0 (continue vs audio_end): temperature; 0 = greedy
-    control_top_p: float = 1.0  # channel 0: nucleus mass kept, in (0, 1]
-    control_top_k: int = 50  # channel 0: top-k; 0 disables
+    temperature: float = _stored(1.0, np.float32)  # audio layers: softmax temperature; 0 = greedy for the audio layers
+    top_p: float = _stored(0.95, np.float32)  # audio layers: nucleus mass kept, in (0, 1]; 1 disables
+    top_k: int = _stored(50, np.int64)  # audio layers: keep the k most likely codes; 0 disables
+    repetition_penalty: float = _stored(1.1, np.float32)  # audio layers: > 0; penalises codes already in the layer's
+    # history; 1 = off
+    control_temperature: float = _stored(1.5, np.float32)  # channel 0 (continue vs audio_end): temperature; 0 = greedy
+    control_top_p: float = _stored(1.0, np.float32)  # channel 0: nucleus mass kept, in (0, 1]
+    control_top_k: int = _stored(50, np.int64)  # channel 0: top-k; 0 disables
     control_tokens: ControlTokens = "audio"  # "audio": channel 0 chooses between continuing and audio_end only;
     # "full": channel 0 is sampled over the whole text vocabulary (exactly like the released code)
-    seed: int | None = None  # seeds this request's random stream; None = a fresh random seed
+    seed: int | None = _stored(None, np.int64)  # seeds this request's random stream; None = a fresh random seed
 
     def __post_init__(self) -> None:
         if self.bitrate_kbps is not None:
@@ -163,6 +154,12 @@ class GenerationConfig:
     def field_names(cls) -> tuple[str, ...]:
         """Names of every setting, in declaration order."""
         return tuple(f.name for f in fields(cls))
+
+
+# How the engine stores each per-request setting in its slot tensors (`cat_tts.generation.slots.SlotState` allocates
+# them with these dtypes). Validation checks every value against its storage type, so a value that passes can always
+# be loaded into a slot: integers within the dtype's range, floats finite and not rounded to 0 in float32.
+STORAGE: dict[str, type] = {f.name: f.metadata["storage"] for f in fields(GenerationConfig) if "storage" in f.metadata}
 
 
 def _depth_of_bitrate(kbps: Any) -> Depth:
