@@ -27,9 +27,11 @@ import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from cat_tts.assets import default_voice
 from cat_tts.codec.config import bitrate_kbps
 from cat_tts.errors import FieldError, UserError
 from cat_tts.inference.request import Limits
+from cat_tts.server import speech, voice_routes
 from cat_tts.server.auth import require_key, require_metrics_key
 from cat_tts.server.backend import Backend, Load
 from cat_tts.server.config import ServerConfig
@@ -86,8 +88,6 @@ class ServerState:
                                      self.config.max_voices)  # fmt: skip
             self.backend.start()
             if self.config.install_default_voice:
-                from cat_tts.assets import default_voice
-
                 clip = default_voice()
                 install_default_voice(self.voices, clip.audio, clip.text, self.backend.encode_reference,
                                       self.backend.max_reference_seconds)  # fmt: skip
@@ -190,8 +190,6 @@ def create_app(config: ServerConfig, backend: Backend | None = None, load: Calla
         backend: one engine or several behind a router, loaded; or None with `load`.
         load: builds the backend at start-up, while the port answers 503 "loading".
     """
-    from cat_tts.server import speech, voice_routes
-
     state = ServerState(config, backend, load)
 
     @contextlib.asynccontextmanager

@@ -15,16 +15,16 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass, fields
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from cat_tts.generation import EngineConfig
+from cat_tts.inference import CatTTS
 from cat_tts.inference.request import Limits, SpeechRequest
-
-if TYPE_CHECKING:  # pragma: no cover
-    from cat_tts.generation import EngineConfig
-    from cat_tts.inference import CatTTS
+from cat_tts.server.identity import codec_identity
+from cat_tts.weights import dtype_name, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,6 @@ class PipelineBackend:
         Raises:
             cat_tts.errors.UserError: missing or damaged checkpoints, a bad device or dtype.
         """
-        from cat_tts.inference import CatTTS
-        from cat_tts.server.identity import codec_identity
-        from cat_tts.weights import dtype_name, resolve_checkpoint
-
         codec_dir = resolve_checkpoint(codec, "codec")
         tts = CatTTS.from_pretrained(model=model, codec=codec_dir, device=device,
                                      dtype=None if dtype == "auto" else dtype, engine=engine)  # fmt: skip

@@ -12,6 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
 from cat_tts.errors import FieldError, InputError, UserError
 from cat_tts.generation import EngineClosed, EngineError, QueueFull
 
@@ -83,10 +88,6 @@ def engine_failed(err: EngineError) -> APIError:
 
 def install_error_handlers(app: Any) -> None:
     """Makes every error of the FastAPI app an OpenAI-style JSON body (validation, unknown routes, engine, bugs)."""
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
 
     def answer(error: APIError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)

@@ -26,6 +26,7 @@ import struct
 from typing import Protocol
 
 import numpy as np
+import soundfile as sf
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +219,6 @@ class SoundfileEncoder:
         compression_level: float | None = None,
         page_latency_ms: float | None = None,
     ) -> None:
-        import soundfile as sf
-
         self.name = name
         self.media_type = MEDIA_TYPES[name]
         self._sink = _StreamSink()
@@ -263,8 +262,6 @@ class WholeFileEncoder:
     streamed = False
 
     def __init__(self, name: str, sample_rate: int, major: str, subtype: str) -> None:
-        import soundfile as sf
-
         self.media_type = MEDIA_TYPES[name]
         self._buffer = io.BytesIO()
         self._file = sf.SoundFile(self._buffer, "w", samplerate=sample_rate, channels=1, format=major, subtype=subtype)
@@ -284,8 +281,6 @@ class WholeFileEncoder:
 def _set_ogg_page_latency(file, milliseconds: float) -> None:
     """Asks libsndfile (>= 1.1) to end an Ogg page every `milliseconds`; older versions keep their default."""
     try:
-        import soundfile as sf
-
         value = sf._ffi.new("double*", float(milliseconds))
         sf._snd.sf_command(file._file, _SFC_SET_OGG_PAGE_LATENCY_MS, value, sf._ffi.sizeof("double"))
     except (AttributeError, TypeError) as err:  # pragma: no cover - depends on the soundfile build

@@ -24,6 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 from cat_tts.server.backend import Load
 from cat_tts.server.errors import CLIENT_GONE
 
@@ -37,8 +40,6 @@ class ServerMetrics:
     """The metrics of one app; `load` is called at scrape time for the engine gauges."""
 
     def __init__(self, load: Callable[[], Load]) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-
         self.registry = CollectorRegistry(auto_describe=True)
         self._load = load
         self.requests = Counter("cat_tts_requests", "HTTP requests by endpoint and status code",
@@ -74,8 +75,6 @@ class ServerMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
@@ -89,8 +88,6 @@ class _EngineCollector:
         return []
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         load = self.metrics._load()
         yield GaugeMetricFamily("cat_tts_active_requests", "Requests holding an engine slot", load.active_requests)
         yield GaugeMetricFamily("cat_tts_queued_requests", "Requests waiting for a slot (queue depth)",

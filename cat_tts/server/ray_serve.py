@@ -23,8 +23,13 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("the Ray Serve deployment needs the ray extra: pip install 'cat-tts[ray]'") from err
 
+from cat_tts.cli import COMPILE_MODES
 from cat_tts.errors import UserError
+from cat_tts.generation import EngineConfig
+from cat_tts.server.app import create_app
+from cat_tts.server.backend import load_backend
 from cat_tts.server.config import ServerConfig
+from cat_tts.server.voices import check_writable
 from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
@@ -92,10 +97,7 @@ class RayServeOptions:
             kwargs["voices_dir"] = self.voices_dir
         return ServerConfig(**kwargs)
 
-    def engine_config(self) -> Any:
-        from cat_tts.cli import COMPILE_MODES
-        from cat_tts.generation import EngineConfig
-
+    def engine_config(self) -> EngineConfig:
         return EngineConfig(max_slots=self.max_slots, max_queue=self.max_queue, compile=COMPILE_MODES[self.compile])
 
     def deployment_options(self) -> dict[str, Any]:
@@ -130,10 +132,6 @@ class SpeechServer:
     """One replica: loads the pipeline on its device, then serves the same app as serve.py."""
 
     def __init__(self, options: RayServeOptions) -> None:
-        from cat_tts.server.app import create_app
-        from cat_tts.server.backend import load_backend
-        from cat_tts.server.voices import check_writable
-
         config = options.server_config()
         check_writable(config.voices_dir, "voices_dir")
         backend = load_backend(options.model, options.codec, [options.device], options.dtype, options.engine_config())

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from cat_tts.errors import FieldError, InputError
 from cat_tts.server.auth import require_key
@@ -119,9 +121,6 @@ def _get(state: ServerState, name: str) -> Voice:
 
 
 async def _read_form(request: Request, state: ServerState) -> dict[str, Any]:
-    from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         message = "send the voice as multipart/form-data (fields: name, audio, text)"

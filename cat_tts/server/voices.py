@@ -27,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
+from safetensors.torch import save
 
-from cat_tts.errors import InputError
+from cat_tts.errors import CheckpointError, InputError
 from cat_tts.files import atomic_write
+from cat_tts.weights import SafetensorsFile
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +177,6 @@ class VoiceStore:
             InputError: bad name, bad codes, or the store is full.
             VoiceExistsError: the name is taken and `replace` is False.
         """
-        from safetensors.torch import save
-
         check_name(name)
         if codes.dim() != 2 or codes.shape[0] != self.n_vq or codes.dtype.is_floating_point or codes.shape[1] < 1:
             raise InputError(f"voice codes must be an integer tensor [{self.n_vq}, L], got {tuple(codes.shape)}")
@@ -219,9 +220,6 @@ class VoiceStore:
         return path
 
     def _load(self, name: str, path: Path) -> Voice | None:
-        from cat_tts.errors import CheckpointError
-        from cat_tts.weights import SafetensorsFile
-
         try:
             with SafetensorsFile(path) as f:
                 meta = json.loads((f.metadata or {}).get(META_KEY, "null"))
@@ -289,8 +287,6 @@ def decode_clip(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
     Raises:
         InputError: not audio, empty, or longer than `max_seconds`.
     """
-    import soundfile as sf
-
     if not data:
         raise InputError("the audio file is empty")
     try:
