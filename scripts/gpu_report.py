@@ -253,7 +253,7 @@ def _codec_section(data: dict, rows: list[dict]) -> list[str]:
     if not rows:
         return lines + ["(not measured)", ""]
     result = data["results"].get("codec") or {}
-    lines += [f"{result.get('preset')} codec ({(result.get('parameters') or 0) / 1e6:.0f} M parameters, random "
+    lines += [f"{result.get('preset')} codec ({(result.get('parameters') or 0) / 1e6:.1f} M parameters, random "
               f"weights), {result.get('device')}, {result.get('dtype')}; clips of {result.get('audio_seconds', 0):.2f} "
               f"s; streaming chunks of {result.get('chunk_ms', 0):.0f} ms. RTF = time / one clip's duration (all "
               "clips of the batch at once).", ""]  # fmt: skip
