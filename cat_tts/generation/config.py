@@ -49,7 +49,7 @@ class GenerationConfig:
     # None = N; "auto" = chosen by the engine from its load, within min_depth..max_depth (the highest that keeps every
     # stream in real time)
     bitrate_kbps: float | Literal["auto"] | None = None  # the depth as a bitrate (rounded to the nearest layer); not
-    # together with depth; becomes `depth` on construction
+    # together with depth; sets `depth` on construction
     min_depth: int | None = None  # depth "auto": the lowest depth the engine may choose (default 1)
     max_depth: int | None = None  # depth "auto": the highest depth the engine may choose (default N)
     max_new_frames: int | None = _stored(None, np.int64)  # frame budget (80 ms each); None = from the text / prompt
@@ -68,11 +68,11 @@ class GenerationConfig:
     seed: int | None = _stored(None, np.int64)  # seeds this request's random stream; None = a fresh random seed
 
     def __post_init__(self) -> None:
-        if self.bitrate_kbps is not None:
-            if self.depth is not None:
+        if self.bitrate_kbps is not None:  # kept (errors about the depth then name it); `depth` follows from it
+            depth = _depth_of_bitrate(self.bitrate_kbps)
+            if self.depth is not None and self.depth != depth:
                 raise FieldError("bitrate_kbps", "give depth or bitrate_kbps, not both")
-            object.__setattr__(self, "depth", _depth_of_bitrate(self.bitrate_kbps))
-            object.__setattr__(self, "bitrate_kbps", None)
+            object.__setattr__(self, "depth", depth)
         if self.depth != "auto":
             _check_int("depth", self.depth, 1, optional=True)
         for name in ("min_depth", "max_depth"):
@@ -129,6 +129,9 @@ class GenerationConfig:
                 raise FieldError("max_depth", f"max_depth must be in 1..{n_vq} for this model, got {high}")
             return min(low, high), high
         depth = n_vq if self.depth is None else self.depth
+        if depth > n_vq and self.bitrate_kbps is not None:
+            raise FieldError("bitrate_kbps", f"bitrate_kbps must be at most {n_vq * KBPS_PER_LAYER:g} for this model "
+                             f"({n_vq} layers of {KBPS_PER_LAYER:g} kbps), got {self.bitrate_kbps:g}")  # fmt: skip
         if depth > n_vq:
             raise FieldError("depth", f"depth must be in 1..{n_vq} for this model, got {depth}")
         return depth, depth
@@ -144,9 +147,11 @@ class GenerationConfig:
         if unknown:
             raise FieldError(unknown[0], f"unknown generation settings {unknown}; allowed: {sorted(names)}")
         changes = {k: v for k, v in overrides.items() if v is not None}
-        if "bitrate_kbps" in changes:
+        if "bitrate_kbps" in changes:  # the one given replaces the other
             changes.setdefault("depth", None)
-        elif changes.get("depth") not in (None, "auto"):
+        elif "depth" in changes:
+            changes["bitrate_kbps"] = None
+        if changes.get("depth") not in (None, "auto") or changes.get("bitrate_kbps") not in (None, "auto"):
             changes.update(min_depth=None, max_depth=None)
         return replace(self, **changes) if changes else self
 
@@ -162,10 +167,18 @@ class GenerationConfig:
 STORAGE: dict[str, type] = {f.name: f.metadata["storage"] for f in fields(GenerationConfig) if "storage" in f.metadata}
 
 
+def _finite(value: Any) -> bool:
+    """A finite real number (never raises: an integer too large for a float is not finite here)."""
+    try:
+        return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _depth_of_bitrate(kbps: Any) -> Depth:
     if kbps == "auto":
         return "auto"
-    if isinstance(kbps, bool) or not isinstance(kbps, (int, float)) or not math.isfinite(kbps) or kbps <= 0:
+    if not _finite(kbps) or kbps <= 0:
         raise FieldError("bitrate_kbps", f'bitrate_kbps must be a positive number or "auto", got {kbps!r}')
     depth = round(kbps / KBPS_PER_LAYER)
     if depth < 1:
@@ -177,19 +190,20 @@ def _check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise FieldError(name, f"{name} must be an integer, got {value!r}")
+        raise FieldError(name, f"{name} must be an integer, got {str(value)[:40]!r}")
     high = int(np.iinfo(STORAGE.get(name, np.int64)).max)
+    shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}... ({len(str(value))} digits)"
     if value < low:
-        raise FieldError(name, f"{name} must be >= {low}, got {value}")
+        raise FieldError(name, f"{name} must be >= {low}, got {shown}")
     if value > high:
-        raise FieldError(name, f"{name} must be <= {high} (the largest value the engine stores), got {value}")
+        raise FieldError(name, f"{name} must be <= {high} (the largest value the engine stores), got {shown}")
 
 
 def _check_float(name: str, value: Any, low: float, high: float, zero: bool = True) -> None:
     """A finite number in [low, high] that keeps its meaning in float32: no value but 0 itself rounds to 0 there (a
     temperature of 1e-46 is not greedy, a repetition penalty of 1e-46 is not a division by zero)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
-        raise FieldError(name, f"{name} must be a finite number, got {value!r}")
+    if not _finite(value):
+        raise FieldError(name, f"{name} must be a finite number, got {str(value)[:40]}")
     if not low <= value <= high or (value == 0 and not zero):
         bound = f"[{low:g}, {high:g}]" if zero else f"({low:g}, {high:g}]"
         raise FieldError(name, f"{name} must be in {bound}, got {value:g}")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cat_tts.errors import FieldError
 from cat_tts.generation.config import EngineConfig
 from cat_tts.generation.frame import UNITS, Units, run_frame
 from cat_tts.generation.slots import FrameConstants, SlotState
@@ -89,6 +90,7 @@ class FrameRunner:
         self.uses_cuda_graphs = cuda and config.compile is not False
         if self.uses_compile:
             configure_compile_cache(config.compile_cache)
+        check_memory(model, config)
         self.state = SlotState.allocate(model, config)
         self.cache = model.new_temporal_cache(config.max_slots, config.max_rows, self.state.lengths)
         self.consts = FrameConstants.build(model, config)
@@ -110,7 +112,9 @@ class FrameRunner:
         self._prefill_rows = torch.zeros(1, chunk, c, dtype=torch.long, device=self.device)  # fixed addresses
         self._prefill_meta = torch.zeros(4, dtype=torch.long, device=self.device)
         self._prefill_columns = torch.zeros(chunk, dtype=torch.long, device=self.device)
-        self.measure_prepack = self.device.type == "cpu" and not self.uses_compile and config.cpu_prepack
+        self.measure_prepack = (
+            self.device.type == "cpu" and not self.uses_compile and config.cpu_prepack and self.buckets != (1,)
+        )
         self.warm = not (self.uses_cuda_graphs or self.uses_compile or self.measure_prepack)
 
     # ------------------------------------------------------------------ frames
@@ -200,12 +204,14 @@ class FrameRunner:
         logger.info("engine warm in %.1f s (buckets %s, CUDA graphs %s, torch.compile %s)",
                     time.perf_counter() - start, self.buckets, self.uses_cuda_graphs, self.uses_compile)  # fmt: skip
 
-    def _choose_prepacking(self, repeats: int = 2) -> None:
-        """Times a full-depth frame per bucket with plain and prepacked depth weights; keeps the faster."""
+    def _choose_prepacking(self, positions: int = 4) -> None:
+        """Times a frame of `positions` depth positions per bucket with plain and with prepacked depth weights and
+        keeps the faster (a lone row always runs plain matrix-vector products, faster unpacked); decisions are kept
+        per model, so later engines over it skip the measurement."""
         packed = shared_prepacked_view(self.model)
         if packed is self.model:
             return
-        known = DECISIONS.setdefault(self.model, {})
+        known = DECISIONS.setdefault(self.model, {1: False})
         chosen = []
         for b in self.buckets:
             if b in known:
@@ -214,17 +220,14 @@ class FrameRunner:
             seconds = {}
             for name, model in (("plain", self.model), ("prepacked", packed)):
                 self._models[b] = model
-                self._run(b, self.n_vq, False)  # first use: caches, allocations
-                best = float("inf")
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    self._run(b, self.n_vq, False)
-                    best = min(best, time.perf_counter() - t0)
-                seconds[name] = best
-            use = "prepacked" if seconds["prepacked"] < seconds["plain"] else "plain"
-            known[b] = use == "prepacked"
+                self._run(b, positions, False)  # first use: caches, allocations
+                t0 = time.perf_counter()
+                self._run(b, positions, False)
+                seconds[name] = time.perf_counter() - t0
+            known[b] = seconds["prepacked"] < seconds["plain"]
             self._models[b] = packed if known[b] else self.model
-            chosen.append(f"{b}: {use} ({seconds['plain'] * 1e3:.1f} vs {seconds['prepacked'] * 1e3:.1f} ms)")
+            chosen.append(f"{b}: {'prepacked' if known[b] else 'plain'} ({seconds['plain'] * 1e3:.1f} vs "
+                          f"{seconds['prepacked'] * 1e3:.1f} ms)")  # fmt: skip
         if chosen:
             logger.info("CPU depth weights per bucket (plain vs prepacked frame): %s", "; ".join(chosen))
 
@@ -330,6 +333,39 @@ class FrameRunner:
         st = self.state
         for t in (st.active, st.ended, st.lengths, st.frame, self.window):
             t.zero_()
+
+
+def cache_bytes(model: CatTTSModel, config: EngineConfig) -> int:
+    """Bytes of the slot pool's caches: the temporal keys/values (B x R rows per block) dominate."""
+    t = model.temporal.config
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    kv_heads = t.num_key_value_heads or t.num_attention_heads
+    itemsize = torch.empty((), dtype=model.dtype).element_size()
+    temporal = 2 * t.num_hidden_layers * config.max_slots * kv_heads * config.max_rows * head_dim * itemsize
+    seen = config.max_slots * (1 + model.config.n_vq) * (model.config.audio_vocab_size + 1)  # bool
+    return temporal + seen
+
+
+def check_memory(model: CatTTSModel, config: EngineConfig) -> None:
+    """Refuses a pool whose caches cannot fit the device's free memory (before allocating them).
+
+    Raises:
+        FieldError: on `max_slots`, saying how much the caches need and how much is free.
+    """
+    need = cache_bytes(model, config)
+    if model.device.type == "cuda":
+        free = torch.cuda.mem_get_info(model.device)[0]
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux: nothing to check against
+            return
+    if need > free:
+        raise FieldError(
+            "max_slots",
+            f"{config.max_slots} slots of {config.max_rows} rows need {need / 2**30:.1f} GiB of cache and "
+            f"{free / 2**30:.1f} GiB is free on {model.device}: lower max_slots (or max_rows)",
+        )
 
 
 def configure_compile_cache(directory: str | os.PathLike | None) -> None:

@@ -41,6 +41,8 @@ class SynthesisConfig:
     min_reference_seconds: float = 0.5  # shorter reference clips are rejected, >= 0.08 (one frame)
     normalize_reference: bool = True  # loudness-normalise the reference to -20 dBFS (+-3 dB), as upstream
     lookahead_segments: int = 2  # segments of one stream generated ahead of the one being played, >= 1
+    max_segment_frames: int | None = None  # most frames a segment runs when its request sets no max_new_frames (a
+    # server's cap); None = what the text needs, within the engine's slot
 
     def __post_init__(self) -> None:
         if not 10 <= self.max_segment_chars <= 10000:
@@ -55,6 +57,8 @@ class SynthesisConfig:
             )
         if self.lookahead_segments < 1:
             raise InputError(f"lookahead_segments must be >= 1, got {self.lookahead_segments}")
+        if self.max_segment_frames is not None and self.max_segment_frames < 1:
+            raise InputError(f"max_segment_frames must be >= 1, got {self.max_segment_frames}")
 
 
 @dataclass
@@ -92,12 +96,7 @@ def text_frames(text: str, frame_rate: float) -> int:
 
 
 def plan_segments(
-    request: SpeechRequest,
-    codes: torch.Tensor,
-    prompts: PromptBuilder,
-    frame_rate: float,
-    max_segment_chars: int,
-    item: int = 0,
+    request: SpeechRequest, codes: torch.Tensor, prompts: PromptBuilder, frame_rate: float, config: SynthesisConfig
 ) -> list[Segment]:
     """The segments of one request: its text split into sentences, each with its prompt grid and seed.
 
@@ -106,10 +105,9 @@ def plan_segments(
         codes: `[N, L]` the voice's reference codes (all layers).
         prompts: the model's prompt builder (its layout).
         frame_rate: codec frames per second.
-        max_segment_chars: segment length budget.
-        item: the request's index in a batch (seeds differ per item).
+        config: the pipeline's settings (segment length, frame cap).
     """
-    texts = split_sentences(request.text, max_segment_chars)
+    texts = split_sentences(request.text, config.max_segment_chars)
     total_chars = sum(len(t) for t in texts)
     fields: dict[str, Any] = {}
     if request.instructions:
@@ -129,8 +127,10 @@ def plan_segments(
             frames = max(1, round(request.duration * frame_rate * len(text) / total_chars))
             fields["tokens"] = frames
             estimate = max(estimate, frames + int(math.ceil(3 * frame_rate)))
+        if config.max_segment_frames is not None:
+            estimate = min(estimate, config.max_segment_frames)
         prompt = prompts.generation_prompt(text, codes, request.reference_text, request.mode, **fields)
-        seed = derive_seed(request.generation.seed, item, i)
-        config = request.generation if seed == request.generation.seed else replace(request.generation, seed=seed)
-        segments.append(Segment(text, prompt, config, estimate))
+        seed = derive_seed(request.generation.seed, segment=i)
+        settings = request.generation if seed == request.generation.seed else replace(request.generation, seed=seed)
+        segments.append(Segment(text, prompt, settings, estimate))
     return segments

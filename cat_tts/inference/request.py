@@ -10,7 +10,6 @@ Shapes: N layers of the model, L reference frames.
 
 from __future__ import annotations
 
-import math
 import unicodedata
 from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from cat_tts.errors import FieldError
-from cat_tts.generation.config import EngineConfig, GenerationConfig
+from cat_tts.generation.config import EngineConfig, GenerationConfig, _finite
 from cat_tts.text.normalize import clean_text
 
 Mode = Literal["clone", "continuation"]
@@ -43,8 +42,9 @@ class Limits:
     max_text_chars: int | None = None  # longest text, transcript or instruction accepted (a server's limit)
 
     def frames(self, seconds: float) -> int:
-        """Frames of `seconds` of audio (at least 1)."""
-        return max(1, round(seconds * self.frame_rate))
+        """Frames of `seconds` of audio (at least 1; huge values saturate instead of overflowing)."""
+        frames = seconds * self.frame_rate
+        return max(1, round(frames)) if frames < 2**62 else 2**62
 
     @classmethod
     def of_engine(cls, engine: EngineConfig, n_vq: int, frame_rate: float, codebook_size: int = 1024) -> Limits:
@@ -93,8 +93,8 @@ class SpeechRequest:
             object.__setattr__(self, "language", _check_language(self.language))
         if self.duration is not None:
             value = self.duration
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise FieldError("duration", f"duration must be a number of seconds > 0, got {value!r}")
+            if not _finite(value) or value <= 0:
+                raise FieldError("duration", f"duration must be a number of seconds > 0, got {str(value)[:40]}")
         if not isinstance(self.generation, GenerationConfig):
             raise TypeError(f"generation must be a GenerationConfig, got {type(self.generation).__name__}")
         if limits is not None:

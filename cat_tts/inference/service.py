@@ -364,7 +364,7 @@ class CatTTS:
         """The segments of a request (text split into sentences, prompts, seeds, frame estimates); the voice is
         encoded here unless it is stored codes (`encoded`: a cache of encoded clips by path)."""
         codes = self._voice_codes(request.reference_audio, encoded)
-        return plan_segments(request, codes, self.prompts, self.frame_rate, self.config.max_segment_chars)
+        return plan_segments(request, codes, self.prompts, self.frame_rate, self.config)
 
     def _stream(self, stream: SpeechStream, request: SpeechRequest, first_piece_frames: int, piece_frames: int,
                 on_frame: ProgressCallback | None, wait: bool) -> Iterator[np.ndarray]:  # fmt: skip

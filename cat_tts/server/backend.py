@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cat_tts.generation import EngineConfig
-from cat_tts.inference import CatTTS
+from cat_tts.inference import CatTTS, SynthesisConfig
 from cat_tts.inference.request import Limits, SpeechRequest
 from cat_tts.server.identity import codec_identity
 from cat_tts.weights import dtype_name, resolve_checkpoint
@@ -120,15 +120,18 @@ class PipelineBackend:
         self._encode_lock = threading.Lock()  # one reference encode at a time (the codec on the device)
 
     @classmethod
-    def from_pretrained(cls, model: str, codec: str, device: str, dtype: str, engine: EngineConfig) -> PipelineBackend:
-        """Loads the pipeline on `device` with an engine configured by `engine`.
+    def from_pretrained(cls, model: str, codec: str, device: str, dtype: str, engine: EngineConfig,
+                        synthesis: SynthesisConfig | None = None) -> PipelineBackend:  # fmt: skip
+        """Loads the pipeline on `device` with an engine configured by `engine` (and pipeline settings `synthesis`:
+        the server's frame cap for requests that set none).
 
         Raises:
             cat_tts.errors.UserError: missing or damaged checkpoints, a bad device or dtype.
         """
         codec_dir = resolve_checkpoint(codec, "codec")
         tts = CatTTS.from_pretrained(model=model, codec=codec_dir, device=device,
-                                     dtype=None if dtype == "auto" else dtype, engine=engine)  # fmt: skip
+                                     dtype=None if dtype == "auto" else dtype, config=synthesis,
+                                     engine=engine)  # fmt: skip
         runner = tts.engine.runner
         logger.info("%s: model in %s, codec in %s, %d slots, CUDA graphs %s, torch.compile %s", device,
                     dtype_name(tts.model.dtype), dtype_name(tts.codec.dtype), engine.max_slots,
@@ -264,11 +267,13 @@ class _CountedStream:
             self._on_end()
 
 
-def load_backend(model: str, codec: str, devices: list[str], dtype: str, engine: EngineConfig) -> Backend:
+def load_backend(model: str, codec: str, devices: list[str], dtype: str, engine: EngineConfig,
+                 synthesis: SynthesisConfig | None = None) -> Backend:  # fmt: skip
     """One pipeline per device (a `RoutedBackend` over them when there are several).
 
     Raises:
         cat_tts.errors.UserError: missing checkpoints, bad device or dtype.
     """
-    backends: list[Backend] = [PipelineBackend.from_pretrained(model, codec, d, dtype, engine) for d in devices]
+    backends: list[Backend] = [PipelineBackend.from_pretrained(model, codec, d, dtype, engine, synthesis)
+                               for d in devices]  # fmt: skip
     return backends[0] if len(backends) == 1 else RoutedBackend(backends)

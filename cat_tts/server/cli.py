@@ -111,11 +111,15 @@ def main(argv: list[str] | None = None, prog: str = "python serve.py") -> int:
         return _fail(err.labelled(labels))
     except (UserError, OSError) as err:
         return _fail(str(err))
+    from cat_tts.inference import SynthesisConfig
     from cat_tts.server.app import create_app
     from cat_tts.server.backend import load_backend
     from cat_tts.server.runner import serve_forever
 
-    app = create_app(config, load=lambda: load_backend(str(model_dir), str(codec_dir), devices, args.dtype, engine))
+    synthesis = SynthesisConfig(max_segment_frames=config.max_new_frames)  # the cap, also for requests that set none
+    app = create_app(
+        config, load=lambda: load_backend(str(model_dir), str(codec_dir), devices, args.dtype, engine, synthesis)
+    )
     code = serve_forever(app, sock, config, args.log_level)
     error = app.state.cat.startup_error
     if isinstance(error, UserError):

@@ -26,6 +26,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
 from cat_tts.cli import COMPILE_MODES
 from cat_tts.errors import UserError
 from cat_tts.generation import EngineConfig
+from cat_tts.inference import SynthesisConfig
 from cat_tts.server.app import create_app
 from cat_tts.server.backend import load_backend
 from cat_tts.server.config import ServerConfig
@@ -134,7 +135,11 @@ class SpeechServer:
     def __init__(self, options: RayServeOptions) -> None:
         config = options.server_config()
         check_writable(config.voices_dir, "voices_dir")
-        backend = load_backend(options.model, options.codec, [options.device], options.dtype, options.engine_config())
+        synthesis = SynthesisConfig(
+            max_segment_frames=config.max_new_frames
+        )  # the cap, also for requests that set none
+        backend = load_backend(options.model, options.codec, [options.device], options.dtype, options.engine_config(),
+                               synthesis)  # fmt: skip
         self._app = create_app(config, backend)
         state = self._app.state.cat
         state.startup()  # here, not in the app's lifespan: Ray does not run it for ingress deployments

@@ -121,3 +121,26 @@ def test_the_extreme_values_that_validate_load_and_run(golden_model, golden):
     frames = request.result()
     assert request.state == RequestState.FINISHED and frames.shape == (5, 4)
     assert int(frames[:, 1:].max()) < golden_model.config.audio_pad_code
+
+
+def test_a_pool_whose_caches_cannot_fit_in_memory_is_refused_before_allocating(golden_model, monkeypatch):
+    from cat_tts.generation import runner
+
+    need = runner.cache_bytes(golden_model, EngineConfig(max_slots=4, max_rows=160))
+    assert need == 4 * runner.cache_bytes(golden_model, EngineConfig(max_slots=1, max_rows=160))  # linear in slots
+    monkeypatch.setattr(runner.os, "sysconf", lambda name: 1 if name == "SC_PAGE_SIZE" else need - 1)
+    with pytest.raises(FieldError) as err:
+        Engine(golden_model, EngineConfig(max_slots=4, max_rows=160))
+    assert err.value.field == "max_slots" and "GiB" in str(err.value)
+
+
+def test_errors_about_values_name_the_field_the_caller_gave():
+    with pytest.raises(FieldError) as err:  # a bitrate above the model's is about the bitrate, not the depth
+        GenerationConfig(bitrate_kbps=4.2).depth_range(32)
+    assert err.value.field == "bitrate_kbps" and "at most 4" in str(err.value)
+    for field, value in (("temperature", 10**400), ("top_k", 10**400), ("seed", -(10**400))):
+        with pytest.raises(FieldError) as err:
+            GenerationConfig(**{field: value})
+        assert err.value.field == field and len(str(err.value)) < 200  # no overflow, no 400-digit message
+    assert GenerationConfig(bitrate_kbps=2.0).with_overrides(depth=5).depth == 5  # the one given replaces the other
+    assert GenerationConfig(depth=5).with_overrides(bitrate_kbps=1.0).depth == 8

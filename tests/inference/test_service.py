@@ -239,3 +239,24 @@ def test_a_stream_cancelled_from_another_thread_frees_its_queued_and_running_slo
         assert tts.engine.stats().active_requests == 0
     finally:
         tts.close()
+
+
+def test_a_frame_cap_bounds_the_budget_of_segments_that_ask_for_none(tiny_tts):
+    capped = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer, SynthesisConfig(max_segment_frames=3),
+                    engine=tiny_tts.engine)  # fmt: skip
+    (segment,) = capped.plan(capped.request("A fairly long sentence that would need many frames to speak."))
+    assert segment.estimate == 3
+    capped.submit([segment])
+    assert segment.request.budget == 3
+    segment.request.cancel()
+    (free,) = tiny_tts.plan(tiny_tts.request("A fairly long sentence that would need many frames to speak."))
+    assert free.estimate > 3
+
+
+@pytest.mark.parametrize("duration", [1e308, 10**400, float("inf"), -1.0, 0])
+def test_a_duration_that_no_request_can_meet_is_refused_naming_it(tiny_tts, duration):
+    from cat_tts.errors import FieldError
+
+    with pytest.raises(FieldError) as err:
+        tiny_tts.request("Hello.", duration=duration)
+    assert err.value.field == "duration"

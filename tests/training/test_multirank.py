@@ -30,8 +30,8 @@ def _port() -> int:
 
 def _rank_depths(data: Path, steps: int) -> list[list[list[int]]]:
     """PSD depths of each rank's micro-batches in a 2-rank run of configs/tiny.yaml (as train.py draws them)."""
-    from cat_tts.training.config import TrainConfig
     from cat_tts.training.build import build_model, build_stream, load_tokenizer
+    from cat_tts.training.config import TrainConfig
 
     cfg = TrainConfig.from_yaml(ROOT / "configs" / "tiny.yaml").with_overrides(
         [f"data.path={data}", "data.tokens_per_batch=64"]

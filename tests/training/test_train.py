@@ -133,8 +133,8 @@ def test_zero2_run_learns_resumes_exactly_and_exports(prepared, tmp_path):
     assert _run(cli, prepared, part, "--max-steps", "8") == USER_ERROR_EXIT_CODE
 
     # a training checkpoint directory is a valid --init (its model/ export is loaded)
-    from cat_tts.training.config import TrainConfig
     from cat_tts.training.build import build_model
+    from cat_tts.training.config import TrainConfig
 
     init = TrainConfig.from_dict({"model": {"init": str(full / "checkpoints" / "step-00000008")}})
     started = build_model(init, torch.device("cpu"))
@@ -237,8 +237,8 @@ def test_init_from_a_qwen3_lm_copies_its_temporal_weights(tmp_path):
 
     from cat_tts.model import CatTTSConfig
     from cat_tts.text.tiny_tokenizer import build_tiny_tokenizer
-    from cat_tts.training.config import TrainConfig
     from cat_tts.training.build import build_model, load_tokenizer
+    from cat_tts.training.config import TrainConfig
 
     lc = CatTTSConfig.tiny().language_config
     fields = (
