@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "generate": "generate",  # issue 17: frame step (ms/frame) per engine mode, batch size and depth
     "engine": "engine",  # issue 17: Seed-TTS-Eval-shaped concurrent requests on the engine (RTF, TTFA, stalls)
     "profile": "profile",  # issue 17: where a frame's time goes (torch.profiler: top kernels / ops per frame)
+    "floor": "floor",  # issue 17: a lone CPU frame vs its matrix-vector floor; a lone request in a multi-slot engine
     "train": "train",  # issue: training (tokens/s and peak memory, p=0 vs p=1)
 }
 
