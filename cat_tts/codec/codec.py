@@ -56,9 +56,11 @@ class CodecOutput:
 
 @dataclass
 class CodecStreamState:
-    """Everything a streaming encode/decode carries between calls (one object per stream, nothing global).
+    """Everything a streaming encode/decode carries between calls, for B streams (rows; nothing global).
 
-    The encoder and decoder halves are independent: a state can serve a live encode, a live decode, or both.
+    The encoder and decoder halves are independent: a state can serve a live encode, a live decode, or both. Decode
+    rows are independent streams (each at its own frame, see `CatCodec.decode_step`): a pool of streams drops and
+    adds rows with `keep_rows` / `add_rows`.
     """
 
     batch_size: int  # rows (streams); decode_step may advance any subset of them, encode_step advances all together

@@ -197,7 +197,7 @@ class DecodeBatcher:
     Args:
         codec: a `CatCodec` (any device and dtype); the batcher's worker thread is its only streaming user.
         window_s: how long a first submission waits for the others (seconds, >= 0); the wait ends as soon as every
-            open stream has submitted.
+            active stream has submitted, unless one of them is new (then others may be starting too).
         max_pad_ratio: a call pads a submission of t frames to at most `max_pad_ratio * t` frames (>= 1; 1 = one
             call per distinct frame count).
 
@@ -372,7 +372,7 @@ class DecodeBatcher:
         """One decode_step for a group of jobs; each job's future gets its audio (or the call's error)."""
         row = {stream: i for i, stream in enumerate(self._rows)}
         frames = [j.codes.shape[0] for j in group]
-        depths = [j.stream.depth for j in group]
+        depths = [j.codes.shape[1] for j in group]
         t, k = max(frames), max(depths)
         codes = torch.zeros(len(group), k, t, dtype=torch.long)  # [R, K, t]; zeros where a row is padded
         for i, job in enumerate(group):
