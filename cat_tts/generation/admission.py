@@ -23,18 +23,24 @@ def default_budget(prompt_rows: int) -> int:
     return MIN_DEFAULT_FRAMES + DEFAULT_FRAMES_PER_PROMPT_ROW * prompt_rows
 
 
-def frame_budget(config: EngineConfig, prompt_rows: int, asked: int | None = None, estimate: int | None = None) -> int:
+def frame_budget(
+    config: EngineConfig, prompt_rows: int, asked: int | None = None, estimate: int | None = None, least: int = 0
+) -> int:
     """The frame budget of a request: what it asked (checked: it must fit the slot), else the caller's estimate from
     its text, else `default_budget`; bounded by the room its slot has after the prompt.
 
     Raises:
-        InputError: an asked budget that is not a positive integer or does not fit a slot with this prompt.
+        InputError: an asked budget that is not a positive integer or does not fit a slot with this prompt, or a
+            budget below `least` (the request's min_new_frames).
     """
     if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 1):
         raise InputError(f"max_new_frames must be a positive integer, got {asked!r}")
     room = config.max_rows - config.sync_every - prompt_rows
     if asked is None:
-        return max(1, min(room, estimate if estimate is not None else default_budget(prompt_rows)))
+        budget = max(1, min(room, estimate if estimate is not None else default_budget(prompt_rows)))
+        if budget < least:
+            raise InputError(f"min_new_frames ({least}) must not exceed the budget ({budget})")
+        return budget
     if asked > room:
         raise InputError(
             f"a prompt of {prompt_rows} rows plus {asked} new frames does not fit a slot of {config.max_rows} rows "

@@ -3,8 +3,8 @@
 Shapes: B slots (the pool: the batch), b slots in a step (the batch bucket), R rows per slot, T prompt rows,
 N layers of the grid, K a request's depth, C = 1 + N channels.
 
-Every caller (`CatTTSModel.generate`, `CatTTS`, infer.py, the demo, the evaluator, the server) runs this one path.
-Three parts, each with one concern:
+Every caller (`CatTTSModel.generate`, `CatTTS`, infer.py, the demo, the evaluator, the server) runs this one path,
+in three parts of one concern each:
 
 * `cat_tts.generation.policy` decides what a step does (admissions and their depths, prefill chunks, the bucket,
   K_max, when to read back): pure functions of the queue, the slot table and measured frame times.
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from cat_tts.errors import InputError
 from cat_tts.generation import policy
 from cat_tts.generation.admission import check_prompt, frame_budget
 from cat_tts.generation.config import EngineConfig, GenerationConfig
 from cat_tts.generation.errors import EngineClosed, EngineError, QueueFull
+from cat_tts.generation.readback import ReadBack
 from cat_tts.generation.request import FinishReason, Request, RequestState
-from cat_tts.generation.runner import FrameRunner, PendingRead
+from cat_tts.generation.runner import FrameRunner
 
 if TYPE_CHECKING:  # pragma: no cover
     from cat_tts.model import CatTTSModel
@@ -83,15 +83,8 @@ class Engine:
             model.set_attn_implementation("sdpa")
         self.n_vq = model.config.n_vq
         self.runner = FrameRunner(model, cfg)  # the device side: slot tensors, frames, compilation, graphs
-        self.limits = policy.Limits(
-            buckets=self.runner.buckets,
-            prefill_chunk=cfg.prefill_chunk,
-            prefill_budget=cfg.prefill_budget,
-            sync_every=cfg.sync_every,
-            frame_period=None if frame_rate is None else 1.0 / frame_rate,
-            margin=cfg.auto_depth_margin,
-        )
-        self.clock = policy.FrameClock()  # measured frame times (depth "auto")
+        self.limits = policy.Limits.of_engine(cfg, self.runner.buckets, frame_rate)
+        self.readback = ReadBack()  # the window since the last host read, reads in flight, measured frame times
         self._mutex = threading.Lock()  # guards the queue, the slot table and the requests' states
         self._changed = threading.Condition(self._mutex)  # notified whenever requests progress
         self._step_lock = threading.Lock()  # one thread runs `step()` at a time
@@ -99,16 +92,11 @@ class Engine:
         self._slots: list[Request | None] = [None] * cfg.max_slots
         self._fresh: set[Request] = set()  # admitted since the last good frame (suspects if a frame fails)
         self._ids = itertools.count()
-        self._window = 0  # frames run since the last host read
-        self._window_bucket = 0  # the largest bucket of those frames
-        self._window_k = 0  # the largest K_max of those frames
-        self._window_start = time.perf_counter()
-        self._reads: deque[tuple[PendingRead, list[tuple[int, Request, int]]]] = deque()  # started, not delivered
-        self._frame_seconds: float | None = None
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._stop = False
-        self._counters = dict(frames=0, steps=0, finished=0, cancelled=0, failed=0)
+        self._counters = dict(frames_generated=0, frame_steps=0, requests_finished=0, requests_cancelled=0,
+                              requests_failed=0)  # fmt: skip
 
     # ------------------------------------------------------------------ public API
     @property
@@ -144,9 +132,7 @@ class Engine:
         depths = config.depth_range(self.n_vq)
         prompt = check_prompt(prompt, self.n_vq, self.runner.text_vocab, self.runner.pad_code)
         asked = max_new_frames if max_new_frames is not None else config.max_new_frames
-        budget = frame_budget(self.config, prompt.shape[0], asked, estimate)
-        if budget < config.min_new_frames:
-            raise InputError(f"min_new_frames ({config.min_new_frames}) must not exceed the budget ({budget})")
+        budget = frame_budget(self.config, prompt.shape[0], asked, estimate, config.min_new_frames)
         seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()).item())
         while True:
             with self._mutex:
@@ -200,14 +186,10 @@ class Engine:
                 active_requests=sum(r is not None for r in self._slots),
                 queued_requests=len(self._queue),
                 max_slots=self.config.max_slots,
-                frames_generated=self._counters["frames"],
-                frame_steps=self._counters["steps"],
-                requests_finished=self._counters["finished"],
-                requests_cancelled=self._counters["cancelled"],
-                requests_failed=self._counters["failed"],
+                **self._counters,
                 accepting=self._accepting,
                 warm=self.runner.warm,
-                frame_seconds=self._frame_seconds,
+                frame_seconds=self.readback.frame_seconds,
             )
 
     def can_admit(self) -> bool:
@@ -296,7 +278,7 @@ class Engine:
         if any(r is not None for r in self._slots):
             raise RuntimeError("warm-up must run while no request holds a slot")  # its runs touch every slot's buffers
         self.runner.warmup()
-        self._window = 0
+        self.readback.clear()
 
     def _step(self) -> bool:
         if not self.runner.warm and self._queue and all(r is None for r in self._slots):
@@ -308,7 +290,9 @@ class Engine:
                 return True
         with self._mutex:
             self._release_cancelled()
-            plan = policy.plan_step(self._waiting(), self._table(), self._window, self.clock, self.limits)
+            rb = self.readback
+            plan = policy.plan_step(policy.waiting(self._queue), policy.table(self._slots), rb.frames, rb.clock,
+                                    self.limits)  # fmt: skip
             admitted = [self._queue.popleft() for _ in plan.admit]
             for request, admission in zip(admitted, plan.admit, strict=True):
                 request.admitted(admission.slot, admission.depth)
@@ -328,7 +312,7 @@ class Engine:
         frame = plan.frame
         if faults:  # the plan assumed requests that failed: plan the frame over the slots as they are
             with self._mutex:
-                frame = policy.plan_frame(self._table(), self._window, self.limits)
+                frame = policy.plan_frame(policy.table(self._slots), self.readback.frames, self.limits)
         ran = frame is not None and self._run_frame(frame)
         if ran and frame.read_after:
             self._start_read()
@@ -353,7 +337,7 @@ class Engine:
             for request in suspects:
                 self._fail(request, err, "failed in its first frame")
             with self._mutex:
-                frame = policy.plan_frame(self._table(), self._window, self.limits)
+                frame = policy.plan_frame(policy.table(self._slots), self.readback.frames, self.limits)
             if frame is None:
                 return False
             self.runner.frame(frame.bucket, frame.k_max, frame.full_control)
@@ -362,10 +346,8 @@ class Engine:
             running = [r for r in self._slots[: frame.bucket] if r is not None and r.state == RequestState.RUNNING]
             for request in running:
                 request.frames_run += 1
-            self._counters["steps"] += 1
-        self._window += 1
-        self._window_bucket = max(self._window_bucket, frame.bucket)
-        self._window_k = max(self._window_k, frame.k_max)
+            self._counters["frame_steps"] += 1
+        self.readback.ran(frame.bucket, frame.k_max)
         return True
 
     def _guarded(self, request: Request, what: str, fn, *args) -> bool:
@@ -378,46 +360,27 @@ class Engine:
             self._fail(request, err, what)
             return False
 
-    def _waiting(self) -> list[policy.Waiting]:
-        return [policy.Waiting(r.id, r.prompt_rows, r.depths, r.budget, r.config.control_tokens == "full")
-                for r in self._queue]  # fmt: skip
-
-    def _table(self) -> list[policy.Slot | None]:
-        return [None if r is None else policy.Slot(r.id, "running" if r.state == RequestState.RUNNING else "prefill",
-                r.prompt_rows, r.prefilled, r.depth, r.frames_run, r.budget, r.config.control_tokens == "full")
-                for r in self._slots]  # fmt: skip
-
     def _free_slots(self) -> int:
         return sum(r is None for r in self._slots)
 
     # ------------------------------------------------------------------ delivery, release, failures
     def _start_read(self) -> None:
-        """Starts reading the frames of the current window back to the host (asynchronous on CUDA)."""
-        n, b = self._window, self._window_bucket
-        if n == 0:
-            return
+        """Starts reading the window back to the host (asynchronous on CUDA)."""
+        n, b = self.readback.frames, self.readback.bucket
         with self._mutex:  # which request ran how many of the window's frames, as of now
             ran = [(slot, r, min(n, r.frames_run)) for slot, r in enumerate(self._slots[:b])
                    if r is not None and r.state == RequestState.RUNNING]  # fmt: skip
-        self._reads.append((self.runner.start_read(b, n), ran))
-        now = time.perf_counter()
-        self._frame_seconds = (now - self._window_start) / n
-        self.clock.observe(b, self._window_k, self._frame_seconds)
-        self._window, self._window_bucket, self._window_k, self._window_start = 0, 0, 0, now
+        self.readback.start(self.runner, ran)
 
     def _deliver(self, all_reads: bool) -> None:
-        """Hands the frames of started reads to their requests (the oldest first; waits only when `all_reads` or for
-        reads older than the newest) and frees the slots of requests that ended."""
+        """Hands the frames of started reads to their requests (the oldest first; see `ReadBack.ready`) and frees the
+        slots of requests that ended."""
         pad = self.runner.pad_code
-        while self._reads:
-            pending, ran = self._reads[0]
-            if not all_reads and len(self._reads) == 1 and not pending.ready():
-                return
-            self._reads.popleft()
-            tokens, audio, ended = pending.wait()  # [b, n, C], [b, n], [b]
+        while (read := self.readback.ready(all_reads)) is not None:
+            tokens, audio, ended = read.pending.wait()  # [b, n, C], [b, n], [b]
             n = tokens.shape[1]
             with self._mutex:
-                for slot, request, count in ran:
+                for slot, request, count in read.ran:
                     if request.slot != slot or request.state != RequestState.RUNNING:
                         continue  # cancelled or failed meanwhile
                     frames = tokens[slot, n - count :][audio[slot, n - count :]][:, : 1 + request.depth]  # [t, 1+K]
@@ -426,7 +389,7 @@ class Engine:
                         continue
                     if frames.shape[0]:
                         request.deliver(frames)
-                        self._counters["frames"] += frames.shape[0]
+                        self._counters["frames_generated"] += frames.shape[0]
                     if bool(ended[slot]):
                         self._release(slot)
                         self._end(request, RequestState.FINISHED, "audio_end")
@@ -449,8 +412,7 @@ class Engine:
     def _end(self, request: Request, state: RequestState, reason: FinishReason, error: BaseException | None = None):
         self._fresh.discard(request)
         request.finish(state, reason, error)
-        key = {RequestState.FINISHED: "finished", RequestState.CANCELLED: "cancelled", RequestState.FAILED: "failed"}
-        self._counters[key[state]] += 1
+        self._counters[f"requests_{state.value}"] += 1
 
     def _fail(self, request: Request, error: BaseException | None, what: str, locked: bool = False) -> None:
         """Fails one request and frees its slot; the others are untouched."""
@@ -478,9 +440,8 @@ class Engine:
                 if request is not None:
                     self._slots[slot] = None
                     self._end(request, RequestState.FAILED, "error", EngineError(message))
-            self._window, self._window_bucket, self._window_k = 0, 0, 0
             self._fresh.clear()
-            self._reads.clear()
+            self.readback.clear()
             self._changed.notify_all()
         try:
             self.runner.reset()

@@ -17,9 +17,9 @@ anything was measured) a request gets `high`: a lone stream keeps full quality w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Phase = Literal["prefill", "running"]
 
@@ -91,6 +91,13 @@ class Limits:
     frame_period: float | None = None  # seconds of audio per frame (real time); None = unknown (auto = high)
     margin: float = 0.8  # depth "auto" keeps the predicted frame time under margin x frame_period
 
+    @classmethod
+    def of_engine(cls, config: Any, buckets: tuple[int, ...], frame_rate: float | None) -> Limits:
+        """The limits of an engine configured by `config` (an `EngineConfig`) running at `buckets`."""
+        period = None if frame_rate is None else 1.0 / frame_rate
+        return cls(buckets, config.prefill_chunk, config.prefill_budget, config.sync_every, period,
+                   config.auto_depth_margin)  # fmt: skip
+
 
 @dataclass
 class FrameClock:
@@ -128,6 +135,18 @@ class FrameClock:
             k0, t0 = points[0]
             estimate = t0 * (k_max + 1 + self.temporal_positions) / (k0 + 1 + self.temporal_positions)
         return max(estimate, 0.0)
+
+
+def waiting(queue: Iterable[Any]) -> list[Waiting]:
+    """What the policy sees of the engine's queued requests (`cat_tts.generation.request.Request`)."""
+    return [Waiting(r.id, r.prompt_rows, r.depths, r.budget, r.config.control_tokens == "full") for r in queue]
+
+
+def table(slots: Sequence[Any]) -> list[Slot | None]:
+    """What the policy sees of the engine's slot table (requests or None)."""
+    return [None if r is None else Slot(r.id, "running" if r.state == "running" else "prefill", r.prompt_rows,
+                                        r.prefilled, r.depth, r.frames_run, r.budget,
+                                        r.config.control_tokens == "full") for r in slots]  # fmt: skip
 
 
 def bucket_for(slots: Sequence[int], buckets: Sequence[int]) -> int:

@@ -6,6 +6,7 @@ Shapes: K generated layers, F frames, L prefix frames, S samples (24 kHz).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from cat_tts.generation import Request, stream_audio
 
 if TYPE_CHECKING:  # pragma: no cover
     from cat_tts.inference.planning import Segment
+
+logger = logging.getLogger(__name__)
 
 
 class Crossfader:
@@ -192,3 +195,16 @@ def cancel_unfinished(segments: list[Segment]) -> None:
     for segment in segments:
         if segment.request is not None and not segment.request.done:
             segment.request.cancel()
+
+
+def warn_unusual(segment: Segment) -> None:
+    """Logs generations that produced no audio or ran into the frame budget (a runaway)."""
+    request = segment.request
+    if request.finish_reason not in ("audio_end", "budget"):
+        return
+    if request.num_frames == 0:
+        logger.warning("the model ended without audio for %r (random tiny weights do this: try min_new_frames)",
+                       segment.text)  # fmt: skip
+    elif request.finish_reason == "budget":
+        logger.warning("generation hit the %s-frame budget for %r; the audio may be cut or rambling", request.budget,
+                       segment.text)  # fmt: skip

@@ -34,6 +34,7 @@ from cat_tts.inference.output import (
     decode_frames,
     join,
     stream_pieces,
+    warn_unusual,
 )
 from cat_tts.inference.planning import Segment, SynthesisConfig, derive_seed, plan_segments
 from cat_tts.inference.request import Limits, SpeechRequest
@@ -390,7 +391,7 @@ class CatTTS:
                     out = fader.push(piece)
                     if out.size:
                         yield out
-                _warn_unusual(segment)
+                warn_unusual(segment)
             out = fader.finish()
             if out.size:
                 yield out
@@ -408,7 +409,7 @@ class CatTTS:
         """Waits for one segment's frames and decodes them (prefix decode at the segment's K)."""
         for _ in counted(segment.request, on_frame):
             pass
-        _warn_unusual(segment)
+        warn_unusual(segment)
         return decode_frames(self.codec, segment.request.frames[:, 1:].t()[None], segment.prompt.prefix_codes)
 
     def _voice_codes(self, reference: Any, encoded: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -427,19 +428,6 @@ class CatTTS:
     def overlap(self) -> int:
         """Samples of the cross-fade between segments."""
         return int(round(self.config.crossfade_ms * self.sample_rate / 1000.0))
-
-
-def _warn_unusual(segment: Segment) -> None:
-    """Logs generations that produced no audio or ran into the frame budget (a runaway)."""
-    request = segment.request
-    if request.finish_reason not in ("audio_end", "budget"):
-        return
-    if request.num_frames == 0:
-        logger.warning("the model ended without audio for %r (random tiny weights do this: try min_new_frames)",
-                       segment.text)  # fmt: skip
-    elif request.finish_reason == "budget":
-        logger.warning("generation hit the %s-frame budget for %r; the audio may be cut or rambling", request.budget,
-                       segment.text)  # fmt: skip
 
 
 def _load_tokenizer(auto_tokenizer: Any, directory: str | Path) -> Any:
