@@ -1,6 +1,8 @@
 """The FastAPI application: its state and lifecycle, and the small routes (models, health, metrics).
 
     POST   /v1/audio/speech          text -> audio (`cat_tts.server.speech`)
+    WS     /v1/audio/speech/stream   realtime sessions: text in as it is written, audio out (`cat_tts.server.realtime`)
+    GET    /live                     a page that speaks text as it is typed, through that WebSocket
     GET    /v1/audio/voices ...      stored voices (`cat_tts.server.voice_routes`)
     GET    /v1/models                the served model: layers, sample rate, bitrates
     GET    /health                   status and engine load (no key needed)
@@ -31,7 +33,7 @@ from cat_tts.assets import default_voice
 from cat_tts.codec.config import bitrate_kbps
 from cat_tts.errors import FieldError, UserError
 from cat_tts.inference.request import Limits
-from cat_tts.server import speech, voice_routes
+from cat_tts.server import realtime, speech, voice_routes
 from cat_tts.server.auth import require_key, require_metrics_key
 from cat_tts.server.backend import Backend, Load
 from cat_tts.server.config import ServerConfig
@@ -65,7 +67,7 @@ class ServerState:
         self.limits: Limits | None = None  # the model's limits with the server's (set at start-up)
         self.voices: VoiceStore | None = None
         self.metrics = ServerMetrics(self.load)
-        self.pumps: set[AudioPump] = set()  # speech streams in flight
+        self.pumps: set[AudioPump] = set()  # speech streams and realtime sessions in flight (each has `cancel()`)
         self.phase = "loading" if backend is None else "starting"  # -> "ok" or "failed"
         self.draining = False  # SIGTERM received: new speech requests get 503
         self.startup_error: BaseException | None = None
@@ -213,6 +215,7 @@ def create_app(config: ServerConfig, backend: Backend | None = None, load: Calla
     app.add_middleware(RequestCounter, metrics=state.metrics)  # outermost: counts the 413s too
     app.include_router(speech.router)
     app.include_router(voice_routes.router)
+    app.include_router(realtime.router)
 
     @app.get("/v1/models", dependencies=[Depends(require_key)])
     async def models() -> dict:

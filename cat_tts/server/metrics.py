@@ -14,6 +14,17 @@ cat_tts_frames_per_second                      frame rate over the last FPS_WIND
 cat_tts_audio_seconds_total                    audio seconds sent
 cat_tts_time_to_first_audio_seconds            histogram: request arrival to the first audio piece
 cat_tts_real_time_factor                       histogram: generation wall time / audio duration (< 1 = faster)
+cat_tts_depth{source}                          histogram: the depth K chosen per HTTP request (source="http") and
+                                               per WebSocket segment ("websocket"); depth "auto" included
+cat_tts_playback_stall_seconds{source}         histogram: per completed streamed HTTP response ("http") and per
+                                               realtime session ("websocket"): how long a player that started at the
+                                               first audio waits for data, from the times the audio left the server
+cat_tts_realtime_sessions_total{outcome}       WebSocket sessions by outcome: completed, disconnected (the client
+                                               left), refused (key, starting, draining), shutdown, slow_client, error
+cat_tts_realtime_active_sessions               WebSocket sessions open now
+cat_tts_realtime_time_to_first_audio_seconds   histogram: a response's first text received -> its first audio sent
+cat_tts_realtime_cancels_total                 barge-ins (response.cancel answered)
+cat_tts_realtime_errors_total{code}            error events sent on WebSocket sessions
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cat_tts.server.backend import Load
@@ -33,6 +44,8 @@ from cat_tts.server.errors import CLIENT_GONE
 FPS_WINDOW_S = 10.0  # frames/s is averaged over this many seconds
 TTFA_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
+DEPTH_BUCKETS = tuple(float(k) for k in range(1, 33))  # every depth of the released model (K = 1..32)
+STALL_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # le="0.0": streams that never stalled
 ENDPOINTS = ("/v1/audio/speech", "/v1/audio/voices", "/v1/models", "/health", "/metrics")
 
 
@@ -53,6 +66,22 @@ class ServerMetrics:
                               "seconds", buckets=TTFA_BUCKETS, registry=self.registry)  # fmt: skip
         self.rtf = Histogram("cat_tts_real_time_factor", "Generation wall time / audio duration", buckets=RTF_BUCKETS,
                              registry=self.registry)  # fmt: skip
+        self.depth = Histogram("cat_tts_depth", "Depth K chosen per HTTP request and per WebSocket segment",
+                               ["source"], buckets=DEPTH_BUCKETS, registry=self.registry)  # fmt: skip
+        self.stall = Histogram("cat_tts_playback_stall_seconds", "Seconds a player that started at the first audio "
+                               "waits for data, per streamed HTTP response and per realtime session", ["source"],
+                               buckets=STALL_BUCKETS, registry=self.registry)  # fmt: skip
+        self.sessions = Counter("cat_tts_realtime_sessions", "WebSocket sessions by outcome", ["outcome"],
+                                registry=self.registry)  # fmt: skip
+        self.sessions_active = Gauge("cat_tts_realtime_active_sessions", "WebSocket sessions open now",
+                                     registry=self.registry)  # fmt: skip
+        self.session_ttfa = Histogram("cat_tts_realtime_time_to_first_audio_seconds", "A realtime response's first "
+                                      "text received to its first audio sent, seconds", buckets=TTFA_BUCKETS,
+                                      registry=self.registry)  # fmt: skip
+        self.session_cancels = Counter("cat_tts_realtime_cancels", "Barge-ins (response.cancel) answered",
+                                       registry=self.registry)  # fmt: skip
+        self.session_errors = Counter("cat_tts_realtime_errors", "Error events sent on WebSocket sessions", ["code"],
+                                      registry=self.registry)  # fmt: skip
         self._frames = collections.deque(maxlen=256)  # (monotonic time, cumulative frames)
         self._frames_lock = threading.Lock()
         self.registry.register(_EngineCollector(self))

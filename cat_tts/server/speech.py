@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
@@ -33,6 +33,7 @@ from fastapi.responses import Response
 from cat_tts.codec.config import bitrate_kbps
 from cat_tts.errors import FieldError, InputError
 from cat_tts.generation import EngineClosed, QueueFull
+from cat_tts.playback import stall_seconds
 from cat_tts.server.auth import require_key
 from cat_tts.server.errors import CLIENT_GONE, APIError, field_error, shutting_down
 from cat_tts.server.fields import SPEECH_LABELS, SpeechCall, parse_speech
@@ -70,6 +71,14 @@ class _Stream:
     outcome: str = "cancelled"  # completed | cancelled (client gone) | rejected (4xx/429/503) | timeout | error |
     # shutdown
     truncated: bool = False  # the server cut the stream short after its headers left
+    sent_at: list[float] = field(default_factory=list)  # when each chunk with audio left (monotonic) ...
+    sent_seconds: list[float] = field(default_factory=list)  # ... and the audio seconds it carried
+
+    def sent(self, chunk: Chunk) -> None:
+        """Records a chunk that has just been written to the client (for the playback-stall measure)."""
+        if chunk.samples:
+            self.sent_at.append(time.monotonic())
+            self.sent_seconds.append(chunk.samples / self.state.backend.sample_rate)
 
     def end(self) -> None:
         """Cancels the generation if it still runs and records the outcome (once)."""
@@ -86,6 +95,8 @@ class _Stream:
         metrics.audio_seconds.inc(seconds)
         if self.outcome == "completed" and seconds > 0 and pump.finished_at is not None:
             metrics.rtf.observe((pump.finished_at - pump.started_at) / seconds)
+        if self.outcome == "completed" and self.sent_at:
+            metrics.stall.labels("http").observe(stall_seconds(self.sent_at, self.sent_seconds))
 
 
 @router.post("/v1/audio/speech")
@@ -117,6 +128,8 @@ async def speech(request: Request) -> Response:
         raise
     if pump.first_audio_at is not None:
         state.metrics.ttfa.observe(pump.first_audio_at - arrived)
+    if pump.depth is not None:
+        state.metrics.depth.labels("http").observe(pump.depth)
     headers = _headers(stream)
     if whole:
         stream.outcome = "completed"
@@ -195,7 +208,8 @@ async def _audio_bytes(stream: _Stream, first: Chunk) -> AsyncIterator[bytes]:
     try:
         async for chunk in _chunks(stream, first):
             if chunk.data:
-                yield chunk.data
+                yield chunk.data  # resumed once the server wrote it
+            stream.sent(chunk)
         if stream.outcome != "completed":
             stream.truncated = True
             logger.warning("speech stream cut short (%s): ending it without its last chunk", stream.outcome)
@@ -208,6 +222,7 @@ async def _sse_events(stream: _Stream, first: Chunk) -> AsyncIterator[bytes]:
         async for chunk in _chunks(stream, first):
             if chunk.data:
                 yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(chunk.data).decode()})
+            stream.sent(chunk)
         state, pump = stream.state, stream.pump
         if stream.outcome == "completed":
             seconds = pump.samples / state.backend.sample_rate
