@@ -14,6 +14,7 @@ import dataclasses
 import math
 from typing import Any
 
+from cat_tts.assets import default_voice
 from cat_tts.codec.config import KBPS_PER_LAYER, bitrate_kbps
 from cat_tts.errors import FieldError
 from cat_tts.generation import GenerationConfig
@@ -156,8 +157,6 @@ def page_fields(values: dict[str, Any]) -> dict[str, Any]:
     if "reference_audio" not in fields:
         if "reference_text" in fields:
             raise FieldError("reference_text", "reference_text is the transcript of your clip: upload the clip too")
-        from cat_tts.assets import default_voice
-
         voice = default_voice()
         fields["reference_audio"] = str(voice.audio)
         if fields.get("mode") != "clone":

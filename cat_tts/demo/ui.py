@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from cat_tts.assets import default_voice
 from cat_tts.codec.config import KBPS_PER_LAYER
 from cat_tts.demo.handlers import DemoHandlers, SpeechService
 from cat_tts.demo.request import AUTO_DEPTH, DEMO_LABELS, PAGE_INPUTS, DemoLimits, bitrate_info, format_kbps
@@ -373,8 +374,6 @@ def launch_demo(
         max_threads: Gradio's worker threads: at least the concurrency limit, plus a few for the slider updates
             that run outside the queue (Gradio's default is 40).
     """
-    from cat_tts.assets import default_voice
-
     demo.launch(
         server_name=host,
         server_port=port,
@@ -395,8 +394,6 @@ def launch_demo(
 
 def bundled_examples(n_vq: int) -> list[Example]:
     """The examples: the bundled voice at depths of a model with `n_vq` layers (half, a quarter, all of them)."""
-    from cat_tts.assets import default_voice
-
     voice = default_voice()
     half, quarter, every = default_depths(n_vq)
     clip = str(voice.audio)

@@ -186,24 +186,29 @@ def _depth_of_bitrate(kbps: Any) -> Depth:
     return depth
 
 
+def _shown(value: Any) -> str:
+    """A value as a message shows it: its repr, shortened when long (a 400-digit integer says how long it is)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
 def _check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise FieldError(name, f"{name} must be an integer, got {str(value)[:40]!r}")
+        raise FieldError(name, f"{name} must be an integer, got {_shown(value)}")
     high = int(np.iinfo(STORAGE.get(name, np.int64)).max)
-    shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}... ({len(str(value))} digits)"
     if value < low:
-        raise FieldError(name, f"{name} must be >= {low}, got {shown}")
+        raise FieldError(name, f"{name} must be >= {low}, got {_shown(value)}")
     if value > high:
-        raise FieldError(name, f"{name} must be <= {high} (the largest value the engine stores), got {shown}")
+        raise FieldError(name, f"{name} must be <= {high} (the largest value the engine stores), got {_shown(value)}")
 
 
 def _check_float(name: str, value: Any, low: float, high: float, zero: bool = True) -> None:
     """A finite number in [low, high] that keeps its meaning in float32: no value but 0 itself rounds to 0 there (a
     temperature of 1e-46 is not greedy, a repetition penalty of 1e-46 is not a division by zero)."""
     if not _finite(value):
-        raise FieldError(name, f"{name} must be a finite number, got {str(value)[:40]}")
+        raise FieldError(name, f"{name} must be a finite number, got {_shown(value)}")
     if not low <= value <= high or (value == 0 and not zero):
         bound = f"[{low:g}, {high:g}]" if zero else f"({low:g}, {high:g}]"
         raise FieldError(name, f"{name} must be in {bound}, got {value:g}")

@@ -74,8 +74,6 @@ def prepacked_view(model: CatTTSModel) -> CatTTSModel:
 def packed_view(model: CatTTSModel) -> CatTTSModel:
     """A view of `model` whose depth-side attention and SwiGLU modules carry stacked projections (`qkv_proj`,
     `gate_up_proj`: copies of the stacked weights, one more copy of those weights in memory)."""
-    from cat_tts.model.depth import DepthAttention
-    from cat_tts.model.layers import SwiGLU
 
     def stacked(*linears: nn.Linear) -> nn.Linear:
         weight = torch.cat([lin.weight.detach() for lin in linears])  # [sum of outputs, in]
@@ -84,9 +82,10 @@ def packed_view(model: CatTTSModel) -> CatTTSModel:
         return out
 
     def pack(module: nn.Module) -> nn.Module:
-        if isinstance(module, DepthAttention):
+        # the depth attention and SwiGLU modules declare the stacked slot (`qkv_proj`, `gate_up_proj`: None)
+        if hasattr(module, "qkv_proj") and hasattr(module, "q_proj"):
             object.__setattr__(module, "qkv_proj", stacked(module.q_proj, module.k_proj, module.v_proj))
-        elif isinstance(module, SwiGLU):
+        elif hasattr(module, "gate_up_proj") and hasattr(module, "gate_proj"):
             object.__setattr__(module, "gate_up_proj", stacked(module.gate_proj, module.up_proj))
         return module
 

@@ -1,13 +1,34 @@
 """Speech from text and a voice: the request (`SpeechRequest`), text planning, the service (`CatTTS`), output.
 
-request.py   SpeechRequest, Limits: what a user can ask, validated once
-planning.py  text -> segments (prompt grids, seeds, frame estimates); SynthesisConfig
-service.py   CatTTS: load, submit, synthesize / stream / batch
-output.py    cross-fade, one-shot and streaming decode
+    request.py   SpeechRequest, Limits: what a user can ask, validated once
+    planning.py  text -> segments (prompt grids, seeds, frame estimates); SynthesisConfig
+    service.py   CatTTS: load, submit, synthesize / stream / batch
+    output.py    cross-fade, one-shot and streaming decode
+    voice.py     a reference clip -> codes
+    live.py      realtime sessions: text streamed in, audio out
+
+The names are imported lazily: a front end that only parses its input into a `SpeechRequest` does not load the model
+code (transformers).
 """
 
-from cat_tts.inference.planning import SynthesisConfig
-from cat_tts.inference.request import Limits, SpeechRequest
-from cat_tts.inference.service import CatTTS, SpeechStream
+from __future__ import annotations
 
-__all__ = ["CatTTS", "Limits", "SpeechRequest", "SpeechStream", "SynthesisConfig"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CatTTS": "cat_tts.inference.service",
+    "SpeechStream": "cat_tts.inference.output",
+    "SynthesisConfig": "cat_tts.inference.planning",
+    "Limits": "cat_tts.inference.request",
+    "SpeechRequest": "cat_tts.inference.request",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cat_tts.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

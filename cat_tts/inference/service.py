@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
 
+from cat_tts.codec import CatCodec
 from cat_tts.errors import FieldError, InputError, ModelLoadError
 from cat_tts.generation import Engine, EngineConfig, EngineError, GenerationConfig
 from cat_tts.inference.live import LiveEvent, LiveSession, SegmenterConfig
@@ -39,8 +42,17 @@ from cat_tts.inference.output import (
 from cat_tts.inference.planning import Segment, SynthesisConfig, derive_seed, plan_segments
 from cat_tts.inference.request import Limits, SpeechRequest
 from cat_tts.inference.voice import encode_voice, load_reference
+from cat_tts.model import CatTTSModel
 from cat_tts.text.prompt import PromptBuilder
-from cat_tts.weights import DEFAULT_CODEC, DEFAULT_MODEL
+from cat_tts.weights import (
+    DEFAULT_CODEC,
+    DEFAULT_MODEL,
+    dtype_name,
+    read_config_json,
+    recorded_dtype,
+    resolve_checkpoint,
+    resolve_dtype,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +117,6 @@ class CatTTS:
             ModelLoadError: a directory is missing or the hub is unreachable (the message says how to pass
                 local directories instead).
         """
-        from transformers import AutoTokenizer
-
-        from cat_tts.codec import CatCodec
-        from cat_tts.model import CatTTSModel
-        from cat_tts.weights import dtype_name, read_config_json, recorded_dtype, resolve_checkpoint, resolve_dtype
-
         try:
             device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         except RuntimeError as err:
@@ -123,7 +129,7 @@ class CatTTS:
         tts = CatTTSModel.from_pretrained(model_dir, dtype=dtype, device=device)
         cat = CatCodec.from_pretrained(codec_dir, device=device)
         try:
-            tokenizer = _load_tokenizer(AutoTokenizer, model_dir)
+            tokenizer = _load_tokenizer(model_dir)
         except (OSError, ValueError) as err:
             raise ModelLoadError(
                 f"{model_dir} holds no usable tokenizer ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
@@ -430,13 +436,11 @@ class CatTTS:
         return int(round(self.config.crossfade_ms * self.sample_rate / 1000.0))
 
 
-def _load_tokenizer(auto_tokenizer: Any, directory: str | Path) -> Any:
+def _load_tokenizer(directory: str | Path) -> Any:
     """The checkpoint's own tokenizer (never remote code); quiet about the custom model type in config.json."""
-    from transformers.utils import logging as hf_logging
-
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return auto_tokenizer.from_pretrained(str(directory), trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
     finally:
         hf_logging.set_verbosity(level)

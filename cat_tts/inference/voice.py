@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from cat_tts.audio import AudioError, audio_from_array, load_audio, loudness_normalize
 from cat_tts.errors import FieldError
 from cat_tts.inference.output import codec_device
 
@@ -24,8 +25,6 @@ def load_reference(reference_audio: Any, sample_rate: int, cfg: SynthesisConfig)
     Raises:
         FieldError: on `reference_audio` (missing, corrupt, silent, too short or too long, not a clip).
     """
-    from cat_tts.audio import AudioError, audio_from_array, load_audio, loudness_normalize
-
     try:
         if isinstance(reference_audio, (str, Path)):
             wav = load_audio(reference_audio, sample_rate=sample_rate, max_seconds=cfg.max_reference_seconds)

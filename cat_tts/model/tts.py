@@ -37,6 +37,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from cat_tts.generation.batch import generate
 from cat_tts.model.checkpoint import load_from_qwen3, load_pretrained, save_pretrained
 from cat_tts.model.config import CatTTSConfig, TokenIds
 from cat_tts.model.depth import DepthKVCache, DepthTransformer
@@ -259,8 +260,6 @@ class CatTTSModel(nn.Module):
         Returns:
             `GenerationOutput` (`.frames [B, F, 1+K]`, `.lengths [B]`, `.finished [B]`, timings).
         """
-        from cat_tts.generation.batch import generate
-
         return generate(self, input_ids, attention_mask, config, on_frame=on_frame, **settings)
 
     # ------------------------------------------------------------------ inputs

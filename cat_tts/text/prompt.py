@@ -38,6 +38,7 @@ import torch
 
 from cat_tts.errors import InputError
 from cat_tts.text.normalize import join_text
+from cat_tts.text.tiny_tokenizer import CHAT_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +164,6 @@ class PromptBuilder:
         self.layout = check_layout(layout, "layout")
         if self.layout == "chat" and getattr(tokenizer, "chat_template", None) is None:
             # The release renders plain ChatML without a system prompt (reference B.7); use that.
-            from cat_tts.text.tiny_tokenizer import CHAT_TEMPLATE
-
             logger.warning("the tokenizer has no chat template; using plain ChatML")
             tokenizer.chat_template = CHAT_TEMPLATE
         self.tokenizer = tokenizer
