@@ -20,31 +20,7 @@ from cat_tts.inference import Limits, SpeechRequest
 from cat_tts.inference.planning import derive_seed
 
 # Request field -> its key in a jsonl line (the label a line's error is shown under).
-JSONL_LABELS = {
-    "text": "text",
-    "reference_audio": "prompt_audio",
-    "reference_text": "prompt_text",
-    "mode": "mode",
-    "instructions": "instructions",
-    "language": "language",
-    "duration": "duration",
-    "depth": "depth",
-    "bitrate_kbps": "bitrate_kbps",
-    "min_depth": "min_depth",
-    "max_depth": "max_depth",
-    "max_new_frames": "max_new_frames",
-    "min_new_frames": "min_new_frames",
-    "do_sample": "do_sample",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "repetition_penalty": "repetition_penalty",
-    "control_temperature": "control_temperature",
-    "control_top_p": "control_top_p",
-    "control_top_k": "control_top_k",
-    "control_tokens": "control_tokens",
-    "seed": "seed",
-}
+JSONL_LABELS = SpeechRequest.labels(reference_audio="prompt_audio", reference_text="prompt_text")
 ID_KEY = "id"  # the output's file name (without .wav); not a request field
 FIELD_OF_KEY = {key: name for name, key in JSONL_LABELS.items()}
 

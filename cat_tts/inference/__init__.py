@@ -13,8 +13,7 @@ code (transformers).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cat_tts import lazy_exports
 
 _EXPORTS = {
     "CatTTS": "cat_tts.inference.service",
@@ -27,8 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cat_tts.inference' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports("cat_tts.inference", _EXPORTS)

@@ -163,6 +163,14 @@ class SpeechRequest:
             raise FieldError("text", "text is required")
         return cls(**given, generation=generation, limits=limits)
 
+    @classmethod
+    def labels(cls, **renamed: str) -> dict[str, str]:
+        """A front end's label table: every field under its own name, except those `renamed` (field -> label)."""
+        unknown = sorted(set(renamed) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"not fields of the request: {unknown}")
+        return {name: renamed.get(name, name) for name in cls.field_names()}
+
     def with_limits(self, limits: Limits) -> SpeechRequest:
         """This request checked against `limits` (raises `FieldError`); returns it unchanged."""
         self._check_limits(limits)

@@ -21,31 +21,9 @@ from cat_tts.server.formats import FORMATS, SUPPORTED_FORMATS
 from cat_tts.server.voices import DEFAULT_VOICE, Voice, VoiceNotFoundError, VoiceStore
 
 # request field -> JSON field of POST /v1/audio/speech (cat-tts fields go in the OpenAI client's `extra_body`)
-SPEECH_LABELS: dict[str, str] = {
-    "text": "input",  # OpenAI: the text to speak
-    "reference_audio": "voice",  # OpenAI: a voice name, or {"id": NAME}; here a stored voice's codes
-    "reference_text": "reference_text",  # the voice's transcript (default: the one stored with the voice)
-    "mode": "mode",
-    "instructions": "instructions",  # OpenAI: fills the prompt's instruction field
-    "language": "language",
-    "duration": "duration",
-    "depth": "depth",  # an integer 1..N or "auto"
-    "bitrate_kbps": "bitrate_kbps",  # a number or "auto"
-    "min_depth": "min_depth",
-    "max_depth": "max_depth",
-    "max_new_frames": "max_new_frames",
-    "min_new_frames": "min_new_frames",
-    "do_sample": "do_sample",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "repetition_penalty": "repetition_penalty",
-    "control_temperature": "control_temperature",
-    "control_top_p": "control_top_p",
-    "control_top_k": "control_top_k",
-    "control_tokens": "control_tokens",
-    "seed": "seed",
-}
+# (OpenAI's names where OpenAI has the concept: `input` is the text, `voice` a stored voice's name or {"id": NAME};
+# `depth` and `bitrate_kbps` also take "auto")
+SPEECH_LABELS: dict[str, str] = SpeechRequest.labels(text="input", reference_audio="voice")
 SERVER_FIELDS = ("model", "response_format", "speed", "stream_format")  # OpenAI fields that are not the request's
 STREAM_FORMATS = ("audio", "sse")
 
