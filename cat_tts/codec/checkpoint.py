@@ -10,15 +10,22 @@ Older spellings accepted on load: `weight_g`/`weight_v`, and `self_attn.in_proj_
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from cat_tts.errors import CheckpointError
+from cat_tts.weights import SafetensorsCheckpoint, checkpoint_files, read_safetensors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cat_tts.codec.codec import CatCodec
 
 __all__ = [
     "CheckpointError",
     "from_official_name",
     "from_official_state_dict",
+    "load_weights",
     "match_official_keys",
     "to_official_name",
     "to_official_state_dict",
@@ -139,3 +146,29 @@ def from_official_state_dict(
     """
     pairs = match_official_keys({k: tuple(v.shape) for k, v in tensors.items()}, expected, source)
     return {name: tensors[key] for name, key in pairs.items()}
+
+
+def load_weights(model: CatCodec, directory: Path, device: torch.device, dtype: torch.dtype) -> CatCodec:
+    """Fill a codec built on the meta device with a checkpoint directory's weights, strictly (names and shapes are
+    checked before any weight is read); see `CatCodec.from_pretrained` for the memory behaviour.
+
+    Raises:
+        CheckpointError: missing/unexpected keys or shapes (listed), or a damaged file.
+    """
+    files = checkpoint_files(directory)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if device.type == "cpu" and dtype == torch.float32:
+        tensors = read_safetensors(files, mmap=True)  # views of the file: nothing is read yet
+        pairs = match_official_keys({k: tuple(v.shape) for k, v in tensors.items()}, expected, str(directory))
+        model.load_state_dict({name: tensors[key].float() for name, key in pairs.items()}, strict=True, assign=True)
+        return model
+    with SafetensorsCheckpoint(files) as checkpoint:
+        pairs = match_official_keys(checkpoint.shapes(), expected, str(directory))
+        if dtype != torch.float32:
+            model.set_dtype(dtype)
+        model.to_empty(device=device)
+        targets = model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name, key in pairs.items():
+                checkpoint.read(key, out=targets[name])
+    return model

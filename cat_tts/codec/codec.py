@@ -27,11 +27,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cat_tts.codec.checkpoint import match_official_keys, to_official_state_dict
+from cat_tts.codec.checkpoint import load_weights, to_official_state_dict
 from cat_tts.codec.config import CodecConfig, PatchConfig
 from cat_tts.codec.patch import Patch
 from cat_tts.codec.quantizer import ResidualLFQ
+from cat_tts.codec.stream import CodecStreamState, check_per_row, check_rows, zero_padding
 from cat_tts.codec.transformer import CodecTransformer, StageState
+from cat_tts.weights import resolve_checkpoint, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -52,53 +54,6 @@ class CodecOutput:
     lengths: torch.Tensor  # [B] int64: valid frames (encode) or valid samples (decode) per item
     codes: torch.Tensor | None = None  # [B, K, T] int64 (encode)
     audio: torch.Tensor | None = None  # [B, S] float32 at the codec's sample rate (decode)
-
-
-@dataclass
-class CodecStreamState:
-    """Everything a streaming encode/decode carries between calls, for B streams (rows; nothing global).
-
-    The encoder and decoder halves are independent: a state can serve a live encode, a live decode, or both. Decode
-    rows are independent streams (each at its own frame, see `CatCodec.decode_step`): a pool of streams drops and
-    adds rows with `keep_rows` / `add_rows`.
-    """
-
-    batch_size: int  # rows (streams); decode_step may advance any subset of them, encode_step advances all together
-    encoder: list[StageState | None]  # per encoder stage: transformer state, None for patch stages
-    decoder: list[StageState | None]  # per decoder stage: transformer state, None for patch stages
-    pending: torch.Tensor  # [B, s] samples received by encode_step that do not yet fill a frame (s < 1920)
-    decoded: torch.Tensor  # [B] int64 (CPU): frames consumed by decode_step per row
-    frames_encoded: int = 0  # frames emitted by encode_step so far
-
-    @property
-    def frames_decoded(self) -> int:
-        """Frames consumed by decode_step (the most of any row, when rows advanced separately)."""
-        return int(self.decoded.max()) if self.batch_size else 0
-
-    def keep_rows(self, rows: list[int] | torch.Tensor) -> None:
-        """Keep only `rows` (distinct indices, in that order), e.g. to drop finished streams; copies the buffers."""
-        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
-        for stage in self.encoder + self.decoder:
-            if stage is not None:
-                stage.keep_rows(rows)
-        self.pending = self.pending.index_select(0, rows.to(self.pending.device))
-        self.decoded = self.decoded.index_select(0, rows)
-        self.batch_size = len(rows)
-
-    def add_rows(self, n: int) -> None:
-        """Append `n` fresh decode streams (rows B..B+n-1, at frame 0); copies the buffers.
-
-        Raises:
-            ValueError: a live encode has started (encode_step advances all rows together).
-        """
-        if self.frames_encoded or self.pending.shape[1]:
-            raise ValueError("rows can be added to decode streams only: this state's encode_step has started")
-        for stage in self.encoder + self.decoder:
-            if stage is not None:
-                stage.add_rows(n)
-        self.pending = torch.cat([self.pending, self.pending.new_zeros(n, 0)])
-        self.decoded = torch.cat([self.decoded, self.decoded.new_zeros(n)])
-        self.batch_size += n
 
 
 class CatCodec(nn.Module):
@@ -374,17 +329,10 @@ class CatCodec(nn.Module):
         """
         self._check_code_shape(codes)
         r, k, t = codes.shape
-        index = self._check_rows(rows, r, state.batch_size)  # [R] CPU, or None for all rows
-        steps = _check_per_row(lengths, r, 0, t, "lengths")
-        layers = _check_per_row(depths, r, 1, k, "depths")
-        if steps is not None or layers is not None:
-            valid = torch.ones(r, k, t, dtype=torch.bool)
-            if steps is not None:
-                valid &= torch.arange(t).view(1, 1, t) < steps.view(r, 1, 1)
-            if layers is not None:
-                valid &= torch.arange(k).view(1, k, 1) < layers.view(r, 1, 1)
-            codes = torch.where(valid.to(codes.device), codes, torch.zeros_like(codes))
-        codes = self._check_codes(codes)
+        index = check_rows(rows, r, state.batch_size)  # [R] CPU, or None for all rows
+        steps = check_per_row(lengths, r, 0, t, "lengths")
+        layers = check_per_row(depths, r, 1, k, "depths")
+        codes = self._check_codes(zero_padding(codes, steps, layers))
         if t == 0 or r == 0:
             return torch.zeros(r, t * self.frame_size, device=self.device)
         device_rows = None if index is None else index.to(self.device)
@@ -398,21 +346,6 @@ class CatCodec(nn.Module):
             samples = device_steps.view(r, 1) * self.frame_size
             audio = audio * (torch.arange(audio.shape[1], device=audio.device).view(1, -1) < samples)
         return audio
-
-    @staticmethod
-    def _check_rows(rows: list[int] | torch.Tensor | None, r: int, batch: int) -> torch.Tensor | None:
-        """The state rows of a decode_step as a [R] CPU index, or None when they are all rows in order."""
-        if rows is None:
-            if r != batch:
-                raise ValueError(f"state is for batch {batch}, got codes for batch {r} (pass rows= to advance some)")
-            return None
-        index = torch.as_tensor(rows, dtype=torch.long).cpu().reshape(-1)
-        values = index.tolist()
-        if len(values) != r or len(set(values)) != r or (values and not 0 <= min(values) <= max(values) < batch):
-            raise ValueError(
-                f"rows must be {r} distinct indices in 0..{batch - 1} (one per row of codes), got {values}"
-            )
-        return None if values == list(range(batch)) else index
 
     @torch.no_grad()
     def encode_step(self, wav: torch.Tensor, state: CodecStreamState, num_layers: int | None = None) -> torch.Tensor:
@@ -486,32 +419,13 @@ class CatCodec(nn.Module):
             CheckpointError: the weights do not match the config (lists missing/unexpected keys), or a damaged file.
             InputError: an unknown dtype name.
         """
-        from cat_tts.weights import SafetensorsCheckpoint, checkpoint_files, read_safetensors, resolve_dtype
-
-        directory = _resolve_checkpoint(path_or_hub_id)
+        directory = resolve_checkpoint(path_or_hub_id, "codec")
         config = CodecConfig.from_json(directory / CONFIG_NAME)
         device = torch.device(device if device is not None else "cpu")
         dtype = resolve_dtype(dtype, device, kind="codec")
-        files = checkpoint_files(directory)
         with torch.device("meta"):
             model = cls(config)
-        expected = {k: v.shape for k, v in model.state_dict().items()}
-        if device.type == "cpu" and dtype == torch.float32:
-            tensors = read_safetensors(files, mmap=True)  # views of the file: nothing is read yet
-            pairs = match_official_keys({k: tuple(v.shape) for k, v in tensors.items()}, expected, str(directory))
-            state = {name: tensors[key].float() for name, key in pairs.items()}
-            model.load_state_dict(state, strict=True, assign=True)
-            return model.eval()
-        with SafetensorsCheckpoint(files) as checkpoint:
-            pairs = match_official_keys(checkpoint.shapes(), expected, str(directory))
-            if dtype != torch.float32:
-                model.set_dtype(dtype)
-            model.to_empty(device=device)
-            targets = model.state_dict(keep_vars=True)
-            with torch.no_grad():
-                for name, key in pairs.items():
-                    checkpoint.read(key, out=targets[name])
-        return model.eval()
+        return load_weights(model, directory, device, dtype).eval()
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config.json + model.safetensors in the official format (readable by `from_pretrained` and upstream)."""
@@ -523,24 +437,3 @@ class CatCodec(nn.Module):
         state = to_official_state_dict({k: v.detach().cpu() for k, v in self.state_dict().items()})
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         return directory
-
-
-def _check_per_row(
-    values: list[int] | torch.Tensor | None, r: int, low: int, high: int, name: str
-) -> torch.Tensor | None:
-    """A per-row count of decode_step as a [R] int64 CPU tensor in low..high (None stays None)."""
-    if values is None:
-        return None
-    out = torch.as_tensor(values).cpu().reshape(-1)
-    if out.dtype.is_floating_point or out.dtype == torch.bool or out.shape != (r,):
-        raise ValueError(f"{name} must be {r} integers (one per row of codes), got {values}")
-    if r and not low <= int(out.min()) <= int(out.max()) <= high:
-        raise ValueError(f"{name} must lie in {low}..{high}, got {out.tolist()}")
-    return out.long()
-
-
-def _resolve_checkpoint(path_or_hub_id: str | Path) -> Path:
-    """The local directory of a codec checkpoint (see `cat_tts.weights.resolve_checkpoint`)."""
-    from cat_tts.weights import resolve_checkpoint
-
-    return resolve_checkpoint(path_or_hub_id, "codec")
