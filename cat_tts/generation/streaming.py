@@ -6,7 +6,8 @@ Shapes: K generated layers, t frames in a piece, s = t x frame_size samples, L p
 to the codec's streaming decoder (one decoder state per request, prefix decode at the request's K) in fixed groups:
 the first piece after `first_piece_frames` frames (low latency), then every `piece_frames` frames, whatever the
 grouping in which the engine delivered them. The concatenated pieces equal the codec's one-shot decode of all
-frames (the codec's streaming property), and are bit-identical for the same frames under any load.
+frames (the codec's streaming property); with a private state they are bit-identical for the same frames under any
+load, and with a shared `decoder` (decoding many requests in one call) equal up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def stream_audio(
     first_piece_frames: int = 1,
     piece_frames: int = 4,
     prefix_codes: torch.Tensor | None = None,
+    decoder: Any = None,
 ) -> Iterator[torch.Tensor]:
     """Decodes the audio frames of one request as they arrive.
 
@@ -33,17 +35,30 @@ def stream_audio(
         piece_frames: frames in each later piece (>= 1).
         prefix_codes: optional `[K, L]` codes decoded first for codec context only (a prompt that ends with audio
             which the generated frames continue); their samples are not yielded.
+        decoder: the request's own decoder instead of a private codec state: an object with
+            `decode(codes [t, K]) -> float32 [t * frame_size]` (e.g. `DecodeBatcher.open(prefix_codes=...)`, which
+            decodes it together with the other requests' pieces; its prefix is given to `open`, so `prefix_codes`
+            must be None here).
 
     Yields:
         float32 `[s]` audio pieces (CPU).
     """
     if first_piece_frames < 1 or piece_frames < 1:
         raise ValueError(f"first_piece_frames and piece_frames must be >= 1, got {first_piece_frames}, {piece_frames}")
-    device = _device(codec)
-    state = codec.new_stream_state(1)
-    if prefix_codes is not None and prefix_codes.shape[-1] > 0:
-        with torch.inference_mode():
-            codec.decode_step(prefix_codes[None].to(device), state)  # context only
+    if decoder is not None:
+        if prefix_codes is not None:
+            raise ValueError("give prefix_codes to the decoder's open(), not to stream_audio")
+        decode = decoder.decode
+    else:
+        device = _device(codec)
+        state = codec.new_stream_state(1)
+        if prefix_codes is not None and prefix_codes.shape[-1] > 0:
+            with torch.inference_mode():
+                codec.decode_step(prefix_codes[None].to(device), state)  # context only
+
+        def decode(codes: torch.Tensor) -> torch.Tensor:
+            return _decode(codec, state, codes, device)
+
     pending = torch.zeros(0, 0, dtype=torch.long)  # [t, K] codes received and not decoded yet
     want = first_piece_frames
     for group in frames:
@@ -52,10 +67,10 @@ def stream_audio(
         # Decode in groups of exactly `want` frames, however the frames arrived: the pieces (and their float
         # rounding) do not depend on how busy the engine was.
         while pending.shape[0] >= want:
-            yield _decode(codec, state, pending[:want], device)
+            yield decode(pending[:want])
             pending, want = pending[want:], piece_frames
     if pending.shape[0]:
-        yield _decode(codec, state, pending, device)
+        yield decode(pending)
 
 
 def _decode(codec: Any, state: Any, codes: torch.Tensor, device: torch.device) -> torch.Tensor:

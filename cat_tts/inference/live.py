@@ -348,7 +348,9 @@ class LiveSession:
                 self._audio_out(job.index, out)
             for segment in job.segments:
                 first, every = self._pieces
-                for piece in stream_pieces(self.tts.codec, segment.request, segment.prompt.prefix_codes, first, every):
+                prefix = segment.prompt.prefix_codes
+                pieces = stream_pieces(self.tts.codec, segment.request, prefix, first, every, batcher=self.tts.decoder)
+                for piece in pieces:
                     if self._stopped(job):
                         return
                     if not started:

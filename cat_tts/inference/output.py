@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cat_tts.generation import Request, stream_audio
+from cat_tts.inference.decoding import DecodeBatcher
 
 if TYPE_CHECKING:  # pragma: no cover
     from cat_tts.inference.planning import Segment
@@ -128,11 +129,20 @@ def stream_pieces(
     first_piece_frames: int,
     piece_frames: int,
     on_frame: Any = None,
+    batcher: DecodeBatcher | None = None,
 ) -> Iterator[np.ndarray]:
-    """The audio of one engine request as its frames arrive (see `stream_audio`)."""
-    prefix = None if prefix_codes is None else prefix_codes[: request.depth]  # [K, L]
-    for audio in stream_audio(counted(request, on_frame), codec, first_piece_frames, piece_frames, prefix):
-        yield audio.numpy()
+    """The audio of one engine request as its frames arrive (see `stream_audio`); with a `batcher`, its pieces are
+    decoded together with the other requests' (one codec call per read-back)."""
+    frames = counted(request, on_frame)
+    if batcher is None:
+        prefix = None if prefix_codes is None else prefix_codes[: request.depth]  # [K, L]
+        for audio in stream_audio(frames, codec, first_piece_frames, piece_frames, prefix):
+            yield audio.numpy()
+        return
+    # K comes from the first frames (final once admitted, depth "auto" included); the prefix is cut to it.
+    with batcher.open(prefix_codes=prefix_codes) as decoder:
+        for audio in stream_audio(frames, codec, first_piece_frames, piece_frames, decoder=decoder):
+            yield audio.numpy()
 
 
 def counted(request: Request, on_frame: Any) -> Iterator[torch.Tensor]:

@@ -21,7 +21,7 @@ from cat_tts.errors import FieldError, InputError
 from cat_tts.generation import GenerationConfig, Request
 from cat_tts.generation.config import MAX_SEED
 from cat_tts.generation.sampling import mix32
-from cat_tts.inference.request import SpeechRequest
+from cat_tts.inference.request import Limits, SpeechRequest
 from cat_tts.text.normalize import split_sentences
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +41,7 @@ class SynthesisConfig:
     min_reference_seconds: float = 0.5  # shorter reference clips are rejected, >= 0.08 (one frame)
     normalize_reference: bool = True  # loudness-normalise the reference to -20 dBFS (+-3 dB), as upstream
     lookahead_segments: int = 2  # segments of one stream generated ahead of the one being played, >= 1
+    decode_window_ms: float | None = 2.0  # streamed pieces arriving within it share one codec call; None = per request
     max_segment_frames: int | None = None  # most frames a segment runs when its request sets no max_new_frames (a
     # server's cap); None = what the text needs, within the engine's slot
 
@@ -55,6 +56,8 @@ class SynthesisConfig:
             raise InputError(
                 f"min_reference_seconds must be in 0.08..max_reference_seconds, got {self.min_reference_seconds}"
             )
+        if self.decode_window_ms is not None and not 0 <= self.decode_window_ms <= 1000:
+            raise InputError(f"decode_window_ms must be in 0..1000 (or None), got {self.decode_window_ms}")
         if self.lookahead_segments < 1:
             raise InputError(f"lookahead_segments must be >= 1, got {self.lookahead_segments}")
         if self.max_segment_frames is not None and self.max_segment_frames < 1:
@@ -83,6 +86,29 @@ def derive_seed(seed: int | None, item: int = 0, segment: int = 0) -> int | None
     low = mix32(mix32((seed & 0xFFFFFFFF) ^ _SALT_ITEM ^ mix32(item)) ^ mix32(segment ^ _SALT_SEGMENT))
     high = mix32(mix32((seed >> 32) & 0xFFFFFFFF) ^ low ^ mix32(item + 1) ^ mix32(segment + 1))
     return ((high << 32) | low) & MAX_SEED
+
+
+def item_request(
+    i: int, item: Any, limits: Limits, base: GenerationConfig | None, common: dict[str, Any]
+) -> SpeechRequest:
+    """Item `i` of a batch as a request: a `SpeechRequest` (checked against `limits`), or a dict of request fields
+    over the batch's `common` fields; without its own seed, a common seed is derived for the item.
+
+    Raises:
+        FieldError: naming the field, the message starting "item i: ".
+    """
+    try:
+        if isinstance(item, SpeechRequest):
+            return item.with_limits(limits)
+        if not isinstance(item, dict):
+            raise FieldError("text", f"an item must be a dict of request fields or a SpeechRequest, got "
+                                     f"{type(item).__name__}")  # fmt: skip
+        values = {**common, **item}
+        if "seed" not in item and common.get("seed") is not None:
+            values["seed"] = derive_seed(common["seed"], item=i)
+        return SpeechRequest.from_fields(values, limits, base)
+    except FieldError as err:
+        raise FieldError(err.field, f"item {i}: {err}") from err
 
 
 def text_frames(text: str, frame_rate: float) -> int:

@@ -16,6 +16,7 @@ are generated together in the engine's batch.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from cat_tts.codec import CatCodec
-from cat_tts.errors import FieldError, InputError, ModelLoadError
+from cat_tts.errors import InputError, ModelLoadError
 from cat_tts.generation import Engine, EngineConfig, EngineError, GenerationConfig
+from cat_tts.inference.decoding import DecodeBatcher
 from cat_tts.inference.live import LiveEvent, LiveSession, SegmenterConfig
 from cat_tts.inference.output import (
     Crossfader,
@@ -39,7 +41,7 @@ from cat_tts.inference.output import (
     stream_pieces,
     warn_unusual,
 )
-from cat_tts.inference.planning import Segment, SynthesisConfig, derive_seed, plan_segments
+from cat_tts.inference.planning import Segment, SynthesisConfig, item_request, plan_segments
 from cat_tts.inference.request import Limits, SpeechRequest
 from cat_tts.inference.voice import encode_voice, load_reference
 from cat_tts.model import CatTTSModel
@@ -89,6 +91,8 @@ class CatTTS:
         self.sample_rate = int(codec.sample_rate)
         self.frame_rate = float(codec.frame_rate)
         self.engine = engine if isinstance(engine, Engine) else Engine(model, engine, frame_rate=self.frame_rate)
+        self._decoder: DecodeBatcher | None = None
+        self._decoder_lock = threading.Lock()
         self.limits = Limits.of_engine(self.engine.config, self.n_vq, self.frame_rate, model.config.audio_vocab_size)
 
     # ------------------------------------------------------------------ loading
@@ -151,6 +155,20 @@ class CatTTS:
     def close(self, grace_s: float = 0.0) -> None:
         """Stops admitting; lets in-flight requests finish for up to `grace_s` seconds, then cancels the rest."""
         self.engine.close(grace_s)
+        if self._decoder is not None:
+            self._decoder.close()
+
+    @property
+    def decoder(self) -> DecodeBatcher | None:
+        """The batched streaming decoder of this service (one codec call for the pieces of all streams at a
+        read-back), created at the first stream; None when the engine promises batch invariance (a batched decode
+        rounds a request's audio differently beside different neighbours) or `decode_window_ms` is None."""
+        if self.config.decode_window_ms is None or self.engine.config.batch_invariant:
+            return None
+        with self._decoder_lock:
+            if self._decoder is None:
+                self._decoder = DecodeBatcher(self.codec, window_s=self.config.decode_window_ms / 1000)
+            return self._decoder
 
     # ------------------------------------------------------------------ requests
     def request(self, text: str, reference_audio: Any = None, config: GenerationConfig | None = None, **fields: Any):
@@ -231,7 +249,7 @@ class CatTTS:
         Raises:
             FieldError: naming the item ("item 3: ...") whose input is unusable (nothing is generated then).
         """
-        requests = [self._item_request(i, item, config, fields) for i, item in enumerate(items)]
+        requests = [item_request(i, item, self.limits, config, fields) for i, item in enumerate(items)]
         results = []
         for _, result in self.iter_requests(requests, on_frame=on_frame):
             if isinstance(result, Exception):
@@ -249,7 +267,7 @@ class CatTTS:
         def parsed() -> Iterator[SpeechRequest | Exception]:
             for i, item in enumerate(items):
                 try:
-                    yield self._item_request(i, item, config, fields)
+                    yield item_request(i, item, self.limits, config, fields)
                 except InputError as err:
                     yield err
 
@@ -353,20 +371,6 @@ class CatTTS:
         return encode_voice(self.codec, load_reference(reference_audio, self.sample_rate, self.config), self.n_vq)
 
     # ------------------------------------------------------------------ internals
-    def _item_request(self, i: int, item: Any, config: GenerationConfig | None, common: dict) -> SpeechRequest:
-        try:
-            if isinstance(item, SpeechRequest):
-                return item.with_limits(self.limits)
-            if not isinstance(item, dict):
-                raise FieldError("text", f"an item must be a dict of request fields or a SpeechRequest, got "
-                                         f"{type(item).__name__}")  # fmt: skip
-            values = {**common, **item}
-            if "seed" not in item and common.get("seed") is not None:
-                values["seed"] = derive_seed(common["seed"], item=i)
-            return SpeechRequest.from_fields(values, self.limits, config)
-        except FieldError as err:
-            raise FieldError(err.field, f"item {i}: {err}") from err
-
     def plan(self, request: SpeechRequest, encoded: dict[str, torch.Tensor] | None = None) -> list[Segment]:
         """The segments of a request (text split into sentences, prompts, seeds, frame estimates); the voice is
         encoded here unless it is stored codes (`encoded`: a cache of encoded clips by path)."""
@@ -391,7 +395,7 @@ class CatTTS:
                     yield out
                 prefix = segment.prompt.prefix_codes
                 for piece in stream_pieces(self.codec, segment.request, prefix, first_piece_frames, piece_frames,
-                                           on_frame):  # fmt: skip
+                                           on_frame, batcher=self.decoder):  # fmt: skip
                     if stream.cancelled:
                         return
                     out = fader.push(piece)

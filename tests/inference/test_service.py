@@ -260,3 +260,32 @@ def test_a_duration_that_no_request_can_meet_is_refused_naming_it(tiny_tts, dura
     with pytest.raises(FieldError) as err:
         tiny_tts.request("Hello.", duration=duration)
     assert err.value.field == "duration"
+
+
+def test_streams_decoded_together_give_their_one_shot_audio(tiny_tts, ref_wav):
+    """Without batch invariance the service decodes the pieces of concurrent streams in shared codec calls."""
+    import threading
+
+    from cat_tts.generation import EngineConfig
+
+    tts = CatTTS(tiny_tts.model, tiny_tts.codec, tiny_tts.prompts.tokenizer, engine=EngineConfig(max_slots=4))
+    assert tts.decoder is not None and tiny_tts.decoder is None  # batch-invariant engines decode per request
+    tts.start()
+    texts = ["One sentence here.", "Another one there.", "A third."]
+    kw = dict(depth=5, min_new_frames=8, max_new_frames=8, do_sample=False)
+    expected = [tts.synthesize(t, ref_wav, **kw)[0] for t in texts]
+    streamed = [None] * len(texts)
+
+    def play(i):
+        streamed[i] = np.concatenate(list(tts.stream(texts[i], ref_wav, piece_frames=4, **kw)))
+
+    threads = [threading.Thread(target=play, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    tts.close()
+    for got, want in zip(streamed, expected, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    assert tts.decoder.calls < 3 * 3  # 3 streams x (1 + 2) pieces, fewer codec calls than pieces
