@@ -47,6 +47,9 @@ def build_parser(prog: str = "python serve.py") -> argparse.ArgumentParser:
     m.add_argument("--cpu-prepack", default="on", choices=["on", "off"],
                    help="on the CPU, time prepacked depth weights per batch size at warm-up and keep the faster "
                         "(on); off: plain weights, a faster start")  # fmt: skip
+    m.add_argument("--batch-invariant", action="store_true",
+                   help="run every frame at --max-slots and decode each stream alone: a request's audio is "
+                        "bit-identical alone and under any load (every frame then computes all slots)")  # fmt: skip
     h = p.add_argument_group("http")
     h.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for all (default 127.0.0.1)")
     h.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, logged)")
@@ -159,7 +162,7 @@ def _settings(args: argparse.Namespace):
         shutdown_grace=args.shutdown_grace,
     )
     engine = EngineConfig(max_slots=args.max_slots, max_queue=args.max_queue, compile=COMPILE_MODES[args.compile],
-                          cpu_prepack=args.cpu_prepack == "on")  # fmt: skip
+                          cpu_prepack=args.cpu_prepack == "on", batch_invariant=args.batch_invariant)  # fmt: skip
     return config, engine, devices
 
 

@@ -136,14 +136,14 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     return make_tiny(tmp_path_factory.mktemp("tiny"))
 
 
-def real_backend(model: Path | str, codec: Path | str, max_slots: int, max_queue: int):
+def real_backend(model: Path | str, codec: Path | str, max_slots: int, max_queue: int, **engine):
     """The real pipeline and engine on the tiny checkpoints (CPU, eager; plain depth weights: the prepacking
     measurement at warm-up would take minutes on a shared 2-core machine and is not what these tests are about)."""
     from cat_tts.generation import EngineConfig
     from cat_tts.server.backend import PipelineBackend
 
-    engine = EngineConfig(max_slots=max_slots, max_queue=max_queue, cpu_prepack=False)
-    return PipelineBackend.from_pretrained(str(model), str(codec), "cpu", "auto", engine)
+    config = EngineConfig(max_slots=max_slots, max_queue=max_queue, cpu_prepack=False, **engine)
+    return PipelineBackend.from_pretrained(str(model), str(codec), "cpu", "auto", config)
 
 
 def real_config(voices_dir: Path, **overrides) -> ServerConfig:
@@ -153,11 +153,12 @@ def real_config(voices_dir: Path, **overrides) -> ServerConfig:
 
 @contextlib.contextmanager
 def serve_real(tiny_dirs, voices_dir: Path, max_slots: int = 8, max_queue: int = 32, codec: str | None = None,
-               **config) -> Iterator[RunningServer]:  # fmt: skip
+               engine: dict | None = None, **config) -> Iterator[RunningServer]:  # fmt: skip
     """A real server on the tiny checkpoints, loading while its port already answers (as serve.py does)."""
     codec = codec or str(tiny_dirs["codec"])
     with serve(None, real_config(voices_dir, **config),
-               load=lambda: real_backend(tiny_dirs["model"], codec, max_slots, max_queue)) as running:  # fmt: skip
+               load=lambda: real_backend(tiny_dirs["model"], codec, max_slots, max_queue, **(engine or {}))
+               ) as running:  # fmt: skip
         assert running.state.phase == "ok", running.state.startup_error
         running.backend = running.state.backend
         yield running

@@ -33,7 +33,10 @@ def test_32_concurrent_clients_on_the_engine(tiny_dirs, tmp_path):
     and in the middle of the load (batch invariance through the whole server)."""
     from .load import request_audio, rss_mb, run_load
 
-    with serve_real(tiny_dirs, tmp_path / "voices", max_slots=8, max_queue=32) as server:
+    # batch-invariant: every frame at 8 slots and each stream decoded alone, so load cannot move a single code
+    with serve_real(
+        tiny_dirs, tmp_path / "voices", max_slots=8, max_queue=32, engine={"batch_invariant": True}
+    ) as server:
         greedy = {"input": "Same every time.", "response_format": "pcm", "do_sample": False, "depth": 12,
                   "max_new_frames": 12, "min_new_frames": 12}  # fmt: skip
         alone = request_audio(server.url, greedy, sse=False)
