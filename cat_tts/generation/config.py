@@ -71,7 +71,8 @@ class GenerationConfig:
         if self.bitrate_kbps is not None:  # kept (errors about the depth then name it); `depth` follows from it
             depth = _depth_of_bitrate(self.bitrate_kbps)
             if self.depth is not None and self.depth != depth:
-                raise FieldError("bitrate_kbps", "give depth or bitrate_kbps, not both")
+                raise FieldError("bitrate_kbps", f"bitrate_kbps {self.bitrate_kbps!r} is depth {depth}, but depth "
+                                 f"{self.depth!r} was given too: give one of them")  # fmt: skip
             object.__setattr__(self, "depth", depth)
         if self.depth != "auto":
             _check_int("depth", self.depth, 1, optional=True)

@@ -144,3 +144,7 @@ def test_errors_about_values_name_the_field_the_caller_gave():
         assert err.value.field == field and len(str(err.value)) < 200  # no overflow, no 400-digit message
     assert GenerationConfig(bitrate_kbps=2.0).with_overrides(depth=5).depth == 5  # the one given replaces the other
     assert GenerationConfig(depth=5).with_overrides(bitrate_kbps=1.0).depth == 8
+    assert GenerationConfig(depth=8, bitrate_kbps=1.0).depth == 8  # both given and agreeing (a copy of a config)
+    with pytest.raises(FieldError) as err:  # both given and disagreeing
+        GenerationConfig(depth=8, bitrate_kbps=2.0)
+    assert err.value.field == "bitrate_kbps" and "depth 16" in str(err.value)
