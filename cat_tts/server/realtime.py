@@ -35,10 +35,11 @@ session's worker thread: audio is encoded there and everything is handed to the 
 client that reads too slowly (more than `MAX_QUEUED_BYTES` waiting) is closed with 1008. A client that disconnects
 cancels its session at once: its engine slots are freed.
 
-Measured per session (`PlaybackMeter`): the time to first audio (the first text of a response received -> its first
-audio sent) and playback stalls: a player that starts at a response's first audio and plays in real time, waiting
-whenever the next audio has not left the server yet. Waits for text the client has not sent are not stalls: a new
-playback starts at a segment whose text was complete only after the previous audio had all been played.
+Client messages and session settings are checked in `cat_tts.server.realtime_messages`. Measured per session
+(`cat_tts.server.realtime_meter.PlaybackMeter`): the time to first audio (the first text of a response received -> its
+first audio sent) and playback stalls: a player that starts at a response's first audio and plays in real time,
+waiting whenever the next audio has not left the server yet. Waits for text the client has not sent are not stalls:
+a new playback starts at a segment whose text was complete only after the previous audio had all been played.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
 
-from cat_tts.errors import FieldError, InputError
+from cat_tts.errors import FieldError
 from cat_tts.inference.live import (
     AudioOut,
     Cancelled,
@@ -69,18 +70,14 @@ from cat_tts.inference.live import (
     SegmentDone,
     SegmenterConfig,
     SegmentStarted,
-    TextSegmenter,
 )
-from cat_tts.inference.request import SpeechRequest
-from cat_tts.playback import stall_seconds
 from cat_tts.server.auth import given_key
-from cat_tts.server.backend import FIRST_PIECE_FRAMES, PIECE_FRAMES, Load
+from cat_tts.server.backend import Load
 from cat_tts.server.errors import APIError
-from cat_tts.server.fields import SPEECH_LABELS
 from cat_tts.server.formats import AudioEncoder, make_encoder
-from cat_tts.server.limits import MAX_INT_DIGITS
 from cat_tts.server.live_page import live_page
-from cat_tts.server.voices import DEFAULT_VOICE, Voice, VoiceNotFoundError
+from cat_tts.server.realtime_messages import ClientError, SessionSettings, client_error, field_label, parse_message
+from cat_tts.server.realtime_meter import PlaybackMeter
 
 if TYPE_CHECKING:  # pragma: no cover
     from cat_tts.inference import CatTTS
@@ -89,10 +86,11 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 PATH = "/v1/audio/speech/stream"
-STREAM_FORMATS = ("pcm", "opus")  # response formats of a session (streamed without a container header to wait for)
-SERVER_SETTINGS = ("model", "response_format")  # session settings that are the server's, not the request's
-SESSION_LABELS = {label: name for name, label in SPEECH_LABELS.items() if name != "text"}  # JSON label -> field
 SEGMENTER = SegmenterConfig()  # how streamed text is cut into segments (the first after a clause or a few words)
+# Audio leaves after the first frame of a segment, then every PIECE_FRAMES frames. Smaller than HTTP's 4-frame pieces:
+# a player that starts at a 1-frame first piece waits for the second unless that many frames take under 80 ms.
+FIRST_PIECE_FRAMES = 1
+PIECE_FRAMES = 2
 MAX_QUEUED_BYTES = 32 * 1024 * 1024  # audio waiting for a client that does not read: beyond, the session is closed
 CLOSE_TIMEOUT_S = 2.0  # closing the socket of a client that does not read gives up after this long
 
@@ -104,23 +102,6 @@ INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013  # starting or draining
 
 router = APIRouter()
-
-
-class ClientError(Exception):
-    """A message the session cannot use: answered with an `error` event; the session stays usable.
-
-    Args:
-        message: what was wrong and how to fix it.
-        param: the JSON field at fault (a session setting's label, `text`, `type`), or None.
-        code: a short machine-readable code.
-    """
-
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
-        super().__init__(message)
-        self.message, self.param, self.code = message, param, code
-
-    def event(self) -> dict[str, Any]:
-        return {"type": "error", "error": {"message": self.message, "param": self.param, "code": self.code}}
 
 
 @router.get("/live", include_in_schema=False)
@@ -171,221 +152,6 @@ def _pipeline(backend: Any) -> CatTTS:
 
         return _pipeline(min(backends, key=busy))
     raise APIError(501, "this server's backend does not run realtime sessions (no local pipeline)", code="unsupported")
-
-
-# ---------------------------------------------------------------------------------------------------- settings
-class SessionSettings:
-    """A session's settings as the client gave them (JSON labels), and the request fields they make.
-
-    `check(update)` validates an update against everything given so far without changing anything; `commit` keeps it.
-    """
-
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-        self.values: dict[str, Any] = {}  # JSON label -> value, as given (null removes a setting)
-
-    def check(self, update: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
-        """(merged values, the session's request fields, the response format) after `update`.
-
-        Raises:
-            ClientError: naming the JSON field at fault.
-        """
-        if not isinstance(update, dict):
-            raise ClientError("session.update needs a `session` object of settings", "session")
-        known = set(SESSION_LABELS) | set(SERVER_SETTINGS)
-        for label in update:
-            if label == "input":
-                raise ClientError("the text is not a setting: send it with text.append", "input", "unknown_parameter")
-            if label not in known:
-                raise ClientError(f"unknown setting {str(label)[:80]!r}; known: {', '.join(sorted(known))}",
-                                  str(label)[:80], "unknown_parameter")  # fmt: skip
-        merged = {**self.values, **update}
-        # One depth setting replaces the other, and a fixed depth drops the "auto" range (as GenerationConfig does).
-        for given, other in (("depth", "bitrate_kbps"), ("bitrate_kbps", "depth")):
-            if given in update and other not in update:
-                merged.pop(other, None)
-        chosen = update.get("depth", update.get("bitrate_kbps"))
-        if chosen is not None and chosen != "auto":
-            for name in ("min_depth", "max_depth"):
-                if name not in update:
-                    merged.pop(name, None)
-        merged = {k: v for k, v in merged.items() if v is not None}
-        fmt = self._server_settings(merged)
-        return merged, self.fields(merged), fmt
-
-    def commit(self, values: dict[str, Any]) -> None:
-        self.values = values
-
-    def fields(self, values: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The request fields (every field but the text) of `values` (default: the committed ones), validated.
-
-        Raises:
-            ClientError: naming the JSON field at fault.
-        """
-        values = self.values if values is None else values
-        state = self.state
-        voice = _voice(values.get("voice"), state)
-        fields = {name: values.get(label) for label, name in SESSION_LABELS.items()}
-        fields["reference_audio"] = voice.codes
-        if fields["reference_text"] is None:
-            fields["reference_text"] = voice.text
-        if fields["min_new_frames"] is None:  # the server's default, never above a max_new_frames given
-            minimum, asked = state.config.min_new_frames, fields["max_new_frames"]
-            fields["min_new_frames"] = min(minimum, asked) if _is_int(asked) and asked >= 1 else minimum
-        try:
-            SpeechRequest.from_fields({**fields, "text": "."}, state.limits)
-        except FieldError as err:
-            raise _client_error(err) from None
-        return fields
-
-    def _server_settings(self, values: dict[str, Any]) -> str:
-        model = values.get("model")
-        names = self.state.config.model_names
-        if model is not None and model not in names:
-            raise ClientError(f"unknown model {str(model)[:80]!r}; use one of {list(names)}", "model",
-                              "model_not_found")  # fmt: skip
-        fmt = values.get("response_format", "pcm")
-        if fmt not in STREAM_FORMATS:
-            raise ClientError(f"response_format must be one of {', '.join(STREAM_FORMATS)} on this socket, got "
-                              f"{str(fmt)[:80]!r}", "response_format", "unsupported_format")  # fmt: skip
-        return fmt
-
-
-def _voice(given: Any, state: ServerState) -> Voice:
-    """The stored voice a session names: a name, `{"id": name}`, or nothing (the default voice)."""
-    if isinstance(given, dict):
-        if set(given) != {"id"}:
-            raise ClientError('the voice object must be {"id": NAME}', "voice")
-        given = given["id"]
-    name = DEFAULT_VOICE if given is None else given
-    if not isinstance(name, str):
-        raise ClientError(f'voice must be a voice name or {{"id": NAME}}, got {type(name).__name__}', "voice")
-    try:
-        return state.voices.get(name)
-    except InputError as err:
-        raise ClientError(str(err), "voice", "invalid_voice_name") from None
-    except VoiceNotFoundError:
-        raise ClientError(f"no voice named {name[:80]!r}; stored voices: {state.voices.names()[:20]} (add one with "
-                          "POST /v1/audio/voices)", "voice", "voice_not_found") from None  # fmt: skip
-
-
-def _label(field: str | None) -> str | None:
-    """The JSON name of a request field on this socket (the text is `text`, as text.append spells it)."""
-    if field is None or field == "text":
-        return field
-    return SPEECH_LABELS.get(field, field)
-
-
-def _client_error(err: FieldError) -> ClientError:
-    return ClientError(err.labelled({**SPEECH_LABELS, "text": "text"}), _label(err.field))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def parse_message(text: str) -> dict[str, Any]:
-    """A client message: a JSON object with a string `type` (bounded like the HTTP bodies: no NaN, no huge ints).
-
-    Raises:
-        ClientError: not JSON (param None), not an object or no type (param `type`).
-    """
-
-    def bounded_int(digits: str) -> int:
-        if len(digits) > MAX_INT_DIGITS + 1:
-            raise ValueError(f"an integer of {len(digits.lstrip('-'))} digits; at most {MAX_INT_DIGITS} are accepted")
-        return int(digits)
-
-    def refuse(name: str) -> Any:
-        raise ValueError(f"{name} is not a JSON number")
-
-    try:
-        message = json.loads(text, parse_int=bounded_int, parse_constant=refuse)
-    except RecursionError:
-        raise ClientError("the message is not usable JSON (nested too deep)", None, "invalid_json") from None
-    except ValueError as err:
-        raise ClientError(f"the message is not valid JSON ({err})", None, "invalid_json") from None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ClientError('a message must be a JSON object with a string "type"', "type", "invalid_message")
-    return message
-
-
-# ---------------------------------------------------------------------------------------------------- measuring
-class PlaybackMeter:
-    """Time to first audio and playback stalls of one session, from when its text arrived and its audio left.
-
-    Fed in the order the session's messages go out (`text` / `cancel` when the client's message was received, with
-    that time; `audio` as each piece leaves; `cancelled` at the `response.cancelled` event). A shadow `TextSegmenter`
-    (the session's configuration, the same calls) says when each segment's text was complete.
-
-    Args:
-        segmenter: the session's segmenter configuration.
-    """
-
-    def __init__(self, segmenter: SegmenterConfig) -> None:
-        self._text = TextSegmenter(segmenter)
-        self._ready: list[float] = []  # when each segment's text was complete (segment index = position)
-        self._response_at: float | None = None  # first text of the current response (None: none yet)
-        self._answered = False  # the current response's first audio has left
-        self._cancelling = 0  # cancels received whose `response.cancelled` has not gone out yet
-        self._arrivals: list[float] = []  # the current playback: when each piece left ...
-        self._durations: list[float] = []  # ... and its audio seconds
-        self._latest = 0.0  # max over the current playback of (sent - audio before it)
-        self._played = 0.0  # audio seconds of the current playback
-        self._stalls: list[float] = []  # stall seconds of the finished playbacks
-        self.ttfa: list[float] = []  # seconds, one per response that got audio
-
-    def text(self, at: float, text: str | None) -> None:
-        """Text received at `at` (None: a commit or done, which flushes the buffer)."""
-        if text is not None and text.strip() and self._response_at is None:
-            self._response_at = at
-        segments = self._text.append(text) if text is not None else self._text.flush()
-        self._ready += [at] * len(segments)
-
-    def cancel(self) -> None:
-        """A cancel was received: the buffered text is dropped; audio until `cancelled` belongs to the old response."""
-        self._text.clear()
-        self._cancelling += 1
-        self._response_at, self._answered = None, False
-
-    def cancelled(self) -> None:
-        """The `response.cancelled` event left: the player stopped (barge-in)."""
-        self._cancelling = max(self._cancelling - 1, 0)
-        self._close()
-
-    def audio(self, at: float, seconds: float, segment: int | None) -> float | None:
-        """A piece of `seconds` of audio of `segment` left at `at`; returns the response's TTFA on its first audio."""
-        if self._cancelling or seconds <= 0:
-            return None
-        ready = self._ready[segment] if segment is not None and segment < len(self._ready) else at
-        if self._arrivals and ready >= self._latest + self._played:  # the player had played everything: a new start
-            self._close()
-        if not self._arrivals:
-            self._latest = at
-        self._latest = max(self._latest, at - self._played)
-        self._played += seconds
-        self._arrivals.append(at)
-        self._durations.append(seconds)
-        if self._response_at is not None and not self._answered:
-            self._answered = True
-            self.ttfa.append(at - self._response_at)
-            return self.ttfa[-1]
-        return None
-
-    @property
-    def stall_seconds(self) -> float:
-        """Total stall of every playback so far."""
-        return sum(self._stalls) + stall_seconds(self._arrivals, self._durations)
-
-    @property
-    def played(self) -> bool:
-        """Any audio was metered."""
-        return bool(self._stalls or self._arrivals)
-
-    def _close(self) -> None:
-        if self._arrivals:
-            self._stalls.append(stall_seconds(self._arrivals, self._durations))
-        self._arrivals, self._durations, self._played = [], [], 0.0
 
 
 # ---------------------------------------------------------------------------------------------------- a connection
@@ -563,7 +329,7 @@ class RealtimeConnection:
                 metrics.session_cancels.inc()
                 await self._send({"type": "response.cancelled", "segments": item.segments})
             elif isinstance(item, Failed):
-                await self._send_error(ClientError(item.message, _label(item.param), item.code))
+                await self._send_error(ClientError(item.message, field_label(item.param), item.code))
             elif isinstance(item, ClientError):
                 await self._send_error(item)
             elif isinstance(item, Finished):
@@ -629,7 +395,7 @@ class RealtimeConnection:
             try:
                 self.session.update(fields)
             except FieldError as err:  # checked above already: the pipeline's own limits
-                raise _client_error(err) from None
+                raise client_error(err) from None
         self.settings.commit(values)
 
     def _live(self) -> LiveSession:
@@ -638,7 +404,7 @@ class RealtimeConnection:
                 pieces = dict(first_piece_frames=FIRST_PIECE_FRAMES, piece_frames=PIECE_FRAMES)
                 self.session = self.tts.live(self.settings.fields(), self._emit, segmenter=SEGMENTER, **pieces)
             except FieldError as err:
-                raise _client_error(err) from None
+                raise client_error(err) from None
         return self.session
 
     def _check_open(self) -> None:

@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install 'cat-tts[serve]'")
 
 from cat_tts.inference.live import SegmenterConfig  # noqa: E402
-from cat_tts.server.realtime import ClientError, PlaybackMeter, parse_message  # noqa: E402
+from cat_tts.server.realtime_messages import ClientError, parse_message  # noqa: E402
+from cat_tts.server.realtime_meter import PlaybackMeter  # noqa: E402
 
 CONFIG = SegmenterConfig(first_words=3, min_words=2)
 
