@@ -114,7 +114,8 @@ def _tests(junit: Path) -> dict | None:
 
 
 def _finite(value):
-    """NaN and infinities become null (strict JSON)."""
+    """NaN and infinities become null (strict JSON). As `cat_tts.tools.bench.write_json` does: this script runs
+    before cat_tts is installed, so it imports nothing of the package."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+from pathlib import Path
 
 import torch
+
+from cat_tts.files import atomic_write
 
 # subcommand name -> module (relative to this package) implementing it
 SUBCOMMANDS: dict[str, str] = {
@@ -44,15 +46,14 @@ def save_partial(args: argparse.Namespace, result: dict) -> None:
         write_json(path, {**result, "complete": False})
 
 
-def write_json(path: str, result: dict) -> None:
+def write_json(path: str | Path, result: dict) -> None:
     """Writes a result atomically (a reader never sees half a file); NaN and infinities become null."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(_finite(result), f, indent=1)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(_finite(result), indent=1) + "\n")
 
 
 def _finite(value):
+    """NaN and infinities become null (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
