@@ -162,3 +162,23 @@ def serve_real(tiny_dirs, voices_dir: Path, max_slots: int = 8, max_queue: int =
         assert running.state.phase == "ok", running.state.startup_error
         running.backend = running.state.backend
         yield running
+
+
+@contextlib.contextmanager
+def slow_frames(server, seconds: float = 0.05, fail: threading.Event | None = None):
+    """Every engine frame takes at least `seconds` (so a long request outlives a short time limit by far), and
+    raises while `fail` is set (an engine failure that no single request caused)."""
+    runner = server.backend.tts.engine.runner
+    frame = runner.frame
+
+    def slowed(*args, **kwargs):
+        if fail is not None and fail.is_set():
+            raise RuntimeError("injected device failure")
+        time.sleep(seconds)
+        return frame(*args, **kwargs)
+
+    runner.frame = slowed
+    try:
+        yield
+    finally:
+        del runner.frame  # the class's method again

@@ -10,14 +10,12 @@ second server's start-up leaves them alone (5).
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import logging
 import signal
 import socket
 import threading
-import time
 from dataclasses import replace
 
 import httpx
@@ -27,7 +25,7 @@ import soundfile as sf
 from cat_tts.server.formats import SUPPORTED_FORMATS
 
 from .audio_check import FRAME_SAMPLES, decode, decode_ffmpeg
-from .conftest import serve_real, wait_for
+from .conftest import serve_real, slow_frames, wait_for
 from .fakes import Clip
 
 openai = pytest.importorskip("openai")  # the official client (tests only)
@@ -51,26 +49,6 @@ def idle(server):
     yield server
     server.state.config = config
     wait_for(lambda: server.health()["active_requests"] + server.health()["queued_requests"] == 0, timeout=60)
-
-
-@contextlib.contextmanager
-def slow_frames(server, seconds: float = 0.05, fail: threading.Event | None = None):
-    """Every engine frame takes at least `seconds` (so a long request outlives a short time limit by far), and
-    raises while `fail` is set (an engine failure that no single request caused)."""
-    runner = server.backend.tts.engine.runner
-    frame = runner.frame
-
-    def slowed(*args, **kwargs):
-        if fail is not None and fail.is_set():
-            raise RuntimeError("injected device failure")
-        time.sleep(seconds)
-        return frame(*args, **kwargs)
-
-    runner.frame = slowed
-    try:
-        yield
-    finally:
-        del runner.frame  # the class's method again
 
 
 def _stream(url: str, body: dict, result: dict, started: threading.Event | None = None) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import io
 import json
-import time
 from dataclasses import replace
 
 import httpx
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from .conftest import serve_real, wait_for
+from .conftest import serve_real, slow_frames, wait_for
 
 pytest.importorskip("websockets", reason="the realtime client needs websockets (the serve extra)")
 
@@ -68,23 +67,6 @@ async def first_audio(session: SpeechSession) -> int:
 def kinds(session: SpeechSession) -> list[str]:
     """What arrived, in order: "audio" or the event's type."""
     return ["audio" if m.audio is not None else m.event["type"] for m in session.received]
-
-
-@contextlib.contextmanager
-def slow_frames(server, seconds: float = 0.05):
-    """Every engine frame takes at least `seconds`: a long segment then outlives anything the test waits for."""
-    runner = server.backend.tts.engine.runner
-    frame = runner.frame
-
-    def slowed(*args, **kwargs):
-        time.sleep(seconds)
-        return frame(*args, **kwargs)
-
-    runner.frame = slowed
-    try:
-        yield
-    finally:
-        del runner.frame
 
 
 # ---------------------------------------------------------------------------------------------------- streaming
