@@ -271,6 +271,7 @@ class Engine:
                     return
                 if not self._queue and all(r is None for r in self._slots):
                     self._changed.wait(0.1)
+                    self.readback.idle()
                     continue
             self.step()
 

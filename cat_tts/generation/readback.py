@@ -57,6 +57,11 @@ class ReadBack:
         self.clock.observe(self.bucket, self.k_max, self.frame_seconds)
         self.frames, self.bucket, self.k_max, self.started = 0, 0, 0, now
 
+    def idle(self) -> None:
+        """The engine waited with no request: the next window's clock starts now (a wait is not frame time)."""
+        if not self.frames:
+            self.started = time.perf_counter()
+
     def ready(self, all_reads: bool) -> Read | None:
         """The oldest read to deliver now (waiting for its copy), or None: without `all_reads` the newest read is left
         for the next step unless its copy is already done."""

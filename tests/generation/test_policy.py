@@ -94,3 +94,26 @@ def test_frame_clock_predicts_linearly_in_depth_and_borrows_the_nearest_larger_b
     assert abs(clock.predict(2, 16) - 0.018) < 1e-9  # no measurement at bucket 2: bucket 4's line (an upper bound)
     clock.observe(4, 8, 0.020)  # moving average, not the last value
     assert 0.010 < clock.predict(4, 8) < 0.020
+
+
+def test_the_frame_clock_does_not_count_the_time_the_engine_waited_for_requests():
+    from cat_tts.generation.readback import ReadBack
+
+    class Runner:  # what ReadBack asks of the runner: a read of the window's frames
+        def start_read(self, bucket, frames):
+            return object()
+
+    waited = ReadBack()
+    waited.started -= 5.0  # the last read was 5 s ago; the engine has had nothing to run since
+    waited.idle()
+    busy = ReadBack()
+    busy.started -= 5.0  # ... the same, but busy (prefilling) rather than idle: that time is the load's
+    for rb in (waited, busy):
+        rb.ran(bucket=1, k_max=32)
+        rb.start(Runner(), [])
+    assert waited.frame_seconds < 0.5 and waited.clock.predict(1, 32) < 0.5
+    assert busy.frame_seconds >= 5.0
+    waited.ran(bucket=1, k_max=32)
+    started = waited.started
+    waited.idle()  # a window with frames keeps its start: those frames' time is measured whole
+    assert waited.started == started
