@@ -11,8 +11,9 @@ host every `sync_every` frames, and right after a request's first frame (for lat
 Depth "auto": a frame's cost grows with K_max and with the bucket. A request asking for depth "auto" within
 [low, high] gets the highest depth at which the predicted frame time, with it admitted, stays under
 `margin x` the real-time period (one frame of audio); under load new requests therefore start lower (at the depth
-that would keep real time if every request ran at it), and when load falls they come back up. Alone (or before
-anything was measured) a request gets `high`: a lone stream keeps full quality whatever the machine.
+that would keep real time if every request ran at it), and when load falls they come back up. Before anything was
+measured a request gets `high`; alone it gets `high` unless the machine measured even a lone frame at that depth
+slower than real time (a CPU at the released sizes): then the highest depth that keeps it in real time.
 """
 
 from __future__ import annotations
@@ -109,13 +110,17 @@ class FrameClock:
     """
 
     temporal_positions: float = 4.0  # the temporal step's cost in depth positions, until two depths are measured
-    smoothing: float = 0.3  # weight of a new measurement
+    smoothing: float = 0.3  # weight of a new measurement of 4 frames
     seconds: dict[tuple[int, int], float] = field(default_factory=dict)
 
-    def observe(self, bucket: int, k_max: int, seconds_per_frame: float) -> None:
+    def observe(self, bucket: int, k_max: int, seconds_per_frame: float, frames: int = 4) -> None:
+        """A window of `frames` frames took `seconds_per_frame` each: it weighs as `frames` 1-frame windows would
+        (`smoothing` is the weight of a 4-frame window), so a short window (a request's first frame, after its
+        prefill) moves the average little."""
         key = (bucket, k_max)
         old = self.seconds.get(key)
-        self.seconds[key] = seconds_per_frame if old is None else old + self.smoothing * (seconds_per_frame - old)
+        weight = 1.0 - (1.0 - self.smoothing) ** (max(frames, 1) / 4)
+        self.seconds[key] = seconds_per_frame if old is None else old + weight * (seconds_per_frame - old)
 
     def predict(self, bucket: int, k_max: int) -> float | None:
         """Predicted seconds per frame, or None before any measurement."""
@@ -209,11 +214,8 @@ def plan_step(
         if free is None:
             break
         running = [i for i, s in enumerate(table) if s is not None] + [free]
-        if len(running) == 1:  # alone: the ceiling, whatever the machine measured
-            depth = waiting.depths[1]
-        else:
-            k_others = max(s.depth for s in table if s is not None)
-            depth = choose_depth(waiting.depths, bucket_for(running, limits.buckets), k_others, clock, limits)
+        k_others = max((s.depth for s in table if s is not None), default=0)  # alone: the ceiling, unless measured slow
+        depth = choose_depth(waiting.depths, bucket_for(running, limits.buckets), k_others, clock, limits)
         admit.append(Admission(free, waiting.request, depth))
         table[free] = Slot(waiting.request, "prefill", waiting.prompt_rows, 0, depth, 0, waiting.budget,
                            waiting.full_control)  # fmt: skip

@@ -5,7 +5,8 @@ Shapes: b slots in a frame, n frames in the window, C = 1 + N channels.
 The device writes every frame into a window of `sync_every` rows per slot; the host starts a read of the window (an
 asynchronous copy into pinned memory on CUDA) and hands the frames to their requests one step later, while the device
 runs the next frame. Each read also measures the wall time per frame of its window, which the scheduling policy's
-`FrameClock` keeps per (bucket, K_max).
+`FrameClock` keeps per (bucket, K_max): the time spent admitting and prefilling new requests counts (it is load the
+running streams wait for), the time the engine waited idle does not.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class ReadBack:
         self.reads.append(Read(runner.start_read(self.bucket, self.frames), ran))
         now = time.perf_counter()
         self.frame_seconds = (now - self.started) / self.frames
-        self.clock.observe(self.bucket, self.k_max, self.frame_seconds)
+        self.clock.observe(self.bucket, self.k_max, self.frame_seconds, self.frames)
         self.frames, self.bucket, self.k_max, self.started = 0, 0, 0, now
 
     def idle(self) -> None:

@@ -2,8 +2,10 @@
 
 A `LiveSession` cuts the incoming text into segments (`TextSegmenter`: the first at a clause boundary or after a few
 words, for latency; later ones at sentence boundaries), generates them in order with the same voice and settings
-(each with a seed derived from the session's), submits the next segment while the current one plays (it prefills and
-generates ahead), and joins consecutive segments with a cross-fade. `cancel()` (barge-in) drops the buffered text and
+(each with a seed derived from the session's), one after the other: the next segment is submitted when the current
+one is generated, so it prefills while the current one's audio plays (generation runs ahead of playback), and a session
+holds one engine slot at a time (a second one would make every frame of a loaded engine slower for one segment's
+head start). Consecutive segments are joined with a cross-fade. `cancel()` (barge-in) drops the buffered text and
 stops the segment being generated at once. Events go out through one callback, from one worker thread, in order: no
 audio of a cancelled response follows its `Cancelled` event.
 
@@ -12,6 +14,7 @@ Shapes: S samples (24 kHz).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -309,8 +312,21 @@ class LiveSession:
 
     def _submit(self, job: _Job) -> None:
         if not job.segments:
-            job.segments = self.tts.plan(job.request)
-            self.tts.submit(job.segments, wait=True)
+            segments = self.tts.plan(job.request)
+            try:
+                self.tts.submit(segments, wait=True)
+            except BaseException:
+                cancel_unfinished(segments)
+                raise
+            job.segments = segments
+
+    def _submit_next(self) -> None:
+        """Submits the segment that follows (once this one is generated: it prefills while this one's audio plays);
+        an error is reported when its turn comes."""
+        following = self._peek_job()
+        if following is not None:
+            with contextlib.suppress(InputError, EngineClosed):
+                self._submit(following)
 
     def _speak(self, job: _Job, fader: Crossfader) -> None:
         with self._lock:
@@ -335,9 +351,6 @@ class LiveSession:
             return
         try:
             self._submit(job)
-            following = self._peek_job()
-            if following is not None:
-                self._submit(following)  # generated ahead while this one plays
         except (InputError, EngineClosed) as err:
             self._emit(Failed(str(err), getattr(err, "field", None), "invalid_request"))
             return
@@ -368,6 +381,7 @@ class LiveSession:
             return
         if self._stopped(job):  # cancelled between pieces: its requests ended without an error
             return
+        self._submit_next()
         if not started:
             depth = job.segments[0].request.depth if job.segments else 0
             self._emit(SegmentStarted(job.index, job.text, depth))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cat_tts.generation.policy import FrameClock, Limits, Slot, Waiting, choose_depth, plan_frame, plan_step
 
 LIMITS = Limits(buckets=(1, 2, 4, 8), prefill_chunk=16, prefill_budget=32, sync_every=4, frame_period=0.08)
@@ -66,11 +68,26 @@ def test_auto_depth_falls_as_load_rises_and_comes_back_when_it_falls():
     assert choose_depth((1, 32), bucket=8, others_k_max=32, clock=clock, limits=LIMITS) == depth
 
 
-def test_auto_depth_alone_in_the_engine_takes_the_ceiling_even_when_measured_slow():
+def test_auto_depth_alone_takes_the_ceiling_unless_a_lone_frame_was_measured_slower_than_real_time():
+    queue = [Waiting(0, 5, (4, 24), 20)]
     clock = FrameClock()
-    clock.observe(1, 32, 1.0)  # a slow machine: a lone frame at K = 32 takes 1 s
-    plan = plan_step([Waiting(0, 5, (4, 24), 20)], [None] * 4, window=0, clock=clock, limits=LIMITS)
-    assert plan.admit[0].depth == 24
+    assert plan_step(queue, [None] * 4, window=0, clock=clock, limits=LIMITS).admit[0].depth == 24  # unmeasured
+    clock.observe(1, 24, 0.05)  # real time at K = 24 alone (under 0.8 x 80 ms)
+    assert plan_step(queue, [None] * 4, window=0, clock=clock, limits=LIMITS).admit[0].depth == 24
+    clock = FrameClock()
+    clock.observe(1, 32, 0.120)  # a slow machine: a lone frame at K = 32 takes 120 ms, at K = 4 30 ms
+    clock.observe(1, 4, 0.030)
+    depth = plan_step(queue, [None] * 4, window=0, clock=clock, limits=LIMITS).admit[0].depth
+    assert 4 < depth < 24 and clock.predict(1, depth) <= 0.8 * 0.08 < clock.predict(1, depth + 1)
+
+
+def test_a_short_window_moves_the_frame_clock_less_than_a_long_one():
+    short, long = FrameClock(), FrameClock()
+    for clock in (short, long):
+        clock.observe(2, 8, 0.040)
+    short.observe(2, 8, 0.200, frames=1)  # a request's first frame, read at once, with its prefill in the window
+    long.observe(2, 8, 0.200, frames=4)
+    assert 0.040 < short.predict(2, 8) < long.predict(2, 8) == pytest.approx(0.040 + 0.3 * 0.160)
 
 
 def test_auto_depth_in_plan_step_sees_the_requests_admitted_before_it():
@@ -107,7 +124,7 @@ def test_the_frame_clock_does_not_count_the_time_the_engine_waited_for_requests(
     waited.started -= 5.0  # the last read was 5 s ago; the engine has had nothing to run since
     waited.idle()
     busy = ReadBack()
-    busy.started -= 5.0  # ... the same, but busy (prefilling) rather than idle: that time is the load's
+    busy.started -= 5.0  # ... the same, but busy (prefilling, running frames): that time is the load's
     for rb in (waited, busy):
         rb.ran(bucket=1, k_max=32)
         rb.start(Runner(), [])

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from cat_tts.errors import FieldError
+from cat_tts.generation.policy import FrameClock
 from cat_tts.inference.live import (
     AudioOut,
     Cancelled,
@@ -150,10 +151,36 @@ def test_a_bad_update_is_refused_naming_the_field_and_changes_nothing(served, vo
 
 
 def test_auto_depth_alone_gets_its_ceiling(served, voice):
+    served.engine.readback.clock = FrameClock()  # a machine that measured nothing yet (the bucket is fixed here)
     rec = Recorder()
     session = served.live(dict(reference_audio=voice, depth="auto", max_depth=20, **FIELDS), rec)
     session.append("Just me.")
     session.done()
     assert rec.finished.wait(60)
     assert rec.of(SegmentStarted)[0].depth == 20
+    session.close()
+
+
+def test_a_session_holds_one_engine_slot_at_a_time(served, voice):
+    """Segments are generated in order: the next one is submitted when the current one is generated (it prefills while
+    the audio plays), so a loaded engine never runs two of one session's segments in the same frames."""
+    rec, seen, stop = Recorder(), set(), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            stats = served.engine.stats()
+            seen.add(stats.active_requests + stats.queued_requests)
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    session = served.live(dict(reference_audio=voice, depth=8, min_new_frames=12, max_new_frames=12, seed=3), rec)
+    session.append("First sentence here. Second sentence here. Third sentence here. Fourth one. ")
+    session.done()
+    try:
+        assert rec.finished.wait(120)
+    finally:
+        stop.set()
+        watcher.join()
+    assert len(rec.of(SegmentDone)) == 4 and max(seen) == 1 and 1 in seen
     session.close()

@@ -25,6 +25,7 @@ from .conftest import serve_real, slow_frames, wait_for
 pytest.importorskip("websockets", reason="the realtime client needs websockets (the serve extra)")
 
 from cat_tts.client import SessionError, SpeechSession  # noqa: E402
+from cat_tts.generation.policy import FrameClock
 
 FIELDS = dict(min_new_frames=4, max_new_frames=6, seed=1)
 TIMEOUT = 120  # seconds any one test's session may take at most on 2 busy cores (a bound, not a measurement)
@@ -321,9 +322,16 @@ def test_auto_depth_alone_gets_its_ceiling(idle):
             await s.wait_closed()
         return s
 
-    assert run(main(depth="auto", max_depth=20)).segments[0]["depth"] == 20
-    assert run(main(depth="auto")).segments[0]["depth"] == 32  # N
-    assert run(main(bitrate_kbps="auto", max_depth=12)).segments[0]["depth"] == 12
+    engine = idle.backend.tts.engine
+    for depth, expected in (dict(depth="auto", max_depth=20), 20), (dict(depth="auto"), 32), (
+            dict(bitrate_kbps="auto", max_depth=12), 12):  # fmt: skip
+        engine.readback.clock = FrameClock()  # a machine that measured nothing yet (earlier tests slowed frames)
+        assert run(main(**depth)).segments[0]["depth"] == expected
+    clock = FrameClock()
+    clock.observe(1, 32, 0.200)  # a lone frame measured slower than real time at K = 32, and fast at K = 4
+    clock.observe(1, 4, 0.010)
+    engine.readback.clock = clock
+    assert 4 < run(main(depth="auto")).segments[0]["depth"] < 32
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
