@@ -228,7 +228,8 @@ class EngineConfig:
     prefill_chunk: int = 256  # prompt rows per prefill forward (a request's prompt is cut at fixed multiples of this)
     prefill_budget: int = 512  # prompt rows prefilled between two frames at most (whole chunks, at least one): how
     # long admitting new requests may delay the running ones
-    sync_every: int = 4  # frames between host reads of the generated frames and end-of-speech flags (>= 1)
+    sync_every: int = 4  # frames between host reads of the generated frames and end-of-speech flags (>= 1); on the
+    # CPU the frames are in host memory and are read after every frame (this sizes the window all the same)
     compile: CompileMode = "auto"  # "auto": the fastest correct path of the device (CUDA: the whole frame compiled and
     # captured as one CUDA graph; CPU: eager); True: torch.compile everywhere (+ graphs on CUDA); "graphs": CUDA
     # graphs of the eager frame (no compiler); False: eager

@@ -83,7 +83,7 @@ class Engine:
             model.set_attn_implementation("sdpa")
         self.n_vq = model.config.n_vq
         self.runner = FrameRunner(model, cfg)  # the device side: slot tensors, frames, compilation, graphs
-        self.limits = policy.Limits.of_engine(cfg, self.runner.buckets, frame_rate)
+        self.limits = policy.Limits.of_engine(cfg, self.runner.buckets, frame_rate, self.runner.device.type == "cpu")
         self.readback = ReadBack()  # the window since the last host read, reads in flight, measured frame times
         self._mutex = threading.Lock()  # guards the queue, the slot table and the requests' states
         self._changed = threading.Condition(self._mutex)  # notified whenever requests progress

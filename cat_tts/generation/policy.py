@@ -93,10 +93,12 @@ class Limits:
     margin: float = 0.8  # depth "auto" keeps the predicted frame time under margin x frame_period
 
     @classmethod
-    def of_engine(cls, config: Any, buckets: tuple[int, ...], frame_rate: float | None) -> Limits:
-        """The limits of an engine configured by `config` (an `EngineConfig`) running at `buckets`."""
+    def of_engine(cls, config: Any, buckets: tuple[int, ...], frame_rate: float | None, host: bool = False) -> Limits:
+        """The limits of an engine configured by `config` (an `EngineConfig`) running at `buckets`; `host`: its frames
+        are in host memory (the CPU), where a read costs nothing and is made after every frame (a stream's audio then
+        leaves as each frame is generated, not in bunches of `sync_every`)."""
         period = None if frame_rate is None else 1.0 / frame_rate
-        return cls(buckets, config.prefill_chunk, config.prefill_budget, config.sync_every, period,
+        return cls(buckets, config.prefill_chunk, config.prefill_budget, 1 if host else config.sync_every, period,
                    config.auto_depth_margin)  # fmt: skip
 
 
