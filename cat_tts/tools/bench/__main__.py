@@ -11,6 +11,7 @@ from cat_tts.tools.bench import SUBCOMMANDS, write_json
 
 SUBCOMMANDS = {**SUBCOMMANDS, "coldstart": "coldstart"}  # issue 13: load time/memory in fresh processes, first audio
 SUBCOMMANDS = {**SUBCOMMANDS, "serve": "serve"}  # issues 11, 17: HTTP clients with Seed-TTS-Eval-shaped requests
+SUBCOMMANDS = {**SUBCOMMANDS, "realtime": "realtime"}  # issue 19: WebSocket sessions, fixed depth vs depth "auto"
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
