@@ -72,6 +72,8 @@ BAD_FIELDS = [
     ({"depth": "deep"}, "depth"),
     ({"min_depth": 4}, "min_depth"),
     ({"depth": "auto", "max_depth": 40}, "max_depth"),
+    ({"depth": "auto", "min_depth": 9, "max_depth": 4}, "min_depth"),
+    ({"bitrate_kbps": "auto", "min_depth": 20, "max_depth": 10}, "min_depth"),
     ({"reference_text": "x" * 4097}, "reference_text"),
     ({"speed": True}, "speed"),
     ({"response_format": None, "stream_format": 3}, "stream_format"),
