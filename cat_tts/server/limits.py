@@ -40,11 +40,17 @@ async def read_json(request: Request) -> Any:
         raise APIError(415, f"send the request as application/json, got {content_type[:80]!r}", code="bad_content_type")
     body = await request.body()
     try:
-        return json.loads(body, parse_int=_parse_int, parse_constant=_refuse_constant)
+        return loads_bounded(body)
     except RecursionError:
         raise bad_request("the body is not usable JSON (nested too deep)", None, code="invalid_json") from None
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the two refusals above
         raise bad_request(f"the body is not valid JSON ({err})", None, code="invalid_json") from None
+
+
+def loads_bounded(data: str | bytes) -> Any:
+    """JSON whose integers have at most `MAX_INT_DIGITS` digits and with no NaN / Infinity (the HTTP bodies and the
+    realtime messages). Raises ValueError (not JSON, or a refused value) or RecursionError (nested too deep)."""
+    return json.loads(data, parse_int=_parse_int, parse_constant=_refuse_constant)
 
 
 def _parse_int(text: str) -> int:

@@ -6,13 +6,12 @@ event, the session staying usable. The protocol and the connection: `cat_tts.ser
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from cat_tts.errors import FieldError, InputError
 from cat_tts.inference.request import SpeechRequest
 from cat_tts.server.fields import SPEECH_LABELS
-from cat_tts.server.limits import MAX_INT_DIGITS
+from cat_tts.server.limits import loads_bounded
 from cat_tts.server.voices import DEFAULT_VOICE, Voice, VoiceNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -156,17 +155,8 @@ def parse_message(text: str) -> dict[str, Any]:
     Raises:
         ClientError: not JSON (param None), not an object or no type (param `type`).
     """
-
-    def bounded_int(digits: str) -> int:
-        if len(digits) > MAX_INT_DIGITS + 1:
-            raise ValueError(f"an integer of {len(digits.lstrip('-'))} digits; at most {MAX_INT_DIGITS} are accepted")
-        return int(digits)
-
-    def refuse(name: str) -> Any:
-        raise ValueError(f"{name} is not a JSON number")
-
     try:
-        message = json.loads(text, parse_int=bounded_int, parse_constant=refuse)
+        message = loads_bounded(text)
     except RecursionError:
         raise ClientError("the message is not usable JSON (nested too deep)", None, "invalid_json") from None
     except ValueError as err:
