@@ -319,6 +319,8 @@ class LiveSession:
                 cancel_unfinished(segments)
                 raise
             job.segments = segments
+            if not self._live(job):  # a cancel or close came while it was being submitted: nobody would hear it
+                cancel_unfinished(segments)
 
     def _submit_next(self) -> None:
         """Submits the segment that follows (once this one is generated: it prefills while this one's audio plays);

@@ -184,3 +184,27 @@ def test_a_session_holds_one_engine_slot_at_a_time(served, voice):
         watcher.join()
     assert len(rec.of(SegmentDone)) == 4 and max(seen) == 1 and 1 in seen
     session.close()
+
+
+def test_a_cancel_while_the_next_segment_is_being_submitted_frees_its_slot(served, voice, monkeypatch):
+    rec, submitted = Recorder(), []
+    session = served.live(dict(reference_audio=voice, depth=3, min_new_frames=4, max_new_frames=4, seed=4), rec)
+    submit = served.submit
+
+    def submit_then_barge_in(segments, wait=True):
+        submit(segments, wait=wait)
+        submitted.append(segments)
+        if len(submitted) == 2:  # the following segment, submitted as the first one ends: the user interrupts now
+            session.cancel()
+
+    monkeypatch.setattr(served, "submit", submit_then_barge_in)
+    session.append("First one here. ")
+    session.update(dict(min_new_frames=1000, max_new_frames=1000))  # an unheard second segment would run for long
+    session.append("Second one here. ")
+    assert rec.cancelled.wait(60) and len(submitted) == 2
+    deadline = time.monotonic() + 2
+    while served.engine.stats().active_requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert served.engine.stats().active_requests == 0  # not left generating 1000 frames nobody hears
+    assert submitted[1][0].request.state.name == "CANCELLED"
+    session.close()
