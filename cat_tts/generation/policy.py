@@ -18,7 +18,8 @@ slower than real time (a CPU at the released sizes): then the highest depth that
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -108,12 +109,17 @@ class FrameClock:
 
     Prediction for an unmeasured (b, K): the frame time grows linearly with K (one depth position each, plus the
     temporal step worth `temporal_positions` positions), fitted per bucket from the measured depths; a bucket with
-    no measurement borrows the nearest measured bucket's (a larger bucket never costs less).
+    no measurement borrows the nearest measured bucket's (a larger bucket never costs less). A measurement older than
+    `max_age_s` is forgotten: only a (b, K) that runs is measured again, so a depth once measured slow would
+    otherwise never be tried again after the load that slowed it has gone.
     """
 
     temporal_positions: float = 4.0  # the temporal step's cost in depth positions, until two depths are measured
     smoothing: float = 0.3  # weight of a new measurement of 4 frames
+    max_age_s: float = 10.0  # measurements older than this are forgotten
+    now: Callable[[], float] = time.monotonic  # the clock measurements are dated by
     seconds: dict[tuple[int, int], float] = field(default_factory=dict)
+    dated: dict[tuple[int, int], float] = field(default_factory=dict)  # when each was last measured
 
     def observe(self, bucket: int, k_max: int, seconds_per_frame: float, frames: int = 4) -> None:
         """A window of `frames` frames took `seconds_per_frame` each: it weighs as `frames` 1-frame windows would
@@ -123,9 +129,13 @@ class FrameClock:
         old = self.seconds.get(key)
         weight = 1.0 - (1.0 - self.smoothing) ** (max(frames, 1) / 4)
         self.seconds[key] = seconds_per_frame if old is None else old + weight * (seconds_per_frame - old)
+        self.dated[key] = self.now()
 
     def predict(self, bucket: int, k_max: int) -> float | None:
-        """Predicted seconds per frame, or None before any measurement."""
+        """Predicted seconds per frame, or None before any (recent) measurement."""
+        limit = self.now() - self.max_age_s
+        for key in [key for key, at in self.dated.items() if at < limit]:
+            del self.seconds[key], self.dated[key]
         if (bucket, k_max) in self.seconds:
             return self.seconds[(bucket, k_max)]
         measured = sorted({b for b, _ in self.seconds})

@@ -7,7 +7,7 @@ one is generated, so it prefills while the current one's audio plays (generation
 holds one engine slot at a time (a second one would make every frame of a loaded engine slower for one segment's
 head start). Consecutive segments are joined with a cross-fade. `cancel()` (barge-in) drops the buffered text and
 stops the segment being generated at once. Events go out through one callback, from one worker thread, in order: no
-audio of a cancelled response follows its `Cancelled` event.
+audio of a cancelled response follows its `Cancelled` event, and its engine slots are free by then.
 
 Shapes: S samples (24 kHz).
 """
@@ -18,6 +18,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,6 +187,7 @@ class LiveSession:
         self._epoch = 0
         self._count = 0  # segments created
         self._cancelled: list[int] = []  # segments stopped by the last cancel, not yet reported
+        self._stopping: list[Segment] = []  # their engine requests: `Cancelled` goes out once they have ended
         self._closed = False
         self._current: _Job | None = None  # the job the worker is speaking
         self._usage = dict(segments=0, frames=0, audio_seconds=0.0, input_characters=0)
@@ -230,11 +232,11 @@ class LiveSession:
             self._epoch += 1
             dropped = [job for job in self._jobs if isinstance(job, _Job)]
             if self._current is not None:
-                cancel_unfinished(self._current.segments)  # stops at once: the engine frees its slot now
+                self._stop(self._current.segments)  # stops at once: the engine frees its slot at the frame's end
             self._jobs = deque(job for job in self._jobs if not isinstance(job, _Job))
             self._cancelled += [job.index for job in dropped]
             for job in dropped:
-                cancel_unfinished(job.segments)
+                self._stop(job.segments)
             self._jobs.appendleft(("cancelled", self._epoch))
             self._lock.notify_all()
 
@@ -293,6 +295,8 @@ class LiveSession:
                     fader = Crossfader(self.tts.overlap)
                     with self._lock:
                         stopped, self._cancelled = self._cancelled, []
+                        stopping, self._stopping = self._stopping, []
+                    _wait_ended(stopping)  # a frame step at most: when the client hears of it, the slots are free
                     self._emit(Cancelled(sorted(stopped)))
                     continue
                 self._speak(job, fader)
@@ -320,7 +324,7 @@ class LiveSession:
                 raise
             job.segments = segments
             if not self._live(job):  # a cancel or close came while it was being submitted: nobody would hear it
-                cancel_unfinished(segments)
+                self._stop(segments)
 
     def _submit_next(self) -> None:
         """Submits the segment that follows (once this one is generated: it prefills while this one's audio plays);
@@ -343,10 +347,16 @@ class LiveSession:
         """True (and the job cancelled, recorded for the `Cancelled` event) when a cancel or close overtook it."""
         if self._live(job):
             return False
-        cancel_unfinished(job.segments)
+        self._stop(job.segments)
         with self._lock:
             self._cancelled.append(job.index)
         return True
+
+    def _stop(self, segments: list[Segment]) -> None:
+        """Cancels the engine requests of `segments` (the next `Cancelled` waits for them to end)."""
+        cancel_unfinished(segments)
+        with self._lock:
+            self._stopping += segments
 
     def _speak_job(self, job: _Job, fader: Crossfader) -> None:
         if self._stopped(job):
@@ -392,3 +402,12 @@ class LiveSession:
             self._usage["segments"] += 1
             self._usage["frames"] += frames
         self._emit(SegmentDone(job.index, frames, seconds))
+
+
+def _wait_ended(segments: list[Segment], timeout: float = 10.0) -> None:
+    """Waits until the engine has ended the requests of `segments` (cancelled ones end at the end of the frame step
+    running when they were cancelled)."""
+    deadline = time.monotonic() + timeout
+    for segment in segments:
+        while segment.request is not None and not segment.request.done and time.monotonic() < deadline:
+            time.sleep(0.002)

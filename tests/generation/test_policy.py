@@ -134,3 +134,18 @@ def test_the_frame_clock_does_not_count_the_time_the_engine_waited_for_requests(
     started = waited.started
     waited.idle()  # a window with frames keeps its start: those frames' time is measured whole
     assert waited.started == started
+
+
+def test_a_depth_measured_slow_is_tried_again_once_the_measurement_is_old():
+    t = [0.0]
+    clock = FrameClock(now=lambda: t[0])  # max_age_s = 10
+    clock.observe(1, 32, 0.200)  # a lone frame at K = 32 slowed by a passing load
+    clock.observe(1, 4, 0.010)
+    t[0] = 9.0
+    assert choose_depth((1, 32), bucket=1, others_k_max=0, clock=clock, limits=LIMITS) < 32
+    clock.observe(1, 4, 0.010)  # the depth it now runs at keeps being measured; K = 32 does not
+    t[0] = 12.0
+    assert clock.predict(1, 4) == pytest.approx(0.010)
+    assert choose_depth((1, 32), bucket=1, others_k_max=0, clock=clock, limits=LIMITS) == 32  # by the line from K=4
+    t[0] = 30.0
+    assert clock.predict(1, 4) is None and clock.seconds == {}  # nothing recent: as before any measurement
