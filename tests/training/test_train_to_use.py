@@ -158,7 +158,7 @@ def test_plain_layout_model_continues_its_reference_clip_into_the_training_utter
     assert err.count("\n") == 1 and "transcript" in err and "Traceback" not in err
 
 
-@pytest.mark.slow  # ~30-60 s on 2 CPU cores
+@pytest.mark.slow  # ~1-2 min on 2 CPU cores
 def test_chat_layout_model_says_its_training_utterance_in_the_voice_of_the_other(
     codec_and_pipeline_codes, tmp_path, capsys
 ):
@@ -171,7 +171,8 @@ def test_chat_layout_model_says_its_training_utterance_in_the_voice_of_the_other
     texts = ["hello world", "one two three"]
     codes = [encode(c) for c in clips]  # [32, 7] each
     utterances = [Utterance(id=f"u{i}", text=texts[i], codes=codes[i], speaker="spk") for i in range(2)]
-    model_dir = _train(tmp_path, utterances, "chat", steps=150)
+    # 300 steps: at 150 the loss is ~0.035 and the first frame of one utterance or its audio_end can still be off
+    model_dir = _train(tmp_path, utterances, "chat", steps=300)
     assert json.loads((model_dir / "config.json").read_text())["prompt_layout"] == "chat"
 
     tts = CatTTS.from_pretrained(model=model_dir, codec=codec_dir, device="cpu")
