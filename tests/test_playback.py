@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cat_tts.playback import stall_seconds
+from cat_tts.playback import stall_seconds, waits
 
 
 def _simulated_player(arrivals: list[float], durations: list[float]) -> float:
@@ -32,6 +32,7 @@ def test_a_late_piece_stalls_by_its_lateness_and_later_pieces_are_measured_from_
     # needed at 1.0, arrives at 1.5: 0.5 s stall; the schedule moves by 0.5 s, so the third piece (needed at 2.5)
     # arriving at 2.4 adds nothing, and the fourth (needed at 3.5) arriving at 4.0 adds 0.5 s.
     assert stall_seconds([0.0, 1.5, 2.4, 4.0], [1.0, 1.0, 1.0, 1.0]) == pytest.approx(1.0)
+    assert waits([0.0, 1.5, 2.4, 4.0], [1.0, 1.0, 1.0, 1.0]) == pytest.approx([0.0, 0.5, 0.0, 0.5])  # which piece
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from cat_tts.client import SAMPLE_RATE, SpeechSession
 from cat_tts.errors import InputError
+from cat_tts.playback import waits
 from cat_tts.tools.bench import save_partial
 from cat_tts.tools.bench.load import percentile
 from cat_tts.tools.bench.serve import SERVER_MAIN, _stop, _wait_ready
@@ -170,20 +171,18 @@ async def _round(url: str, key: str | None, args: argparse.Namespace, depth: dic
 
 def stall_by_depth(session) -> dict[int, float]:
     """A session's playback stall split by the depth of the segment playing when each wait happened (no cancels)."""
-    waits: collections.Counter = collections.Counter()
-    depth, start, played, latest = 0, None, 0.0, 0.0
+    depth, depths, arrivals, durations = 0, [], [], []
     for message in session.received:
         if message.event is not None and message.event["type"] == "segment.started":
             depth = message.event["depth"]
-        if message.audio is None or not len(message.audio):
-            continue
-        if start is None:
-            start = latest = message.at
-        if message.at - played > latest:  # the player waited for this piece (cat_tts.playback.stall_seconds)
-            waits[depth] += message.at - played - latest
-            latest = message.at - played
-        played += len(message.audio) / SAMPLE_RATE
-    return dict(waits)
+        if message.audio is not None and len(message.audio):
+            depths.append(depth)
+            arrivals.append(message.at)
+            durations.append(len(message.audio) / SAMPLE_RATE)
+    by_depth: collections.Counter = collections.Counter()
+    for depth, wait in zip(depths, waits(arrivals, durations), strict=True):
+        by_depth[depth] += wait
+    return {depth: wait for depth, wait in by_depth.items() if wait > 0}
 
 
 def _summary(sessions: list) -> dict:
